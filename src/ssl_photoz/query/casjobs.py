@@ -1,0 +1,453 @@
+"""SciServer CasJobs backend: run a query as a batch job into MyDB, wait for it, download the table.
+
+REST flow (SciServer CasJobs REST API, as used by SciServer's own SciScript-Python):
+
+1. ``GET  {base}/contexts/MyDB/Tables``: a cheap authenticated call, made first so that a
+   rejected token (HTTP 401/403) stops us before any work is submitted;
+2. ``PUT  {base}/contexts/{context}/jobs`` with JSON ``{"Query": sql, "TaskName": ...}``: submit a
+   batch ("long") job; the answer body is the job id;
+3. ``GET  {base}/jobs/{id}``: job JSON, polled with growing intervals until ``Status`` is 3
+   (cancelled), 4 (failed) or 5 (finished); ``DELETE`` on the same path cancels;
+4. ``POST {base}/contexts/MyDB/query`` with ``SELECT ... FROM <table>`` and ``Accept: text/plain``
+   (CasJobs' CSV) to download the result table, in pages of ``page_rows`` rows when it is large.
+
+The token travels only in the ``X-Auth-Token`` header. It is kept in a wrapper whose repr is
+``<redacted>``, scrubbed from every message built from server text, and never logged; exceptions
+from `requests` (which hold the request and so the header) are not chained onto ours.
+
+Retries: idempotent calls (status, download, auth check) are retried on transient errors, as in
+the SkyServer client. Submitting is not idempotent, so it is retried only when the server clearly
+did not take the job (connect timeout, HTTP 429/503).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from enum import IntEnum
+
+import pandas as pd
+import requests
+
+from .http_errors import (
+    QueryError,
+    RemoteQueryError,
+    TransientError,
+    call_with_retries,
+    looks_like_sql_error,
+    readable_message,
+    retry_after_seconds,
+    sql_head,
+    transient_from_requests,
+)
+from .skyserver import parse_skyserver_csv
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "CasJobsAuthError",
+    "CasJobsClient",
+    "CasJobsError",
+    "CasJobsJobError",
+    "CasJobsTimeoutError",
+    "JobStatus",
+]
+
+DEFAULT_BASE_URL = "https://skyserver.sdss.org/CasJobs/RestApi"
+SUBMIT_JOB_PATH = "/contexts/{context}/jobs"  # PUT: body {"Query", "TaskName"} -> job id
+JOB_PATH = "/jobs/{job_id}"  # GET: job status JSON; DELETE: cancel
+QUICK_QUERY_PATH = "/contexts/{context}/query"  # POST: synchronous query -> table
+TABLES_PATH = "/contexts/{context}/Tables"  # GET: tables of a context; our auth check
+AUTH_HEADER = "X-Auth-Token"
+CSV_ACCEPT = "text/plain"  # CasJobs answers CSV for text/plain (SciScript's "csv" format)
+MYDB = "MyDB"
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_TABLE = re.compile(rf"(?:mydb\.(?:dbo\.)?)?({_NAME})", re.IGNORECASE)
+_INTO = re.compile(rf"\bINTO\s+(?:mydb\.(?:dbo\.)?)?\[?({_NAME})\]?", re.IGNORECASE)
+_ORDER_BY = re.compile(rf"{_NAME}(?:\s*,\s*{_NAME})*")
+
+
+class JobStatus(IntEnum):
+    """CasJobs job states (the ``Status`` field of a job)."""
+
+    READY = 0
+    STARTED = 1
+    CANCELING = 2
+    CANCELLED = 3
+    FAILED = 4
+    FINISHED = 5
+
+
+_TERMINAL = {JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.FINISHED}
+
+
+class CasJobsError(RemoteQueryError):
+    """A CasJobs call failed."""
+
+
+class CasJobsAuthError(CasJobsError):
+    """No token, or the server rejected it (HTTP 401/403)."""
+
+
+class CasJobsJobError(QueryError):
+    """The batch job ended failed or cancelled; carries the server's message."""
+
+    def __init__(self, job_id: int, status: JobStatus, message: str, sql: str = ""):
+        super().__init__(f"job {job_id} {status.name.lower()}: {message}", sql)
+        self.job_id = job_id
+        self.job_status = status
+
+
+class CasJobsTimeoutError(CasJobsError):
+    """The job did not finish within the client's timeout (it was asked to cancel)."""
+
+
+class _Secret:
+    """Holds the token so that repr/str/logging of any holder cannot show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+def _plain_table(table: str) -> str:
+    match = _TABLE.fullmatch(table.strip())
+    if not match:
+        raise ValueError(f"not a MyDB table name: {table!r}")
+    return match.group(1)
+
+
+def into_table(sql: str) -> str | None:
+    """The MyDB table a ``SELECT ... INTO MyDB.t`` query writes, or None."""
+    match = _INTO.search(sql)
+    return match.group(1) if match else None
+
+
+class CasJobsClient:
+    """Batch queries through SciServer CasJobs into MyDB.
+
+    The token comes from `token` or else the environment variable `token_env`; without one the
+    constructor raises `CasJobsAuthError`. `poll_interval_s` is the first wait between status polls;
+    it grows by half each time up to `max_poll_interval_s`. `timeout_s` bounds the whole wait for a
+    job. `clock`, `sleep` and `session` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        token: str | None = None,
+        token_env: str = "SCISERVER_TOKEN",
+        context: str = "DR12",
+        poll_interval_s: float = 5.0,
+        timeout_s: float = 4 * 3600.0,
+        *,
+        max_poll_interval_s: float = 60.0,
+        request_timeout_s: float = 300.0,
+        retries: int = 4,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 120.0,
+        page_rows: int = 200_000,
+        task_name: str = "ssl_photoz",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        session: requests.Session | None = None,
+    ):
+        value = token if token is not None else os.environ.get(token_env, "")
+        if not value.strip():
+            raise CasJobsAuthError(
+                f"no SciServer token: pass token= or set the environment variable {token_env}"
+            )
+        self._token = _Secret(value.strip())
+        self.token_source = "argument" if token is not None else f"${token_env}"
+        self.base_url = base_url.rstrip("/")
+        self.context = context
+        self.poll_interval_s = poll_interval_s
+        self.max_poll_interval_s = max_poll_interval_s
+        self.timeout_s = timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.page_rows = page_rows
+        self.task_name = task_name
+        self._clock = clock
+        self._sleep = sleep
+        self._session = session or requests.Session()
+        self._auth_checked = False
+
+    def __repr__(self) -> str:
+        return (
+            f"CasJobsClient(base_url={self.base_url!r}, context={self.context!r}, "
+            f"token=<redacted from {self.token_source}>)"
+        )
+
+    def provenance(self) -> dict:
+        """What to record next to outputs fetched with this client (no secrets)."""
+        return {
+            "backend": "casjobs",
+            "base_url": self.base_url,
+            "context": self.context,
+            "token_source": self.token_source,
+        }
+
+    # --- the whole flow -------------------------------------------------------------------
+
+    def query(
+        self,
+        sql: str,
+        table: str | None = None,
+        *,
+        order_by: str | None = None,
+        drop_existing: bool = False,
+    ) -> pd.DataFrame:
+        """Run `sql` (which writes ``INTO MyDB.<table>``) as a batch job and download the table.
+
+        `table` defaults to the one named after INTO. With `drop_existing`, an old table of that
+        name is dropped first (CasJobs refuses to SELECT INTO an existing table). `order_by`
+        (unique column(s)) is needed only when the table has more than `page_rows` rows.
+        """
+        name = _plain_table(table) if table else into_table(sql)
+        if name is None:
+            raise ValueError("the query has no INTO MyDB.<table>; pass table=")
+        self.check_auth()
+        if drop_existing:
+            self.drop_table(name)
+        job_id = self.submit(sql)
+        self.wait(job_id, sql=sql)
+        return self.download_table(name, order_by=order_by)
+
+    # --- single steps ---------------------------------------------------------------------
+
+    def check_auth(self) -> None:
+        """Make one cheap authenticated call; raise `CasJobsAuthError` if the token is refused."""
+        if self._auth_checked:
+            return
+        self._call("GET", TABLES_PATH.format(context=MYDB), what="auth check")
+        self._auth_checked = True
+        log.info("CasJobs at %s accepted the token (%s)", self.base_url, self.token_source)
+
+    def submit(self, sql: str, task_name: str | None = None) -> int:
+        """Submit `sql` as a batch job in this client's context; return the job id."""
+        self.check_auth()
+        body = {"Query": sql, "TaskName": task_name or self.task_name}
+        response = self._call(
+            "PUT",
+            SUBMIT_JOB_PATH.format(context=self.context),
+            what="submit job",
+            json_body=body,
+            accept="text/plain",
+            idempotent=False,
+            sql=sql,
+        )
+        text = response.text.strip().strip('"')
+        try:
+            job_id = int(text)
+        except ValueError:
+            raise CasJobsError(f"submit answered no job id: {self._redact(text[:200])}") from None
+        log.info("CasJobs job %d submitted to %s: %s", job_id, self.context, sql_head(sql, 120))
+        return job_id
+
+    def status(self, job_id: int) -> dict:
+        """The job's JSON description (``Status``, ``Message``, ...)."""
+        response = self._call("GET", JOB_PATH.format(job_id=int(job_id)), what="job status")
+        try:
+            job = response.json()
+        except ValueError:
+            raise CasJobsError(f"job {job_id}: status answer is not JSON") from None
+        if isinstance(job, list) and job:  # some deployments wrap the job in a list
+            job = job[0]
+        if not isinstance(job, dict) or "Status" not in job:
+            raise CasJobsError(f"job {job_id}: status answer has no Status field")
+        return job
+
+    def wait(self, job_id: int, *, sql: str = "") -> dict:
+        """Poll until the job ends. Finished: return its JSON. Failed/cancelled: raise
+        `CasJobsJobError` with the server's message. Past `timeout_s`: cancel, raise
+        `CasJobsTimeoutError`."""
+        deadline = self._clock() + self.timeout_s
+        interval = self.poll_interval_s
+        last_state = None
+        while True:
+            job = self.status(job_id)
+            try:
+                state = JobStatus(int(job["Status"]))
+            except ValueError:
+                raise CasJobsError(f"job {job_id}: unknown Status {job['Status']!r}") from None
+            if state != last_state:
+                log.info("CasJobs job %d: %s", job_id, state.name.lower())
+                last_state = state
+            if state == JobStatus.FINISHED:
+                return job
+            if state in _TERMINAL:
+                raise CasJobsJobError(job_id, state, self._job_message(job), sql)
+            if self._clock() + interval > deadline:
+                self._cancel_quietly(job_id)
+                raise CasJobsTimeoutError(
+                    f"job {job_id} still {state.name.lower()} after {self.timeout_s:.0f} s; "
+                    "asked the server to cancel it"
+                )
+            self._sleep(interval)
+            interval = min(self.max_poll_interval_s, interval * 1.5)
+
+    def cancel(self, job_id: int) -> None:
+        """Ask the server to cancel a job."""
+        self._call("DELETE", JOB_PATH.format(job_id=int(job_id)), what="cancel job")
+
+    def quick_query(self, sql: str, context: str = MYDB) -> pd.DataFrame:
+        """A synchronous query (CasJobs "quick" query, short time limit); returns its table."""
+        response = self._call(
+            "POST",
+            QUICK_QUERY_PATH.format(context=context),
+            what="quick query",
+            json_body={"Query": sql, "TaskName": self.task_name},
+            accept=CSV_ACCEPT,
+            sql=sql,
+        )
+        return parse_skyserver_csv(response.text, sql=sql)
+
+    def drop_table(self, table: str) -> None:
+        """Drop a MyDB table if it exists."""
+        name = _plain_table(table)
+        sql = f"IF OBJECT_ID('{name}', 'U') IS NOT NULL DROP TABLE {name}"
+        self._call(
+            "POST",
+            QUICK_QUERY_PATH.format(context=MYDB),
+            what="drop table",
+            json_body={"Query": sql, "TaskName": self.task_name},
+            accept=CSV_ACCEPT,
+            sql=sql,
+        )
+        log.info("dropped MyDB.%s if it existed", name)
+
+    def download_table(self, table: str, *, order_by: str | None = None) -> pd.DataFrame:
+        """Download a MyDB table; pages of `page_rows` rows (ordered by `order_by`) when large.
+
+        The row count is asked first and every page, and the total, are checked against it.
+        """
+        name = _plain_table(table)
+        counted = self.quick_query(f"SELECT COUNT_BIG(*) AS n FROM {name}")
+        expected = int(counted.iloc[0, 0])
+        if expected <= self.page_rows:
+            frame = self.quick_query(f"SELECT * FROM {name}")
+            self._check_rows(name, len(frame), expected)
+            return frame
+        if order_by is None or not _ORDER_BY.fullmatch(order_by.strip()):
+            raise ValueError(
+                f"MyDB.{name} has {expected} rows, more than page_rows={self.page_rows}: pass "
+                "order_by=<unique column(s)> so that pages are well defined"
+            )
+        pages = []
+        for start in range(0, expected, self.page_rows):
+            size = min(self.page_rows, expected - start)
+            page = self.quick_query(
+                f"SELECT * FROM {name} ORDER BY {order_by} "
+                f"OFFSET {start} ROWS FETCH NEXT {size} ROWS ONLY"
+            )
+            self._check_rows(f"{name} rows {start}..{start + size - 1}", len(page), size)
+            pages.append(page)
+            log.info("MyDB.%s: downloaded %d of %d rows", name, start + size, expected)
+        frame = pd.concat(pages, ignore_index=True)
+        self._check_rows(name, len(frame), expected)
+        keys = [c.strip() for c in order_by.split(",")]
+        if set(keys) <= set(frame.columns) and frame.duplicated(subset=keys).any():
+            raise CasJobsError(f"order_by={order_by!r} is not unique in MyDB.{name}: pages overlap")
+        return frame
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_rows(what: str, got: int, expected: int) -> None:
+        if got != expected:
+            raise CasJobsError(f"MyDB.{what}: downloaded {got} rows, expected {expected}")
+
+    @staticmethod
+    def _job_message(job: dict) -> str:
+        parts = []
+        for key in ("Error", "Message"):
+            text = str(job.get(key) or "").strip()
+            if text and text not in parts:
+                parts.append(text)
+        return "; ".join(parts) or "the server gave no message"
+
+    def _cancel_quietly(self, job_id: int) -> None:
+        try:
+            self.cancel(job_id)
+        except RemoteQueryError as exc:
+            log.warning("could not cancel CasJobs job %d: %s", job_id, exc)
+
+    def _redact(self, text: str) -> str:
+        token = self._token.reveal()
+        return text.replace(token, "<redacted>") if token else text
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json_body: dict | None = None,
+        accept: str = "application/json",
+        idempotent: bool = True,
+        sql: str = "",
+    ) -> requests.Response:
+        """One REST call with retries; returns a 2xx response or raises one of our errors."""
+        return call_with_retries(
+            lambda: self._attempt(method, path, what, json_body, accept, idempotent, sql),
+            what=f"CasJobs {what}",
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            max_backoff_s=self.max_backoff_s,
+            sleep=self._sleep,
+        )
+
+    def _attempt(self, method, path, what, json_body, accept, idempotent, sql) -> requests.Response:
+        headers = {AUTH_HEADER: self._token.reveal(), "Accept": accept}
+        data = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(json_body)
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + path,
+                headers=headers,
+                data=data,
+                timeout=self.request_timeout_s,
+            )
+        except requests.RequestException as exc:
+            # Not chained: a requests exception holds the request, headers (token) included.
+            transient = transient_from_requests(exc)
+            safe_to_repeat = idempotent or isinstance(exc, requests.ConnectTimeout)
+            if transient is not None and safe_to_repeat:
+                raise type(transient)(self._redact(str(transient))) from None
+            raise CasJobsError(f"CasJobs {what} failed: {self._redact(str(exc))}") from None
+
+        status = response.status_code
+        if status < 300:
+            return response
+        message = self._redact(readable_message(response.text)) or f"HTTP {status}"
+        if status in (401, 403):
+            raise CasJobsAuthError(f"CasJobs {what}: token rejected (HTTP {status}): {message}")
+        if looks_like_sql_error(message) or (status == 400 and sql):
+            raise QueryError(message, sql, status)
+        retryable = status in (429, 503) or (idempotent and (status >= 500 or status == 408))
+        if retryable:
+            raise TransientError(
+                f"CasJobs {what}: HTTP {status}: {message[:300]}", retry_after_seconds(response)
+            )
+        raise CasJobsError(f"CasJobs {what}: HTTP {status}: {message}")

@@ -1,0 +1,74 @@
+"""Observing conditions of each simulated field and band: seeing, sky noise, calibration.
+
+One place for the numbers that both the catalogue (photometric errors, calibration offsets) and the
+frame renderer (PSF, noise, counts) use, so the two never disagree. Per-band reference values were
+measured on the real frames of field 4510-4-0030 (../shared/data/real/sdss_frames_004510-4-0030):
+robust background sigma in nanomaggies per pixel and the NMGY calibration keyword.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .footprint import BANDS
+
+# Measured on frame-[ugriz]-004510-4-0030 (1.4826 x MAD of all pixels; NMGY header keyword).
+REAL_BACKGROUND_SIGMA_NMGY = {"u": 0.0437, "g": 0.0159, "r": 0.0232, "i": 0.0372, "z": 0.174}
+REAL_NMGY_PER_COUNT = {"u": 0.00977, "g": 0.00356, "r": 0.00491, "i": 0.00636, "z": 0.0372}
+# Typical SDSS camera gains (electrons per DN), used for the sources' Poisson noise.
+GAIN = {"u": 1.6, "g": 3.9, "r": 4.7, "i": 5.1, "z": 4.75}
+# Seeing relative to r: shorter wavelengths see worse.
+SEEING_BAND_FACTOR = {"u": 1.12, "g": 1.06, "r": 1.0, "i": 0.97, "z": 0.96}
+# Per-field photometric calibration scatter (mag), about SDSS's quoted 1-2 % (u worse).
+CALIBRATION_SCATTER_MAG = {"u": 0.02, "g": 0.01, "r": 0.01, "i": 0.01, "z": 0.015}
+
+
+@dataclass(frozen=True)
+class FieldBandConditions:
+    psf_fwhm_arcsec: float
+    background_sigma_nmgy: float
+    nmgy_per_count: float
+    gain: float
+    zero_point_offset_mag: float
+
+
+def _run_seeing_track(seed: int, run: int, n: int) -> np.ndarray:
+    """Seeing in r along a run: a smooth random walk in log space, median about 1.3"."""
+    rng = np.random.default_rng([seed, 23, run])
+    steps = rng.normal(0.0, 0.03, size=n)
+    log_fwhm = np.log(1.3) + rng.normal(0.0, 0.08) + np.cumsum(steps)
+    # Pull back toward the median so long runs do not drift away.
+    log_fwhm = np.log(1.3) + (log_fwhm - np.log(1.3)) * 0.8
+    return np.clip(np.exp(log_fwhm), 1.0, 1.7)
+
+
+def field_conditions(seed: int, run: int, camcol: int, field: int, band: str) -> FieldBandConditions:
+    """Conditions of one frame: a pure function of its identity and the survey seed."""
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}, got {band!r}")
+    seeing_r = _run_seeing_track(seed, run, field + 1)[field]
+    rng = np.random.default_rng([seed, 29, run, camcol, field, BANDS.index(band)])
+    fwhm = float(np.clip(seeing_r * SEEING_BAND_FACTOR[band] * rng.normal(1.0, 0.02), 1.0, 1.8))
+    sky_scale = float(np.exp(rng.normal(0.0, 0.08)))  # sky brightness varies a little per field
+    return FieldBandConditions(
+        psf_fwhm_arcsec=fwhm,
+        background_sigma_nmgy=REAL_BACKGROUND_SIGMA_NMGY[band] * sky_scale,
+        nmgy_per_count=REAL_NMGY_PER_COUNT[band] * float(np.exp(rng.normal(0.0, 0.03))),
+        gain=GAIN[band],
+        zero_point_offset_mag=float(rng.normal(0.0, CALIBRATION_SCATTER_MAG[band])),
+    )
+
+
+def per_field_table(seed: int, run, camcol, field, attribute: str) -> np.ndarray:
+    """One attribute of ``FieldBandConditions`` as an (n, 5) array for arrays of fields."""
+    run, camcol, field = (np.asarray(a) for a in (run, camcol, field))
+    keys, inverse = np.unique(np.stack([run, camcol, field], axis=1), axis=0, return_inverse=True)
+    table = np.array(
+        [
+            [getattr(field_conditions(seed, int(r), int(c), int(f), b), attribute) for b in BANDS]
+            for r, c, f in keys
+        ]
+    ).reshape(len(keys), len(BANDS))
+    return table[inverse.ravel()]

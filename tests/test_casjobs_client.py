@@ -1,0 +1,350 @@
+"""CasJobsClient against a loopback server that plays the CasJobs REST job lifecycle.
+
+No network, no real waiting (fake clock). The token must never leak: every test that can see
+logs, exceptions or reprs checks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pandas as pd
+import pytest
+from loopback_server import LoopbackServer, Reply, replies
+
+from ssl_photoz.query.casjobs import (
+    CasJobsAuthError,
+    CasJobsClient,
+    CasJobsError,
+    CasJobsJobError,
+    CasJobsTimeoutError,
+    JobStatus,
+    into_table,
+)
+from ssl_photoz.query.http_errors import QueryError
+
+TOKEN = "s3cr3t-T0KEN-4f9a7c"
+JOB_ID = 4242
+TABLES = "/contexts/MyDB/Tables"
+SUBMIT = "/contexts/DR12/jobs"
+JOB = f"/jobs/{JOB_ID}"
+QUERY = "/contexts/MyDB/query"
+SQL = (
+    "SELECT s.specObjID, p.objID AS objid, s.z INTO MyDB.mgs_labels FROM SpecObjAll AS s "
+    "JOIN PhotoObjAll AS p ON s.bestObjID = p.objID WHERE s.zWarning = 0"
+)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def server():
+    with LoopbackServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def debug_logs(caplog):
+    caplog.set_level(logging.DEBUG)  # urllib3 and our own debug lines included
+    return caplog
+
+
+def make_client(server, clock, **kwargs) -> CasJobsClient:
+    options = dict(
+        token=TOKEN,
+        poll_interval_s=2.0,
+        timeout_s=600,
+        retries=2,
+        backoff_s=1.0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    options.update(kwargs)
+    client = CasJobsClient(base_url=server.url, **options)
+    client._session.trust_env = False  # never route 127.0.0.1 through a proxy
+    return client
+
+
+def assert_no_token(caplog, *things) -> None:
+    assert TOKEN not in caplog.text
+    for thing in things:
+        assert TOKEN not in str(thing)
+        assert TOKEN not in repr(thing)
+
+
+def job(status: JobStatus, **fields) -> Reply:
+    return Reply(
+        200,
+        json.dumps({"JobID": JOB_ID, "Status": int(status), **fields}),
+        content_type="application/json",
+    )
+
+
+CATALOGUE = pd.DataFrame(
+    {
+        "specObjID": [
+            845594848269461504,
+            845594848269461505,
+            845594848269461506,
+            845594848269461507,
+            845594848269461508,
+        ],
+        "objid": [
+            1237652943176138868,
+            1237653651835781245,
+            1237649953859240024,
+            1237649953859240025,
+            1237649816422187130,
+        ],
+        "z": [0.0456, 0.1, 0.2, 0.3, 0.35],
+    }
+)
+
+
+def serve_mydb(
+    server,
+    catalogue: pd.DataFrame = CATALOGUE,
+    table: str = "mgs_labels",
+    rows_served: int | None = None,
+):
+    """Answer quick queries on MyDB.<table>: COUNT_BIG, SELECT *, and OFFSET/FETCH pages."""
+
+    def handler(request):
+        sql = request.json()["Query"]
+        if "COUNT_BIG" in sql:
+            return Reply(200, f"n\n{len(catalogue)}\n")
+        page = re.search(r"OFFSET (\d+) ROWS FETCH NEXT (\d+) ROWS ONLY", sql)
+        if page:
+            start, size = map(int, page.groups())
+            rows = catalogue.sort_values("objid").iloc[start : start + size]
+        elif sql.startswith("IF OBJECT_ID"):
+            return Reply(200, "")
+        else:
+            assert sql == f"SELECT * FROM {table}"
+            rows = catalogue.head(rows_served)
+        return Reply(200, "#Table1\n" + rows.to_csv(index=False, lineterminator="\n"))
+
+    server.route("GET", TABLES, Reply(200, "[]", content_type="application/json"))
+    server.route("POST", QUERY, handler)
+
+
+# --- the whole flow ------------------------------------------------------------------------
+
+
+def test_job_lifecycle_submit_poll_download(server, clock, debug_logs):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    server.route(
+        "GET",
+        JOB,
+        replies(
+            job(JobStatus.READY),
+            job(JobStatus.STARTED),
+            job(JobStatus.STARTED),
+            job(JobStatus.FINISHED),
+        ),
+    )
+    client = make_client(server, clock)
+
+    frame = client.query(SQL)
+
+    pd.testing.assert_frame_equal(frame, CATALOGUE)
+    assert frame["specObjID"].dtype == "int64"
+    paths = [(r.method, r.path) for r in server.requests]
+    assert paths[:2] == [("GET", TABLES), ("PUT", SUBMIT)]  # auth check before any work
+    assert paths[2:6] == [("GET", JOB)] * 4
+    assert paths[6:] == [("POST", QUERY), ("POST", QUERY)]  # count, then the table
+    assert all(r.headers.get("X-Auth-Token") == TOKEN for r in server.requests)
+    submitted = server.requests_to(SUBMIT)[0].json()
+    assert submitted["Query"] == SQL and submitted["TaskName"]
+    assert server.requests_to(QUERY)[-1].headers["Accept"] == "text/plain"
+    assert clock.sleeps == [2.0, 3.0, 4.5]  # polls back off by half each time
+    assert_no_token(debug_logs, client, client.provenance())
+
+
+def test_failed_job_raises_with_the_server_message(server, clock, debug_logs):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    server.route(
+        "GET",
+        JOB,
+        replies(
+            job(JobStatus.STARTED),
+            job(JobStatus.FAILED, Message="Invalid column name 'zWarnin'.", Error=""),
+        ),
+    )
+    with pytest.raises(CasJobsJobError) as caught:
+        make_client(server, clock).query(SQL)
+    assert "Invalid column name 'zWarnin'." in str(caught.value)
+    assert caught.value.job_status == JobStatus.FAILED
+    assert "SpecObjAll" in caught.value.sql_head
+    assert server.requests_to(QUERY) == []  # nothing downloaded
+    assert_no_token(debug_logs, caught.value)
+
+
+def test_cancelled_job_is_an_error(server, clock):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    server.route("GET", JOB, job(JobStatus.CANCELLED, Message="Canceled by user"))
+    with pytest.raises(CasJobsJobError, match="cancelled: Canceled by user"):
+        make_client(server, clock).query(SQL)
+
+
+def test_job_past_timeout_is_cancelled(server, clock):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    server.route("GET", JOB, job(JobStatus.STARTED))
+    server.route("DELETE", JOB, Reply(200, ""))
+    with pytest.raises(CasJobsTimeoutError):
+        make_client(server, clock, timeout_s=30, max_poll_interval_s=10).query(SQL)
+    assert len(server.requests_to(JOB)) > 2
+    assert server.requests[-1].method == "DELETE"
+    assert clock.now <= 30
+
+
+def test_transient_status_errors_are_retried(server, clock):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    server.route(
+        "GET", JOB, replies(Reply(502, "Bad Gateway"), Reply(drop=True), job(JobStatus.FINISHED))
+    )
+    frame = make_client(server, clock).query(SQL)
+    assert len(frame) == 5
+    assert clock.sleeps == [1.0, 2.0]  # back-off only; the job finished on the first good poll
+
+
+def test_submit_is_not_repeated_after_a_server_error(server, clock):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(500, "Internal Server Error"))
+    with pytest.raises(CasJobsError, match="HTTP 500"):
+        make_client(server, clock).query(SQL)
+    assert len(server.requests_to(SUBMIT)) == 1  # it may have been queued: never submit twice
+
+
+def test_submit_is_repeated_when_the_server_was_busy(server, clock):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, replies(Reply(503, "busy"), Reply(200, str(JOB_ID))))
+    server.route("GET", JOB, job(JobStatus.FINISHED))
+    assert len(make_client(server, clock).query(SQL)) == 5
+    assert len(server.requests_to(SUBMIT)) == 2
+
+
+def test_sql_error_from_submit_is_a_query_error(server, clock):
+    serve_mydb(server)
+    server.route(
+        "PUT",
+        SUBMIT,
+        Reply(
+            500,
+            json.dumps(
+                {
+                    "Error Code": 500,
+                    "Error Type": "SqlException",
+                    "Error Message": "Incorrect syntax near 'FORM'.",
+                }
+            ),
+            content_type="application/json",
+        ),
+    )
+    with pytest.raises(QueryError, match="Incorrect syntax near 'FORM'"):
+        make_client(server, clock).query(SQL)
+    assert len(server.requests_to(SUBMIT)) == 1
+
+
+def test_drop_existing_drops_the_table_before_submitting(server, clock):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    server.route("GET", JOB, job(JobStatus.FINISHED))
+    make_client(server, clock).query(SQL, drop_existing=True)
+    first_quick = server.requests_to(QUERY)[0].json()["Query"]
+    assert first_quick == "IF OBJECT_ID('mgs_labels', 'U') IS NOT NULL DROP TABLE mgs_labels"
+    order = [r.method for r in server.requests]
+    assert order.index("POST") < order.index("PUT")
+
+
+# --- download --------------------------------------------------------------------------------
+
+
+def test_large_table_is_downloaded_in_ordered_pages(server, clock):
+    serve_mydb(server)
+    client = make_client(server, clock, page_rows=2)
+    frame = client.download_table("MyDB.mgs_labels", order_by="objid")
+    expected = CATALOGUE.sort_values("objid").reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame, expected)
+    pages = [r.json()["Query"] for r in server.requests_to(QUERY)][1:]
+    assert len(pages) == 3 and all("ORDER BY objid OFFSET" in q for q in pages)
+
+
+def test_large_table_without_order_by_is_refused(server, clock):
+    serve_mydb(server)
+    with pytest.raises(ValueError, match="order_by"):
+        make_client(server, clock, page_rows=2).download_table("mgs_labels")
+
+
+def test_short_download_is_an_error(server, clock):
+    serve_mydb(server, rows_served=3)
+    with pytest.raises(CasJobsError, match="downloaded 3 rows, expected 5"):
+        make_client(server, clock).download_table("mgs_labels")
+
+
+# --- token handling ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_token_stops_before_any_work(server, clock, debug_logs, status):
+    server.route("GET", TABLES, Reply(status, f"Unauthorized: token {TOKEN} is not valid"))
+    client = make_client(server, clock)
+    with pytest.raises(CasJobsAuthError, match=f"HTTP {status}") as caught:
+        client.query(SQL)
+    assert [(r.method, r.path) for r in server.requests] == [("GET", TABLES)]
+    assert "<redacted>" in str(caught.value)  # the server echoed it; we scrubbed it
+    assert_no_token(debug_logs, caught.value, client)
+
+
+def test_missing_token_is_an_auth_error(monkeypatch):
+    monkeypatch.delenv("SCISERVER_TOKEN", raising=False)
+    with pytest.raises(CasJobsAuthError, match="SCISERVER_TOKEN"):
+        CasJobsClient()
+
+
+def test_token_from_environment_is_used_and_hidden(server, clock, monkeypatch, debug_logs):
+    monkeypatch.setenv("MY_TOKEN_VAR", TOKEN)
+    serve_mydb(server)
+    client = make_client(server, clock, token=None, token_env="MY_TOKEN_VAR")
+    client.check_auth()
+    assert server.requests[0].headers["X-Auth-Token"] == TOKEN
+    assert client.provenance()["token_source"] == "$MY_TOKEN_VAR"
+    assert_no_token(debug_logs, client, client.provenance(), vars(client))
+
+
+def test_server_error_echoing_the_token_is_redacted(server, clock, debug_logs):
+    serve_mydb(server)
+    server.route("GET", JOB, Reply(500, f"Internal error while handling token {TOKEN}"))
+    with pytest.raises(Exception) as caught:
+        make_client(server, clock).wait(JOB_ID)
+    chain = [caught.value, caught.value.__cause__, caught.value.__context__]
+    assert_no_token(debug_logs, *chain)
+
+
+def test_into_table_finds_the_mydb_table():
+    assert into_table(SQL) == "mgs_labels"
+    assert into_table("select * into mydb.dbo.[t_1] from x") == "t_1"
+    assert into_table("SELECT 1") is None
