@@ -12,7 +12,9 @@ from ssl_photoz.sky.pixels import background_sigma, median_star_fwhm_arcsec, sta
 def _star(profile: galsim.GSObject, size: int, x: float, y: float, flux: float) -> np.ndarray:
     """Pixel-convolved star at 0-based (x, y) on a size x size image (scale 1 px)."""
     img = galsim.ImageD(galsim.BoundsI(0, size - 1, 0, size - 1), scale=1.0)
-    profile.withFlux(flux).drawImage(image=img, offset=(x - img.true_center.x, y - img.true_center.y))
+    profile.withFlux(flux).drawImage(
+        image=img, offset=(x - img.true_center.x, y - img.true_center.y)
+    )
     return img.array
 
 

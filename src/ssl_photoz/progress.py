@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, unit: str = "it", total: int | None = None
+) -> Iterator[T]:
     """Iterate with a progress bar on stderr (every few seconds when stderr is a file)."""
     interactive = sys.stderr.isatty()
     return iter(

@@ -63,7 +63,9 @@ def detections(truth: pd.DataFrame, footprint: Footprint) -> pd.DataFrame:
     ra_c, dec_c = footprint.field_centre(prim["run"], prim["camcol"], prim["field"])
     along = (ra - ra_c) * np.cos(np.radians(dec))
     across = dec - dec_c
-    d_field = _near_boundary_shift(along, FIELD_STEP_DEG / 2, (FRAME_HEIGHT_DEG - FIELD_STEP_DEG) / 2)
+    d_field = _near_boundary_shift(
+        along, FIELD_STEP_DEG / 2, (FRAME_HEIGHT_DEG - FIELD_STEP_DEG) / 2
+    )
     spacing = footprint.camcol_spacing_deg
     d_camcol = _near_boundary_shift(across, spacing / 2, (FRAME_WIDTH_DEG - spacing) / 2)
     secondaries = []
@@ -72,7 +74,9 @@ def detections(truth: pd.DataFrame, footprint: Footprint) -> pd.DataFrame:
     secondaries.append(sec)
     sec = prim[d_camcol != 0].copy()
     # Across camcols, the neighbouring frame is the one at the same sky position.
-    slot = (sec["run"] - footprint.first_run) * CAMCOLS + sec["camcol"] - 1 + d_camcol[d_camcol != 0]
+    slot = (
+        (sec["run"] - footprint.first_run) * CAMCOLS + sec["camcol"] - 1 + d_camcol[d_camcol != 0]
+    )
     ok = (slot >= 0) & (slot < footprint.n_runs * CAMCOLS)
     sec = sec[ok.to_numpy()].copy()
     sec["run"] = footprint.first_run + slot[ok] // CAMCOLS
@@ -84,9 +88,8 @@ def detections(truth: pd.DataFrame, footprint: Footprint) -> pd.DataFrame:
     secondaries.append(sec)
     det = pd.concat([prim, *secondaries], ignore_index=True)
     det.loc[det.index >= len(prim), "mode"] = 2
-    last_field = np.array(
-        [footprint.first_field + footprint.n_fields(r, c) - 1 for r, c in zip(det.run, det.camcol)]
-    )
+    pairs = zip(det.run, det.camcol, strict=True)
+    last_field = np.array([footprint.first_field + footprint.n_fields(r, c) - 1 for r, c in pairs])
     det = det[(det["field"] >= footprint.first_field) & (det["field"] <= last_field)]
     # obj numbers count up within each field, in scan order, as the photo pipeline's do.
     det = det.assign(_ra=truth["ra"].to_numpy()[det["truth_row"]])
@@ -94,8 +97,13 @@ def detections(truth: pd.DataFrame, footprint: Footprint) -> pd.DataFrame:
     # Runs are built independently: detections spilling into a neighbouring run take obj numbers
     # from a range of their own so they can never collide with that run's own objects.
     source_run = footprint.first_run + (
-        (np.floor((truth["dec"].to_numpy()[det["truth_row"]] - footprint.dec_min)
-                  / footprint.camcol_spacing_deg).astype(np.int64)) // CAMCOLS
+        (
+            np.floor(
+                (truth["dec"].to_numpy()[det["truth_row"]] - footprint.dec_min)
+                / footprint.camcol_spacing_deg
+            ).astype(np.int64)
+        )
+        // CAMCOLS
     )
     from_side = np.sign(det["run"].to_numpy() - source_run)  # 0 own run, -1 / +1 neighbours
     det["_side"] = from_side
@@ -138,9 +146,7 @@ def photo_obj_all(
     )
     extinction = ebv_map[:, None] * SF11_VECTOR
     r50 = t["r50_arcsec"].to_numpy()
-    petro_r50 = np.sqrt(r50**2 + (0.5 * fwhm[:, BANDS.index("r")]) ** 2) * rng.lognormal(
-        0, 0.05, n
-    )
+    petro_r50 = np.sqrt(r50**2 + (0.5 * fwhm[:, BANDS.index("r")]) ** 2) * rng.lognormal(0, 0.05, n)
     # Positions: astrometric scatter of a few hundredths of an arcsec; secondaries re-measured.
     pos_err = 0.03 / 3600.0
     ra = t["ra"].to_numpy() + rng.normal(0, pos_err, n) / np.cos(np.radians(t["dec"].to_numpy()))
@@ -196,14 +202,16 @@ def _mask_bright_star_halos(photo: pd.DataFrame) -> None:
     bxyz = _unit_vectors(bright["ra"].to_numpy(), bright["dec"].to_numpy())
     radius_arcsec = 30.0 * 10.0 ** (-0.2 * (bright["modelMag_r"].to_numpy() - 13.0))
     inside = np.zeros(len(photo), dtype=bool)
-    for p, rad in zip(bxyz, np.radians(radius_arcsec / 3600.0)):
+    for p, rad in zip(bxyz, np.radians(radius_arcsec / 3600.0), strict=True):
         inside[tree.query_ball_point(p, rad)] = True
     photo.loc[inside, "insideMask"] = 1
 
 
 def _unit_vectors(ra, dec) -> np.ndarray:
     ra_r, dec_r = np.radians(ra), np.radians(dec)
-    return np.column_stack([np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r), np.sin(dec_r)])
+    return np.column_stack(
+        [np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r), np.sin(dec_r)]
+    )
 
 
 def _fibre_collisions(ra, dec, rng) -> np.ndarray:
@@ -233,7 +241,13 @@ def spectroscopy(
     dered_petro_r = (prim["petroMag_r"] - prim["extinction_r"]).to_numpy()
     dered_gr = (prim["dered_g"] - prim["dered_r"]).to_numpy()
     mgs = is_gal & (dered_petro_r <= MGS_PETRO_R_LIMIT) & (prim["petroR50_r"].to_numpy() > 0)
-    lrg = is_gal & ~mgs & (dered_petro_r < 19.2) & (dered_gr > 1.25) & (rng.uniform(size=len(prim)) < 0.6)
+    lrg = (
+        is_gal
+        & ~mgs
+        & (dered_petro_r < 19.2)
+        & (dered_gr > 1.25)
+        & (rng.uniform(size=len(prim)) < 0.6)
+    )
     stars = ~is_gal & (prim["modelMag_r"].to_numpy() < 19.0)
     star_spec = stars & (rng.uniform(size=len(prim)) < 0.02)
     qso = stars & ~star_spec & (rng.uniform(size=len(prim)) < 0.01)
@@ -246,7 +260,9 @@ def spectroscopy(
     obs_idx = np.nonzero(observed)[0]
     primtarget = np.zeros(len(prim), dtype=np.int64)
     primtarget[mgs] |= TARGET_GALAXY
-    primtarget[lrg | (mgs & (dered_gr > 1.25) & (rng.uniform(size=len(prim)) < 0.5))] |= TARGET_GALAXY_RED
+    primtarget[lrg | (mgs & (dered_gr > 1.25) & (rng.uniform(size=len(prim)) < 0.5))] |= (
+        TARGET_GALAXY_RED
+    )
     primtarget[qso] |= TARGET_QSO_HIZ
     primtarget[star_spec] |= TARGET_STAR_BROWN_DWARF
     # BOSS later re-observed some LRGs: a second survey in the same table.
@@ -265,13 +281,17 @@ def spectroscopy(
     # Warnings: 1.5 % of spectra have a flagged, often wrong, redshift.
     z_warning = np.zeros(n, dtype=np.int32)
     warn = rng.uniform(size=n) < 0.015
-    z_warning[warn] = rng.choice([4, 16, 128], size=warn.sum())  # SMALL_DELTA_CHI2, MANY_OUTLIERS...
+    z_warning[warn] = rng.choice(
+        [4, 16, 128], size=warn.sum()
+    )  # SMALL_DELTA_CHI2, MANY_OUTLIERS...
     z[warn] = np.where(rng.uniform(size=warn.sum()) < 0.5, rng.uniform(0, 0.6, warn.sum()), z[warn])
     z_err[warn] *= 20
     # Plates: cells of about 2.5 deg; fibers numbered within each plate.
     ra_rows = prim["ra"].to_numpy()[rows]
     dec_rows = prim["dec"].to_numpy()[rows]
-    cell = np.floor(ra_rows / 2.5).astype(np.int64) * 1000 + np.floor((dec_rows + 90) / 2.5).astype(np.int64)
+    cell = np.floor(ra_rows / 2.5).astype(np.int64) * 1000 + np.floor((dec_rows + 90) / 2.5).astype(
+        np.int64
+    )
     cells, cell_idx = np.unique(cell + is_repeat * 500_000, return_inverse=True)
     plate = first_plate + cell_idx
     mjd = 51600 + (plate * 37) % 3000

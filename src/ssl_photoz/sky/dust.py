@@ -47,8 +47,9 @@ def true_ebv(l_deg, b_deg, seed: int, ebv_pole: float = 0.03, clumpiness: float 
     return ebv_pole * csc * _modulation(l_deg, b_deg, seed, stream=1, amplitude=clumpiness)
 
 
-def map_ebv(l_deg, b_deg, seed: int, ebv_pole: float = 0.03, clumpiness: float = 0.3,
-            map_error: float = 0.1):
+def map_ebv(
+    l_deg, b_deg, seed: int, ebv_pole: float = 0.03, clumpiness: float = 0.3, map_error: float = 0.1
+):
     """The E(B-V) the survey's extinction columns are computed from (true field x map error)."""
     truth = true_ebv(l_deg, b_deg, seed, ebv_pole, clumpiness)
     return truth * _modulation(l_deg, b_deg, seed, stream=2, amplitude=map_error)

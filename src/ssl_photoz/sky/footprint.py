@@ -62,7 +62,9 @@ class Footprint:
 
     def __post_init__(self) -> None:
         if not self.ra_max > self.ra_min:
-            raise ValueError(f"footprint: ra_max ({self.ra_max}) must exceed ra_min ({self.ra_min})")
+            raise ValueError(
+                f"footprint: ra_max ({self.ra_max}) must exceed ra_min ({self.ra_min})"
+            )
         if self.n_runs < 1:
             raise ValueError(f"footprint: n_runs must be >= 1, got {self.n_runs}")
         if not 0.15 <= self.camcol_spacing_deg <= FRAME_WIDTH_DEG:
@@ -120,7 +122,7 @@ class Footprint:
 
     # -- which field owns a position ----------------------------------------------------------
     def locate(self, ra, dec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Primary (run, camcol, field) of each position and a mask of positions inside the survey."""
+        """Primary (run, camcol, field) of each position, and a mask of those inside the survey."""
         ra = np.asarray(ra, dtype=float)
         dec = np.asarray(dec, dtype=float)
         slot = np.floor((dec - self.dec_min) / self.camcol_spacing_deg).astype(np.int64)
@@ -129,10 +131,7 @@ class Footprint:
         step = self.field_ra_step(run, camcol)
         field = self.first_field + np.floor((ra - self.ra_min) / step).astype(np.int64)
         inside = (
-            (slot >= 0)
-            & (slot < self.n_runs * CAMCOLS)
-            & (ra >= self.ra_min)
-            & (ra < self.ra_max)
+            (slot >= 0) & (slot < self.n_runs * CAMCOLS) & (ra >= self.ra_min) & (ra < self.ra_max)
         )
         return run, camcol, field, inside
 
@@ -186,7 +185,10 @@ class Footprint:
             ra_c, dec_c = self.field_centre(fid.run, fid.camcol, fid.field)
             ddec = abs(dec - dec_c)
             dra = abs((ra - ra_c + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec))
-            if ddec <= FRAME_WIDTH_DEG / 2 + radius_deg and dra <= FRAME_HEIGHT_DEG / 2 + radius_deg:
+            if (
+                ddec <= FRAME_WIDTH_DEG / 2 + radius_deg
+                and dra <= FRAME_HEIGHT_DEG / 2 + radius_deg
+            ):
                 out.append(fid)
         return out
 

@@ -146,9 +146,7 @@ def _uniform_positions(rng, n, ra_range, dec_range):
 
 
 def solid_angle_sr(ra_range, dec_range) -> float:
-    return float(
-        np.radians(ra_range[1] - ra_range[0]) * np.diff(np.sin(np.radians(dec_range)))[0]
-    )
+    return float(np.radians(ra_range[1] - ra_range[0]) * np.diff(np.sin(np.radians(dec_range)))[0])
 
 
 def _shen_r50_kpc(m_r, red: np.ndarray) -> np.ndarray:

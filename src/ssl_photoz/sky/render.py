@@ -44,6 +44,7 @@ EXP_EXTENT_R50 = 5.0  # an exponential keeps 99.8 % of its flux inside 5 r50
 MAX_STAMP_RADIUS = 256  # pixels; bounds the cost of the rare huge galaxy
 NOISE_TILE = 64
 ALLSKY_BIN = 8  # the real sky table samples the frame every 8 pixels
+FLOAT_KEEP_BITS = 10  # mantissa bits kept, as in the real frames ("truncated at 10 binary digits")
 _NOISE_TAG = 8_675_309  # separates the noise streams from other uses of the survey seed
 _MAX_DISTANCE_DEG = 1.0  # sources farther than this from the frame centre cannot touch it
 # 1 % folding (GalSim default 0.5 %) makes FFTs ~20 % cheaper; flux stays within 0.2 %.
@@ -92,9 +93,8 @@ def _place(sources: pd.DataFrame, wcs) -> tuple[pd.DataFrame, _Placed]:
     dec = sources["dec"].to_numpy(np.float64)
     ra0, dec0 = wcs.wcs.crval
     # Cheap cut before the projection: TAN maps far-away points to nonsense pixel positions.
-    cos_sep = np.sin(np.radians(dec)) * np.sin(np.radians(dec0)) + np.cos(
-        np.radians(dec)
-    ) * np.cos(np.radians(dec0)) * np.cos(np.radians(ra - ra0))
+    d, d0 = np.radians(dec), np.radians(dec0)
+    cos_sep = np.sin(d) * np.sin(d0) + np.cos(d) * np.cos(d0) * np.cos(np.radians(ra - ra0))
     near = np.isfinite(cos_sep) & (cos_sep > np.cos(np.radians(_MAX_DISTANCE_DEG)))
     src = sources.loc[near]
     ra, dec = ra[near], dec[near]
@@ -189,8 +189,9 @@ def render_model(
         raise ValueError(f"sources lack columns {missing}")
     if len(sources) == 0:
         return canvas
-    # A fixed drawing order makes the float sums independent of the input row order.
-    sources = sources.sort_values("objID", kind="stable")
+    # A fixed drawing order makes the float sums independent of the input row order (faint,
+    # uncatalogued sources share objID -1, hence the position tie-breakers).
+    sources = sources.sort_values(["objID", "ra", "dec"], kind="stable")
     src, pl = _place(sources, footprint.frame_wcs(fid, band))
     flux = nanomaggies(src[f"mag_{band}"])
     psf = _psf(psf_fwhm_arcsec)
@@ -244,7 +245,9 @@ def _noise_normals(
             ty0, tx0 = ty * NOISE_TILE, tx * NOISE_TILE
             a0, a1 = max(y0, ty0), min(y1, ty0 + NOISE_TILE)
             b0, b1 = max(x0, tx0), min(x1, tx0 + NOISE_TILE)
-            out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = tile[a0 - ty0 : a1 - ty0, b0 - tx0 : b1 - tx0]
+            out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = tile[
+                a0 - ty0 : a1 - ty0, b0 - tx0 : b1 - tx0
+            ]
     return out
 
 
@@ -265,6 +268,13 @@ def add_noise(
     return model + np.sqrt(var) * z
 
 
+def _truncate_mantissa(image: np.ndarray, keep_bits: int = FLOAT_KEEP_BITS) -> np.ndarray:
+    """Keep ``keep_bits`` of the 23 float32 mantissa bits, as SDSS's FLOATCOMPRESS does: far
+    below the noise, and it makes the bzip2 files about three times smaller."""
+    mask = np.uint32((0xFFFFFFFF << (23 - keep_bits)) & 0xFFFFFFFF)
+    return (image.view(np.uint32) & mask).view(np.float32)
+
+
 def _primary_header(
     footprint: Footprint,
     fid: FieldId,
@@ -282,7 +292,8 @@ def _primary_header(
     hdr["NAXIS2"] = y1 - y0
     hdr["EXTEND"] = True
     hdr["SIMULATD"] = (True, "simulated frame (ssl_photoz mock survey)")
-    hdr["SIMSEED"] = (int(seed), "survey seed: sets conditions and noise")
+    hdr["SIMSEED"] = (int(seed), "seed of the pixel noise")
+    hdr["SKYSEED"] = (int(footprint.seed), "survey seed: sets the field conditions")
     hdr["PSF_FWHM"] = (round(cond.psf_fwhm_arcsec, 5), "[arcsec] Moffat PSF FWHM")
     hdr["PSF_BETA"] = (PSF_BETA, "Moffat PSF beta")
     hdr["SKYSIG"] = (round(cond.background_sigma_nmgy, 6), "[nanomaggy] sky noise per pixel")
@@ -303,12 +314,16 @@ def _primary_header(
     hdr["CRPIX1"] = float(hdr["CRPIX1"]) - x0
     hdr["CRPIX2"] = float(hdr["CRPIX2"]) - y0
     if window != (0, FRAME_COLUMNS, 0, FRAME_ROWS):
-        hdr["WINX0"] = (x0, "0-based first column of this window in the frame")
-        hdr["WINY0"] = (y0, "0-based first row of this window in the frame")
+        hdr["WINX0"] = (x0, "0-based frame column of pixel 0")
+        hdr["WINY0"] = (y0, "0-based frame row of pixel 0")
     hdr["NMGY"] = (cond.nmgy_per_count, "Calibration factor [nMgy per count]")
     # 1 % calibration uncertainty, the SDSS photometric calibration goal.
-    hdr["NMGYIVAR"] = (1.0 / (0.01 * cond.nmgy_per_count) ** 2, "Calibration factor inverse variance")
+    hdr["NMGYIVAR"] = (
+        1.0 / (0.01 * cond.nmgy_per_count) ** 2,
+        "Calibration factor inverse variance",
+    )
     hdr["RERUN"] = (RERUN, "rerun")
+    hdr["COMMENT"] = f"Floats truncated at {FLOAT_KEEP_BITS} binary digits, as FLOATCOMPRESS"
     return hdr
 
 
@@ -349,17 +364,20 @@ def render_frame(
 ) -> fits.HDUList:
     """Simulated SDSS corrected frame (or a window of it) as an HDUList shaped like the real ones.
 
-    ``seed`` is the survey seed: it selects the field's conditions (as the catalogue does, via
-    ``field_conditions``) and the noise. ``window=(x0, x1, y0, y1)`` are 0-based, half-open
-    column/row bounds; the window's pixels equal that slice of the full frame exactly.
+    The field's conditions (PSF, sky noise, calibration) come from ``field_conditions`` with
+    ``footprint.seed``, as the catalogue's do; ``seed`` sets the noise. ``window=(x0, x1, y0, y1)``
+    are 0-based, half-open column/row bounds; the window's pixels equal that slice of the full
+    frame exactly.
     """
     if band not in BANDS:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
     win = _check_window(window)
-    cond = field_conditions(seed, fid.run, fid.camcol, fid.field, band)
+    cond = field_conditions(footprint.seed, fid.run, fid.camcol, fid.field, band)
     model = render_model(sources, footprint, fid, band, cond.psf_fwhm_arcsec, win)
-    image = add_noise(model, cond, seed, fid, band, win).astype(np.float32)
-    primary = fits.PrimaryHDU(data=image, header=_primary_header(footprint, fid, band, seed, cond, win))
+    image = _truncate_mantissa(add_noise(model, cond, seed, fid, band, win).astype(np.float32))
+    primary = fits.PrimaryHDU(
+        data=image, header=_primary_header(footprint, fid, band, seed, cond, win)
+    )
     calib = fits.ImageHDU(data=np.full(FRAME_COLUMNS, cond.nmgy_per_count, dtype=np.float32))
     return fits.HDUList([primary, calib, _sky_table(cond), _astrometry_table(fid, band)])
 

@@ -3,8 +3,8 @@
 Outputs, in one folder (``resources/sky`` by default):
 - ``sdss_mock.duckdb``: tables PhotoObjAll, SpecObjAll, Photoz, galSpecInfo named and typed as in
   SDSS DR12, plus an empty ``MyDB`` schema so that CasJobs' ``SELECT ... INTO MyDB.t`` works;
-- ``truth.parquet``: true redshift, type, E(B-V), intrinsic magnitudes and shapes of every catalogued
-  object, for evaluating the simulation and for rendering, never read by the pipeline's stages;
+- ``truth.parquet``: true redshift, type, E(B-V), intrinsic magnitudes and shapes of every
+  catalogued object, for evaluating the simulation and for rendering; no pipeline stage reads it;
 - ``sky.json``: the settings the survey was built with and its provenance.
 
 Each run (a stripe 6 camcols high) is drawn from its own random stream and written before the next
@@ -163,7 +163,11 @@ def build_survey(sky_cfg: dict, out_dir: Path, config_for_provenance: dict | Non
                 truth_writer = pq.ParquetWriter(tmp_truth, arrow.schema)
             truth_writer.write_table(arrow)
             counts["truth"] += len(tables["truth"])
-            log.info("run %d: %s", settings.footprint.first_run + k, {n: len(t) for n, t in tables.items()})
+            log.info(
+                "run %d: %s",
+                settings.footprint.first_run + k,
+                {n: len(t) for n, t in tables.items()},
+            )
         con.execute('CREATE UNIQUE INDEX photo_objid ON "PhotoObjAll"(objID)')
     finally:
         con.close()
@@ -175,7 +179,9 @@ def build_survey(sky_cfg: dict, out_dir: Path, config_for_provenance: dict | Non
         "area_deg2": settings.footprint.area_deg2,
         "n_fields": len(settings.footprint.fields),
         "build_seconds": round(time.perf_counter() - start, 2),
-        "provenance": provenance(config_for_provenance or {"sky": sky_cfg}, data_release="mock-DR12"),
+        "provenance": provenance(
+            config_for_provenance or {"sky": sky_cfg}, data_release="mock-DR12"
+        ),
     }
     # Publish all three together: a reader never sees a database without its truth and metadata.
     os.replace(tmp_truth, out_dir / TRUTH_NAME)
@@ -244,8 +250,7 @@ class MockSky:
         half_ra = (FRAME_HEIGHT_DEG / 2 + margin) / np.cos(np.radians(float(dec_c)))
         t = self.truth
         near = t[
-            (np.abs(t["dec"] - float(dec_c)) < half_dec)
-            & (np.abs(t["ra"] - float(ra_c)) < half_ra)
+            (np.abs(t["dec"] - float(dec_c)) < half_dec) & (np.abs(t["ra"] - float(ra_c)) < half_ra)
         ]
         neighbours = [
             FieldId(fid.run + dr, c, f)
@@ -253,7 +258,13 @@ class MockSky:
             for c in range(1, CAMCOLS + 1)
             for f in (fid.field - 1, fid.field, fid.field + 1)
             if fid.run + dr in fp.runs
-            and abs((fid.run + dr - fp.first_run) * CAMCOLS + c - (fid.run - fp.first_run) * CAMCOLS - fid.camcol) <= 1
+            and abs(
+                (fid.run + dr - fp.first_run) * CAMCOLS
+                + c
+                - (fid.run - fp.first_run) * CAMCOLS
+                - fid.camcol
+            )
+            <= 1
         ]
         faint = [self.faint_sources(n) for n in neighbours if self._field_exists(n)]
         return pd.concat([near, *faint], ignore_index=True)

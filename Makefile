@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` (set up, then run the pipeline on the embedded
+# simulated survey) and `make test` (set up, then run the tests).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test setup lint format bench clean dry-run
+
+$(BIN)/ssl-photoz: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# pip takes torch/torchvision from this machine's local wheels (capped at 2.14.1 / 0.29.1).
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/ssl-photoz
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
+
+dry-run: setup
+	$(BIN)/snakemake -n --profile profiles/default
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks workflow/scripts
+	$(BIN)/ruff format --check src tests benchmarks workflow/scripts
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --profile profiles/default
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks workflow/scripts
+	$(BIN)/ruff check --fix src tests benchmarks workflow/scripts
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+bench: setup
+	$(BIN)/python benchmarks/bench_sky.py
+
+clean:
+	rm -rf results resources .snakemake

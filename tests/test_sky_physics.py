@@ -1,0 +1,131 @@
+"""The simulation's ingredients: geometry, templates, dust, populations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import PROJECT_ROOT
+
+from ssl_photoz.config import load_config
+from ssl_photoz.sky import dust, population, seds
+from ssl_photoz.sky.footprint import (
+    FIELD_STEP_ROWS,
+    FRAME_COLUMNS,
+    FRAME_ROWS,
+    FieldId,
+    Footprint,
+)
+
+
+@pytest.fixture(scope="module")
+def footprint():
+    return Footprint(ra_min=109.0, ra_max=114.0, dec_min=18.5, n_runs=2, seed=1)
+
+
+def test_located_positions_fall_inside_their_frame(footprint):
+    rng = np.random.default_rng(0)
+    ra = rng.uniform(109.0, 114.0, 300)
+    dec = rng.uniform(footprint.dec_min, footprint.dec_max, 300)
+    run, camcol, field, inside = footprint.locate(ra, dec)
+    assert inside.all()
+    for k in range(0, 300, 10):
+        fid = FieldId(int(run[k]), int(camcol[k]), int(field[k]))
+        for band in "ugriz":
+            x, y = footprint.frame_wcs(fid, band).all_world2pix(ra[k], dec[k], 0)
+            assert -0.5 <= x <= FRAME_COLUMNS - 0.5 and -0.5 <= y <= FRAME_ROWS - 0.5
+
+
+def test_frames_are_oriented_like_real_sdss_frames(footprint, real_data):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    real = WCS(
+        fits.getheader(real_data / "sdss_frames_004510-4-0030" / "frame-r-004510-4-0030.fits.bz2")
+    )
+    sim = footprint.frame_wcs(footprint.fields[0], "r")
+    for wcs in (real, sim):
+        cd = wcs.wcs.cd
+        # rows advance mainly in RA, columns mainly in Dec, with a parity flip
+        assert abs(cd[0, 1]) > 5 * abs(cd[0, 0])
+        assert abs(cd[1, 0]) > 5 * abs(cd[1, 1])
+        assert np.linalg.det(cd) < 0
+        scale = np.sqrt(abs(np.linalg.det(cd))) * 3600
+        assert scale == pytest.approx(0.396, abs=0.003)
+
+
+def test_consecutive_fields_overlap_by_128_rows(footprint):
+    a, b = FieldId(5001, 3, 20), FieldId(5001, 3, 21)
+    wcs_a, wcs_b = footprint.frame_wcs(a, "r"), footprint.frame_wcs(b, "r")
+    ra, dec = wcs_b.all_pix2world(1024, 0, 0)
+    _, y_in_a = wcs_a.all_pix2world(0, 0, 0)  # noqa: F841 (documenting the axes)
+    x, y = wcs_a.all_world2pix(ra, dec, 0)
+    assert y == pytest.approx(FIELD_STEP_ROWS, abs=3.0)
+
+
+def test_band_frames_are_offset_by_a_few_arcsec(footprint):
+    fid = footprint.fields[5]
+    ref = footprint.frame_wcs(fid, "r").all_pix2world([[1024, 744]], 0)[0]
+    for band in "ugiz":
+        pos = footprint.frame_wcs(fid, band).all_pix2world([[1024, 744]], 0)[0]
+        sep = np.hypot((pos[0] - ref[0]) * np.cos(np.radians(ref[1])), pos[1] - ref[1]) * 3600
+        assert 0.0 < sep < 6.0
+
+
+def test_cww_colours_through_sdss_filters():
+    # DESIGN.md, at z = 0.1 (g-r, r-i): E 1.02, 0.42; Sbc 0.60, 0.32; Scd 0.49, 0.23; Im 0.26, 0.20
+    expected = {0: (1.02, 0.42), 1: (0.60, 0.32), 2: (0.49, 0.23), 3: (0.26, 0.20)}
+    for t, (gr, ri) in expected.items():
+        off = seds.magnitude_offsets([t], [0.0], [0.1])[0]
+        assert off[1] - off[2] == pytest.approx(gr, abs=0.02)
+        assert off[2] - off[3] == pytest.approx(ri, abs=0.02)
+
+
+def test_redshift_reddens_and_internal_dust_reddens():
+    z = np.linspace(0.0, 0.35, 8)
+    off = seds.magnitude_offsets(np.zeros(8), np.zeros(8), z)
+    assert np.all(
+        np.diff(off[:, 1] - off[:, 2]) > 0
+    )  # E g-r rises with z to 0.35 (the 4000 A break crosses g-r)
+    clean = seds.magnitude_offsets([1.0], [0.0], [0.1])[0]
+    dusty = seds.magnitude_offsets([1.0], [0.3], [0.1])[0]
+    assert dusty[1] - dusty[2] > clean[1] - clean[2] + 0.1
+
+
+def test_dust_rises_toward_the_plane_and_map_differs_from_truth():
+    b = np.array([10.0, 15.0, 30.0, 60.0, 90.0])
+    gal_l = np.full(5, 200.0)
+    ebv = dust.true_ebv(gal_l, b, seed=0)
+    assert ebv[0] > ebv[2] > ebv[4]
+    assert 0.05 < ebv[1] < 0.3  # SFD-like values at |b| = 15
+    mapped = dust.map_ebv(gal_l, b, seed=0)
+    ratio = mapped / ebv
+    assert np.all(np.abs(ratio - 1) < 0.5) and np.any(np.abs(ratio - 1) > 0.001)
+
+
+def test_default_region_straddles_the_latitude_cut():
+    cfg = load_config(PROJECT_ROOT / "config.yaml")["sky"]["region"]
+    rng = np.random.default_rng(0)
+    fp = Footprint(cfg["ra_min"], cfg["ra_max"], cfg["dec_min"], cfg["n_runs"])
+    ra = rng.uniform(fp.ra_min, fp.ra_max, 20000)
+    dec = np.degrees(np.arcsin(rng.uniform(*np.sin(np.radians([fp.dec_min, fp.dec_max])), 20000)))
+    _, b = dust.galactic(ra, dec)
+    below = np.mean(np.abs(b) < 15.0)
+    assert 0.10 <= below <= 0.30, f"{below:.1%} of the default region lies at |b| < 15"
+
+
+def test_galaxy_counts_and_sizes_are_sdss_like():
+    rng = np.random.default_rng(5)
+    gal = population.draw_galaxies(rng, (150.0, 155.0), (20.0, 25.0), 18.0, seed=0)
+    area = population.solid_angle_sr((150.0, 155.0), (20.0, 25.0)) * (180 / np.pi) ** 2
+    mgs = gal[gal["mag_intrinsic_r"] < 17.77]
+    assert 60 < len(mgs) / area < 130  # SDSS MGS: about 90 per deg^2
+    # Real MGS Petrosian half-light radii: median about 1.5-2.5"
+    assert 1.0 < np.median(mgs["r50_arcsec"]) < 3.5
+    assert (gal["bulge_frac"].between(0, 1)).all() and (gal["q_disk"].between(0.19, 1)).all()
+
+
+def test_star_counts_rise_toward_the_plane():
+    rng = np.random.default_rng(2)
+    low = population.draw_stars(rng, (105.0, 106.0), (15.0, 16.0), 19.0, seed=0)
+    high = population.draw_stars(rng, (180.0, 181.0), (40.0, 41.0), 19.0, seed=0)
+    assert len(low) > 1.5 * len(high)

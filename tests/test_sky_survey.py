@@ -1,0 +1,137 @@
+"""The simulated survey's tables: SDSS names, decodable ids, the mess real data has."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_SKY
+
+from ssl_photoz.sdss import unpack_objid
+from ssl_photoz.sky.survey import MockSky, build_survey
+
+
+def _tables(sky_dir):
+    con = duckdb.connect(str(sky_dir / "sdss_mock.duckdb"), read_only=True)
+    try:
+        return {
+            t: con.execute(f'SELECT * FROM "{t}"').df()
+            for t in ("PhotoObjAll", "SpecObjAll", "Photoz", "galSpecInfo")
+        }
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def tables(tiny_sky):
+    return _tables(tiny_sky)
+
+
+def _dr12_names(real_data, table):
+    rows = json.loads((real_data / "astroquery" / f"{table}_dr12.json").read_text())[0]["Rows"]
+    return {r["name"] for r in rows}
+
+
+@pytest.mark.parametrize("table", ["PhotoObjAll", "SpecObjAll"])
+def test_columns_carry_dr12_names(tables, real_data, table):
+    names = _dr12_names(real_data, table)
+    ours = set(tables[table].columns)
+    assert ours <= names, f"not DR12 column names: {sorted(ours - names)}"
+
+
+def test_photoobj_has_the_columns_the_queries_need(tables):
+    needed = {
+        "objID",
+        "ra",
+        "dec",
+        "run",
+        "rerun",
+        "camcol",
+        "field",
+        "obj",
+        "type",
+        "mode",
+        "clean",
+        "insideMask",
+        "flags",
+        "petroR50_r",
+    }
+    for b in "ugriz":
+        needed |= {f"petroMag_{b}", f"petroMagErr_{b}", f"modelMag_{b}", f"extinction_{b}"}
+    assert needed <= set(tables["PhotoObjAll"].columns)
+
+
+def test_objids_decode_to_their_rows(tables):
+    photo = tables["PhotoObjAll"]
+    assert photo["objID"].is_unique
+    parts = unpack_objid(photo["objID"].to_numpy())
+    for name in ("run", "rerun", "camcol", "field", "obj"):
+        np.testing.assert_array_equal(parts[name], photo[name].to_numpy())
+
+
+def test_overlaps_give_secondary_detections(tables):
+    photo = tables["PhotoObjAll"]
+    secondary = (photo["mode"] == 2).mean()
+    assert 0.03 < secondary < 0.25
+    assert set(photo["type"]) == {3, 6}
+
+
+def test_spectra_have_real_mess(tables):
+    spec, photo = tables["SpecObjAll"], tables["PhotoObjAll"]
+    assert set(spec["class"]) >= {"GALAXY", "STAR"}
+    repeats = spec["bestObjID"].duplicated(keep=False).mean()
+    assert 0.01 < repeats < 0.2, repeats
+    assert (spec["zWarning"] != 0).any()
+    assert (spec.groupby("bestObjID")["sciencePrimary"].sum() == 1).all()
+    assert spec["bestObjID"].isin(photo.loc[photo["mode"] == 1, "objID"]).all()
+    assert spec["specObjID"].is_unique
+
+
+def test_mgs_targets_follow_the_petrosian_limit(tables):
+    spec, photo, gal = tables["SpecObjAll"], tables["PhotoObjAll"], tables["galSpecInfo"]
+    mgs = gal.loc[(gal["primtarget"] & 64) > 0, "specObjID"]
+    rows = spec[spec["specObjID"].isin(mgs)].merge(photo, left_on="bestObjID", right_on="objID")
+    dered = rows["petroMag_r"] - rows["extinction_r"]
+    assert len(rows) > 20 and (dered <= 17.77 + 1e-9).all()
+
+
+def test_photoz_has_scatter_and_outliers(tiny_sky, tables):
+    truth = pd.read_parquet(tiny_sky / "truth.parquet")
+    pz = tables["Photoz"].merge(truth[["objID", "z_true"]], on="objID")
+    dz = (pz["z"] - pz["z_true"]) / (1 + pz["z_true"])
+    assert 0.01 < 1.4826 * np.median(np.abs(dz - np.median(dz))) < 0.06
+    assert (np.abs(dz) > 0.15).mean() > 0.003
+
+
+def test_extinction_columns_follow_sf11(tables):
+    photo = tables["PhotoObjAll"]
+    ratio = photo["extinction_g"] / photo["extinction_r"]
+    np.testing.assert_allclose(ratio, 3.303 / 2.285, rtol=1e-9)
+
+
+def test_build_is_deterministic_and_atomic(tmp_path, tiny_sky):
+    again = tmp_path / "again"
+    build_survey(TINY_SKY, again)
+    first, second = _tables(tiny_sky), _tables(again)
+    for name in first:
+        pd.testing.assert_frame_equal(first[name], second[name])
+    assert not list(again.glob(".*partial"))
+
+
+def test_faint_sources_are_reproducible_and_below_the_catalogue(tiny_sky):
+    sky = MockSky(tiny_sky)
+    fid = sky.footprint.fields[3]
+    a, b = sky.faint_sources(fid), sky.faint_sources(fid)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a["mag_r"] >= sky.settings.catalog_r_limit).all()
+    assert (a["mag_r"] < sky.settings.frame_r_limit).all()
+    sources = sky.sources_for_frame(fid)
+    assert len(sources) > len(a)
+
+
+def test_open_missing_sky_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no simulated survey here"):
+        MockSky(tmp_path)
