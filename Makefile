@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make run` (set up, then run the pipeline on the embedded
 # simulated survey) and `make test` (set up, then run the tests).
-PYTHON ?= python3.11
+PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
