@@ -56,9 +56,12 @@ def cmd_sky(args: argparse.Namespace) -> int:
 
 
 def _print_validation(sky_dir: Path, report: str | None) -> bool:
-    from .sky.validate import validate_sky
+    from .sky.validate import TooFewGalaxies, validate_sky
 
-    checks, table = validate_sky(sky_dir)
+    try:
+        checks, table = validate_sky(sky_dir)
+    except TooFewGalaxies as exc:
+        checks, table = [], f"realism checks not run: {exc}"
     print(table)
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)

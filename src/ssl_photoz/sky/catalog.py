@@ -88,8 +88,11 @@ def detections(truth: pd.DataFrame, footprint: Footprint) -> pd.DataFrame:
     secondaries.append(sec)
     det = pd.concat([prim, *secondaries], ignore_index=True)
     det.loc[det.index >= len(prim), "mode"] = 2
-    pairs = zip(det.run, det.camcol, strict=True)
-    last_field = np.array([footprint.first_field + footprint.n_fields(r, c) - 1 for r, c in pairs])
+    last_field = (
+        footprint.first_field
+        + footprint.n_fields(det["run"].to_numpy(), det["camcol"].to_numpy())
+        - 1
+    )
     det = det[(det["field"] >= footprint.first_field) & (det["field"] <= last_field)]
     # obj numbers count up within each field, in scan order, as the photo pipeline's do.
     det = det.assign(_ra=truth["ra"].to_numpy()[det["truth_row"]])
@@ -123,11 +126,13 @@ def photo_obj_all(
     n = len(det)
     is_star = t["is_star"].to_numpy()
     true_mag = t[[f"mag_{b}" for b in BANDS]].to_numpy()
-    zp = conditions.per_field_table(
-        footprint.seed, det["run"], det["camcol"], det["field"], "zero_point_offset_mag"
-    )
-    fwhm = conditions.per_field_table(
-        footprint.seed, det["run"], det["camcol"], det["field"], "psf_fwhm_arcsec"
+    zp, fwhm = conditions.per_field_table(
+        footprint.seed,
+        det["run"],
+        det["camcol"],
+        det["field"],
+        "zero_point_offset_mag",
+        "psf_fwhm_arcsec",
     )
     depth = np.where(is_star[:, None], PSF_DEPTH, GALAXY_DEPTH)
     err = magnitude_errors(true_mag, depth)

@@ -9,6 +9,7 @@ robust background sigma in nanomaggies per pixel and the NMGY calibration keywor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -39,7 +40,11 @@ class FieldBandConditions:
     zero_point_offset_mag: float
 
 
-def _run_seeing_track(seed: int, run: int, n: int) -> np.ndarray:
+MAX_FIELDS_PER_RUN = 1 << 12  # the objID's field number has 12 bits
+
+
+@lru_cache(maxsize=4096)
+def _run_seeing_track(seed: int, run: int, n: int = MAX_FIELDS_PER_RUN) -> np.ndarray:
     """Seeing in r along a run: a smooth random walk in log space about the survey median."""
     rng = np.random.default_rng([seed, 23, run])
     steps = rng.normal(0.0, 0.03, size=n)
@@ -56,7 +61,9 @@ def field_conditions(
     """Conditions of one frame: a pure function of its identity and the survey seed."""
     if band not in BANDS:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
-    seeing_r = _run_seeing_track(seed, run, field + 1)[field]
+    if not 0 <= field < MAX_FIELDS_PER_RUN:
+        raise ValueError(f"field must lie in [0, {MAX_FIELDS_PER_RUN}), got {field}")
+    seeing_r = _run_seeing_track(seed, run)[field]
     rng = np.random.default_rng([seed, 29, run, camcol, field, BANDS.index(band)])
     fwhm = float(np.clip(seeing_r * SEEING_BAND_FACTOR[band] * rng.normal(1.0, 0.02), 0.75, 1.8))
     sky_scale = float(np.exp(rng.normal(0.0, 0.08)))  # sky brightness varies a little per field
@@ -69,14 +76,17 @@ def field_conditions(
     )
 
 
-def per_field_table(seed: int, run, camcol, field, attribute: str) -> np.ndarray:
-    """One attribute of ``FieldBandConditions`` as an (n, 5) array for arrays of fields."""
+def per_field_table(seed: int, run, camcol, field, *attributes: str) -> list[np.ndarray]:
+    """Attributes of ``FieldBandConditions`` as (n, 5) arrays for arrays of fields.
+
+    Each distinct field is evaluated once, whatever the number of objects in it.
+    """
     run, camcol, field = (np.asarray(a) for a in (run, camcol, field))
     keys, inverse = np.unique(np.stack([run, camcol, field], axis=1), axis=0, return_inverse=True)
-    table = np.array(
-        [
-            [getattr(field_conditions(seed, int(r), int(c), int(f), b), attribute) for b in BANDS]
-            for r, c, f in keys
-        ]
-    ).reshape(len(keys), len(BANDS))
-    return table[inverse.ravel()]
+    tables = np.empty((len(attributes), len(keys), len(BANDS)))
+    for k, (r, c, f) in enumerate(keys):
+        for j, b in enumerate(BANDS):
+            cond = field_conditions(seed, int(r), int(c), int(f), b)
+            for a, attribute in enumerate(attributes):
+                tables[a, k, j] = getattr(cond, attribute)
+    return [t[inverse.ravel()] for t in tables]

@@ -95,8 +95,10 @@ class Footprint:
         """RA step between field centres of a camcol (the field step is fixed on the sky)."""
         return FIELD_STEP_DEG / np.cos(np.radians(self.camcol_dec(run, camcol)))
 
-    def n_fields(self, run: int, camcol: int) -> int:
-        return int(np.ceil((self.ra_max - self.ra_min) / float(self.field_ra_step(run, camcol))))
+    def n_fields(self, run, camcol):
+        """Number of fields of a camcol (vectorised over arrays of runs and camcols)."""
+        n = np.ceil((self.ra_max - self.ra_min) / self.field_ra_step(run, camcol)).astype(np.int64)
+        return int(n) if n.ndim == 0 else n
 
     def field_centre(self, run, camcol, field):
         """(ra, dec) of a field's centre in the r band (vectorised)."""

@@ -107,3 +107,22 @@ def median_star_fwhm_arcsec(image: np.ndarray, xs, ys, pixel_scale_arcsec: float
     if fwhms.size == 0:
         return float("nan")
     return float(np.median(fwhms) * pixel_scale_arcsec)
+
+
+def isolated_bright_stars(ra, dec, flux_r, min_flux=20.0, max_flux=2000.0, radius_arcsec=10.0):
+    """Indices of stars with r flux in [min_flux, max_flux] nanomaggies and no neighbour within
+    ``radius_arcsec`` (among the given objects)."""
+    from scipy.spatial import cKDTree
+
+    ra, dec, flux_r = (np.asarray(a, dtype=float) for a in (ra, dec, flux_r))
+    xyz = np.column_stack(
+        [
+            np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
+            np.cos(np.radians(dec)) * np.sin(np.radians(ra)),
+            np.sin(np.radians(dec)),
+        ]
+    )
+    tree = cKDTree(xyz)
+    counts = tree.query_ball_point(xyz, np.radians(radius_arcsec / 3600.0), return_length=True)
+    bright = (flux_r >= min_flux) & (flux_r <= max_flux)
+    return np.flatnonzero(bright & (counts == 1))

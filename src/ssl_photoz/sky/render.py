@@ -156,6 +156,18 @@ def _galaxy(row, flux: float, psf: galsim.GSObject) -> tuple[galsim.GSObject, fl
     return galsim.Convolve(gal.withFlux(flux), psf), extent
 
 
+def _galaxy_extents(src: pd.DataFrame) -> np.ndarray:
+    """Extent (arcsec) of each galaxy's light, as ``_galaxy`` computes it, for all rows at once."""
+    bulge_frac = np.clip(src["bulge_frac"].to_numpy(dtype=float), 0.0, 1.0)
+    r50_b = np.maximum(src["r50_bulge_arcsec"].to_numpy(dtype=float), 0.02)
+    r50_d = np.maximum(src["r50_disk_arcsec"].to_numpy(dtype=float), 0.02)
+    q_b = np.clip(src["q_bulge"].to_numpy(dtype=float), 0.05, 1.0)
+    q_d = np.clip(src["q_disk"].to_numpy(dtype=float), 0.05, 1.0)
+    bulge = np.where(bulge_frac > 0.0, DEV_TRUNC_R50 * r50_b / np.sqrt(q_b), 0.0)
+    disk = np.where(bulge_frac < 1.0, EXP_EXTENT_R50 * r50_d / np.sqrt(q_d), 0.0)
+    return np.maximum(bulge, disk)
+
+
 def _stamp_radius(extent_arcsec: float, psf_fwhm: float) -> int:
     r = (extent_arcsec + PSF_TRUNC_FWHM * psf_fwhm) / PIXEL_SCALE_ARCSEC + 1.0
     return int(min(np.ceil(r), MAX_STAMP_RADIUS))
@@ -196,8 +208,24 @@ def render_model(
     flux = nanomaggies(src[f"mag_{band}"])
     psf = _psf(psf_fwhm_arcsec)
     psf_radius = _stamp_radius(0.0, psf_fwhm_arcsec)
+    # Cull before building any GalSim object: a small window touches few of the sources.
+    is_star = src["is_star"].to_numpy(dtype=bool)
+    extents = np.where(is_star, 0.0, _galaxy_extents(src))
+    reach = np.minimum(
+        np.ceil((extents + PSF_TRUNC_FWHM * psf_fwhm_arcsec) / PIXEL_SCALE_ARCSEC + 1.0),
+        MAX_STAMP_RADIUS,
+    )
+    with np.errstate(invalid="ignore"):
+        touches = (
+            (pl.x + reach + 0.5 >= x0)
+            & (pl.x - reach - 0.5 < x1)
+            & (pl.y + reach + 0.5 >= y0)
+            & (pl.y - reach - 0.5 < y1)
+        )
 
     for k, row in enumerate(src.itertuples(index=False)):
+        if not touches[k]:
+            continue
         if not (np.isfinite(flux[k]) and flux[k] > 0 and np.isfinite(pl.x[k] + pl.y[k])):
             continue
         if bool(row.is_star):

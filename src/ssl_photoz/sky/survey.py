@@ -212,6 +212,7 @@ class MockSky:
         self.settings = SkySettings.from_json(self.meta["settings"])
         self.footprint = self.settings.footprint
         self._truth: pd.DataFrame | None = None
+        self._frame_sources: dict[FieldId, pd.DataFrame] = {}
 
     @property
     def db_path(self) -> Path:
@@ -268,6 +269,16 @@ class MockSky:
         ]
         faint = [self.faint_sources(n) for n in neighbours if self._field_exists(n)]
         return pd.concat([near, *faint], ignore_index=True)
+
+    def render(self, fid: FieldId, band: str, window=None):
+        """The frame (or a window of it) as the Science Archive Server would serve it."""
+        from .render import render_frame
+
+        if fid not in self._frame_sources:
+            self._frame_sources = {fid: self.sources_for_frame(fid)}  # keep one field at a time
+        return render_frame(
+            self._frame_sources[fid], self.footprint, fid, band, self.settings.seed, window
+        )
 
     def _field_exists(self, fid: FieldId) -> bool:
         fp = self.footprint

@@ -25,12 +25,17 @@ from scipy.stats import ks_2samp
 
 from ..baselines import colour_features, knn_photoz
 from ..metrics import delta_z, sigma_mad
+from ..sdss import BANDS as BANDS_ORDER
 
 REAL_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "real"
 MGS_COLUMNS = "zs u g r i z u-g g-r r-i i-z eu eg er ei ez eu-g eg-r er-i ei-z".split()
 Z_BIN = 0.05
 MIN_REAL_PER_BIN = 50
 MIN_SIM_PER_BIN = 30  # below this a simulated median is too noisy to compare
+
+
+class TooFewGalaxies(ValueError):
+    """The survey is too small for the realism statistics to mean anything."""
 
 
 @dataclass
@@ -143,6 +148,91 @@ def realism_checks(sim: pd.DataFrame, real: pd.DataFrame) -> list[Check]:
     return checks
 
 
+REAL_FRAME_DIR = REAL_DIR / "sdss_frames_004510-4-0030"
+REAL_FIELD = 30
+PIXEL_FIELDS = 2  # simulated fields sampled for the pixel checks
+STAR_WINDOW = 24  # half-size (px) of the window rendered around each simulated star
+
+
+def real_pixel_reference(frame_dir: Path = REAL_FRAME_DIR) -> dict[str, dict[str, float]]:
+    """Background sigma and median bright-star FWHM (arcsec) of the real frames, per band."""
+    from astropy.io import fits
+
+    from .pixels import background_sigma, isolated_bright_stars, median_star_fwhm_arcsec
+
+    cat = fits.getdata(frame_dir / "calibObj-004510-4-star.fits.gz")
+    cat = cat[cat["FIELD"] == REAL_FIELD]
+    stars = isolated_bright_stars(cat["RA"], cat["DEC"], cat["PSFFLUX"][:, 2])
+    out = {}
+    for i, band in enumerate(BANDS_ORDER):
+        image = fits.getdata(frame_dir / f"frame-{band}-004510-4-0030.fits.bz2").astype(float)
+        out[band] = {
+            "sigma": background_sigma(image),
+            # SDSS pixel convention: 0-based x = COLC - 0.5, y = ROWC - 0.5 (MANIFEST).
+            "fwhm": median_star_fwhm_arcsec(
+                image, cat["COLC"][stars, i] - 0.5, cat["ROWC"][stars, i] - 0.5
+            ),
+        }
+    return out
+
+
+def simulated_pixel_measures(sky_dir: Path, n_fields: int = PIXEL_FIELDS) -> dict:
+    """The same measures on rendered simulated frames: a blank-ish window for the background
+    and windows around the bright isolated stars of a few fields."""
+    from ..sdss import PIXEL_SCALE_ARCSEC
+    from .footprint import FRAME_COLUMNS, FRAME_ROWS
+    from .pixels import background_sigma, isolated_bright_stars, star_fwhm
+    from .survey import MockSky
+
+    sky = MockSky(sky_dir)
+    fields = sky.footprint.fields
+    picks = [fields[int(k)] for k in np.linspace(0, len(fields) - 1, n_fields)]
+    truth = sky.truth
+    sigmas = {b: [] for b in BANDS_ORDER}
+    fwhms = {b: [] for b in BANDS_ORDER}
+    for fid in picks:
+        for band in BANDS_ORDER:
+            hdul = sky.render(fid, band, window=(0, 256, 0, 256))
+            sigmas[band].append(background_sigma(hdul[0].data))
+        wcs = sky.footprint.frame_wcs(fid, "r")
+        x, y = wcs.all_world2pix(truth["ra"], truth["dec"], 0)
+        on = (x > STAR_WINDOW) & (x < FRAME_COLUMNS - STAR_WINDOW)
+        on &= (y > STAR_WINDOW) & (y < FRAME_ROWS - STAR_WINDOW)
+        cand = truth[on]
+        flux_r = np.where(cand["is_star"], 10 ** (-0.4 * (cand["mag_r"] - 22.5)), 0.0)
+        picked = cand.iloc[isolated_bright_stars(cand["ra"], cand["dec"], flux_r)][:6]
+        for _, star in picked.iterrows():
+            for band in BANDS_ORDER:
+                bwcs = sky.footprint.frame_wcs(fid, band)
+                sx, sy = (float(v) for v in bwcs.all_world2pix(star["ra"], star["dec"], 0))
+                # Per-band offsets move the star a little: keep its window on the frame.
+                x0 = min(max(int(sx) - STAR_WINDOW, 0), FRAME_COLUMNS - 2 * STAR_WINDOW)
+                y0 = min(max(int(sy) - STAR_WINDOW, 0), FRAME_ROWS - 2 * STAR_WINDOW)
+                window = (x0, x0 + 2 * STAR_WINDOW, y0, y0 + 2 * STAR_WINDOW)
+                image = sky.render(fid, band, window=window)[0].data
+                fwhm = star_fwhm(image, sx - x0, sy - y0)
+                if np.isfinite(fwhm):
+                    fwhms[band].append(fwhm * PIXEL_SCALE_ARCSEC)
+    return {
+        b: {"sigma": float(np.median(sigmas[b])), "fwhm": float(np.median(fwhms[b] or [np.nan]))}
+        for b in BANDS_ORDER
+    }
+
+
+def pixel_checks(sim: dict, real: dict) -> list[Check]:
+    checks = []
+    for band in BANDS_ORDER:
+        s, r = sim[band]["sigma"], real[band]["sigma"]
+        checks.append(
+            Check(f"background sigma {band} (nmgy)", s, r, "within 30 %", abs(s / r - 1) <= 0.3)
+        )
+    for band in BANDS_ORDER:
+        s, r = sim[band]["fwhm"], real[band]["fwhm"]
+        ok = bool(np.isfinite(s)) and abs(s / r - 1) <= 0.2
+        checks.append(Check(f"bright-star FWHM {band} (arcsec)", s, r, "within 20 %", ok))
+    return checks
+
+
 def format_table(checks: list[Check], sample_sizes: tuple[int, int]) -> str:
     lines = [
         f"Simulated vs real SDSS (simulated MGS-like n={sample_sizes[0]}, "
@@ -159,13 +249,15 @@ def format_table(checks: list[Check], sample_sizes: tuple[int, int]) -> str:
     return "\n".join(lines)
 
 
-def validate_sky(sky_dir: Path) -> tuple[list[Check], str]:
+def validate_sky(sky_dir: Path, pixels: bool = True) -> tuple[list[Check], str]:
     sim = simulated_mgs(sky_dir)
     real = load_real_mgs()
     if len(sim) < 200:
-        raise ValueError(
+        raise TooFewGalaxies(
             f"{sky_dir}: only {len(sim)} MGS-like galaxies; the realism checks need at least 200 "
             "(enlarge sky.region)"
         )
     checks = realism_checks(sim, real)
+    if pixels:
+        checks += pixel_checks(simulated_pixel_measures(sky_dir), real_pixel_reference())
     return checks, format_table(checks, (len(sim), len(real)))
