@@ -14,6 +14,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sky.smk"
+include: "workflow/rules/catalog.smk"
 
 
 rule all:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT
 
@@ -55,7 +56,7 @@ def test_bad_config_stops_the_run_naming_the_key(workdir):
     assert "seed" in text and "minimum" in text, text[-2000:]
 
 
-def test_sky_rule_runs_on_a_tiny_config(workdir):
+def test_dag_runs_through_select_on_a_tiny_config(workdir):
     out = _snakemake(workdir, "--cores", "2", "--profile", "profiles/default")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     meta = json.loads((workdir / "resources/sky/sky.json").read_text())
@@ -65,6 +66,15 @@ def test_sky_rule_runs_on_a_tiny_config(workdir):
     assert "simulated survey in" in log
     assert (workdir / "results/benchmarks/sky.tsv").exists()
     assert (workdir / "results/sky/realism.txt").read_text().strip()
+    # The catalogue stage: every row a query returned is either kept or rejected with a reason.
+    labeled = pd.read_parquet(workdir / "results/catalog/labeled.parquet")
+    unlabeled = pd.read_parquet(workdir / "results/catalog/unlabeled.parquet")
+    objects = pd.read_parquet(workdir / "results/catalog/objects.parquet")
+    rejects = pd.read_parquet(workdir / "results/catalog/rejects.parquet")
+    assert len(labeled) + len(unlabeled) == len(objects) + len(rejects)
+    assert rejects["reason"].str.len().gt(0).all()
+    assert set(objects["split"]) == {"train", "val", "unlabeled"}
+    assert "reconciliation" in (workdir / "results/logs/select.log").read_text()
     # Nothing changed: nothing reruns.
     again = _snakemake(workdir, "-n", "--cores", "1", "--profile", "profiles/default")
     assert again.returncode == 0

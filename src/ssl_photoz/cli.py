@@ -55,6 +55,51 @@ def cmd_sky(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query(args: argparse.Namespace, sample: str) -> int:
+    from .query.run import run_query, write_query_output
+
+    query_cfg = _section(args, "query")
+    sky_db = Path(args.sky_db) if args.sky_db else None
+    frame, record = run_query(sample, query_cfg, sky_db)
+    write_query_output(frame, record, Path(args.out), {"query": query_cfg})
+    log.info("%s: %d rows -> %s", sample, len(frame), args.out)
+    return 0
+
+
+def cmd_query_labeled(args: argparse.Namespace) -> int:
+    """The labeled (spectroscopic MGS) query: workflow/sql/labeled.sql."""
+    return _query(args, "labeled")
+
+
+def cmd_query_unlabeled(args: argparse.Namespace) -> int:
+    """The unlabeled (photometric) query: workflow/sql/unlabeled.sql."""
+    return _query(args, "unlabeled")
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """De-duplicate, cut, split: objects.parquet and rejects.parquet."""
+    from .select import format_counts, select_catalog, write_selection
+
+    settings = _section(args, "select")
+    labeled = _read_parquet(args.labeled, "labeled query output")
+    unlabeled = _read_parquet(args.unlabeled, "unlabeled query output")
+    selection = select_catalog(labeled, unlabeled, settings)
+    write_selection(selection, Path(args.out_dir))
+    print(format_counts(selection))
+    return 0
+
+
+def _read_parquet(path: str, what: str):
+    import pandas as pd
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise ValueError(f"{path}: cannot read the {what} as Parquet: {exc}") from exc
+
+
 def _print_validation(sky_dir: Path, report: str | None) -> bool:
     from .sky.validate import TooFewGalaxies, validate_sky
 
@@ -92,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if a realism check fails")
     p.set_defaults(func=cmd_sky)
 
+    for verb, func, sample in (
+        ("query-labeled", cmd_query_labeled, "labeled"),
+        ("query-unlabeled", cmd_query_unlabeled, "unlabeled"),
+    ):
+        p = sub.add_parser(
+            verb, help=f"run workflow/sql/{sample}.sql (rule {verb.replace('-', '_')})"
+        )
+        add_common(p)
+        p.add_argument("--sky-db", help="the simulated survey's DuckDB file (backend duckdb)")
+        p.add_argument("--out", required=True, help="output Parquet file")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("select", help="cuts, de-duplication, splits (rule select)")
+    add_common(p)
+    p.add_argument("--labeled", required=True, help="labeled query output (Parquet)")
+    p.add_argument("--unlabeled", required=True, help="unlabeled query output (Parquet)")
+    p.add_argument("--out-dir", required=True, help="folder for objects/rejects/counts")
+    p.set_defaults(func=cmd_select)
     return parser
 
 

@@ -55,6 +55,13 @@ def validate_config(config: dict, source: str = "config") -> dict:
     if errors:
         lines = "\n".join(f"  - {_describe(e)}" for e in errors)
         raise ConfigError(f"{source} is invalid:\n{lines}")
+    backend = config.get("query", {}).get("backend")
+    wanted = {"mock": {"duckdb"}, "sdss": {"skyserver", "casjobs"}}[config["source"]]
+    if backend not in wanted:
+        raise ConfigError(
+            f"{source} is invalid:\n  - key 'query.backend': {backend!r} does not fit "
+            f"source {config['source']!r}; choose one of {sorted(wanted)}"
+        )
     region = config.get("sky", {}).get("region", {})
     if region and not region["ra_max"] > region["ra_min"]:
         raise ConfigError(

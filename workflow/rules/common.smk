@@ -17,8 +17,19 @@ def section_json(name):
     return json.dumps(config[name], sort_keys=True)
 
 
+def query_inputs(wildcards):
+    """The simulated survey is a query input only when the sky is simulated."""
+    if config["source"] == "mock":
+        return {"sky_db": f"{SKY_DIR}/sdss_mock.duckdb"}
+    return {}
+
+
+def sky_db_argument(wildcards, input):
+    return f"--sky-db {input.sky_db}" if "sky_db" in input.keys() else ""
+
+
 def final_targets():
-    targets = []
+    targets = [f"{RESULTS}/catalog/objects.parquet"]
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

@@ -23,4 +23,4 @@ rule sky:
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
     shell:
         "ssl-photoz sky --section-json {params.section:q} --out {params.out_dir}"
-        " --validate --validation-report {output.realism} --log {log} 2>> {log}"
+        " --validate --validation-report {output.realism} > {log} 2>&1"

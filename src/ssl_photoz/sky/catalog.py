@@ -237,9 +237,20 @@ def _fibre_collisions(ra, dec, rng) -> np.ndarray:
 
 
 def spectroscopy(
-    photo: pd.DataFrame, truth: pd.DataFrame, rng: np.random.Generator, first_plate: int
+    photo: pd.DataFrame,
+    truth: pd.DataFrame,
+    rng: np.random.Generator,
+    first_plate: int,
+    in_spectro_footprint: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """SpecObjAll and galSpecInfo for the primary detections that SDSS would have targeted."""
+    """SpecObjAll and galSpecInfo for the primary detections that SDSS would have targeted.
+
+    ``in_spectro_footprint`` (one flag per row of ``photo``) marks where plates were drilled;
+    elsewhere nothing is targeted, as outside SDSS's spectroscopic footprint.
+    """
+    if in_spectro_footprint is None:
+        in_spectro_footprint = np.ones(len(photo), dtype=bool)
+    covered = np.asarray(in_spectro_footprint)[(photo["mode"] == 1).to_numpy()]
     prim = photo[photo["mode"] == 1]
     t = truth.iloc[prim["truth_row"].to_numpy()]
     is_gal = prim["type"].to_numpy() == 3
@@ -256,7 +267,7 @@ def spectroscopy(
     stars = ~is_gal & (prim["modelMag_r"].to_numpy() < 19.0)
     star_spec = stars & (rng.uniform(size=len(prim)) < 0.02)
     qso = stars & ~star_spec & (rng.uniform(size=len(prim)) < 0.01)
-    targeted = mgs | lrg | star_spec | qso
+    targeted = (mgs | lrg | star_spec | qso) & covered
     lost = np.zeros(len(prim), dtype=bool)
     idx = np.nonzero(targeted)[0]
     lost[idx] = _fibre_collisions(prim["ra"].to_numpy()[idx], prim["dec"].to_numpy()[idx], rng)

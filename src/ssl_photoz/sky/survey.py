@@ -52,6 +52,7 @@ class SkySettings:
     catalog_r_limit: float
     frame_r_limit: float
     model: population.PopulationModel
+    spectro_fraction: float = 0.65
 
     @classmethod
     def from_config(cls, sky_cfg: dict) -> SkySettings:
@@ -71,6 +72,7 @@ class SkySettings:
             catalog_r_limit=sky_cfg["catalog_r_limit"],
             frame_r_limit=sky_cfg["frame_r_limit"],
             model=model,
+            spectro_fraction=sky_cfg.get("spectro_fraction", 0.65),
         )
 
     def to_json(self) -> dict:
@@ -79,6 +81,7 @@ class SkySettings:
             "footprint": asdict(self.footprint),
             "catalog_r_limit": self.catalog_r_limit,
             "frame_r_limit": self.frame_r_limit,
+            "spectro_fraction": self.spectro_fraction,
             "model": asdict(self.model),
         }
 
@@ -90,6 +93,7 @@ class SkySettings:
             catalog_r_limit=data["catalog_r_limit"],
             frame_r_limit=data["frame_r_limit"],
             model=population.model_from_dict(data["model"]),
+            spectro_fraction=data.get("spectro_fraction", 0.65),
         )
 
 
@@ -113,7 +117,13 @@ def build_run(settings: SkySettings, k: int) -> dict[str, pd.DataFrame]:
     ra_range, dec_range = _run_box(fp, k)
     truth = draw_truth(settings, rng, ra_range, dec_range, settings.catalog_r_limit)
     photo = catalog.photo_obj_all(truth, fp, rng, settings.model)
-    spec, galspec = catalog.spectroscopy(photo, truth, rng, first_plate=300 + 400 * k)
+    # The spectroscopic survey covers the eastern part of the imaging footprint, as SDSS's
+    # Legacy spectroscopy covers 9,376 of its 14,555 deg^2 of imaging.
+    span = fp.ra_max - fp.ra_min
+    covered = photo["ra"].to_numpy() >= fp.ra_max - settings.spectro_fraction * span
+    spec, galspec = catalog.spectroscopy(
+        photo, truth, rng, first_plate=300 + 400 * k, in_spectro_footprint=covered
+    )
     pz = catalog.photoz(photo, truth, rng)
     primary = photo[photo["mode"] == 1]
     truth["objID"] = np.int64(0)
