@@ -35,6 +35,7 @@ from .footprint import (
     FRAME_WIDTH_DEG,
     FieldId,
     Footprint,
+    footprint_from_config,
 )
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,7 @@ class SkySettings:
 
     @classmethod
     def from_config(cls, sky_cfg: dict) -> SkySettings:
-        region = sky_cfg["region"]
-        footprint = Footprint(
-            ra_min=region["ra_min"],
-            ra_max=region["ra_max"],
-            dec_min=region["dec_min"],
-            n_runs=region["n_runs"],
-            first_run=region.get("first_run", 5001),
-            seed=sky_cfg["seed"],
-        )
+        footprint = footprint_from_config(sky_cfg)
         model = population.model_from_dict(sky_cfg.get("model", {}))
         return cls(
             seed=sky_cfg["seed"],
