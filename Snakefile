@@ -15,6 +15,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sky.smk"
 include: "workflow/rules/catalog.smk"
+include: "workflow/rules/cutouts.smk"
 
 
 rule all:

@@ -124,7 +124,7 @@ def test_build_is_deterministic_and_atomic(tmp_path, tiny_sky):
 def test_faint_sources_are_reproducible_and_below_the_catalogue(tiny_sky):
     sky = MockSky(tiny_sky)
     fid = sky.footprint.fields[3]
-    a, b = sky.faint_sources(fid), sky.faint_sources(fid)
+    a, b = sky.faint_sources(fid), MockSky(tiny_sky)._draw_faint_sources(fid)
     pd.testing.assert_frame_equal(a, b)
     assert (a["mag_r"] >= sky.settings.catalog_r_limit).all()
     assert (a["mag_r"] < sky.settings.frame_r_limit).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,10 +76,35 @@ def test_dag_runs_through_select_on_a_tiny_config(workdir):
     assert rejects["reason"].str.len().gt(0).all()
     assert set(objects["split"]) == {"train", "val", "unlabeled"}
     assert "reconciliation" in (workdir / "results/logs/select.log").read_text()
+    # The cut-outs: the store holds every object, in objects.parquet's row order.
+    import zarr
+
+    manifest = json.loads((workdir / "results/cutouts/manifest.json").read_text())
+    assert manifest["n_objects"] == len(objects) == manifest["n_ok"] + manifest["n_failed"]
+    store = zarr.open_group(str(workdir / "results/cutouts.zarr"), mode="r")
+    assert store["images"].shape == (len(objects), 5, 107, 107)
+    assert (store["objid"][:] == objects["objid"].to_numpy()).all()
+    stats = json.loads((workdir / "results/cutouts/stats.json").read_text())
+    assert all(m > 0 for m in stats["mad"])
     # Nothing changed: nothing reruns.
     again = _snakemake(workdir, "-n", "--cores", "1", "--profile", "profiles/default")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Rebuilding one cut-out shard reruns that shard and what follows it, nothing upstream.
+    plan = _snakemake(
+        workdir,
+        "-n",
+        "--cores",
+        "1",
+        "--profile",
+        "profiles/default",
+        "--forcerun",
+        "results/cutouts/shards/0.json",
+    )
+    text = plan.stdout + plan.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.MULTILINE))
+    assert jobs.get("cutouts") == "1" and "gather" in jobs and "stats" in jobs, text[-3000:]
+    assert not {"sky", "select", "query_labeled", "plan_shards"} & set(jobs), jobs
 
 
 def test_cli_rejects_a_bad_section(tmp_path):

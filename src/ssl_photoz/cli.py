@@ -89,6 +89,127 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json_atomic(path: Path, data: dict) -> None:
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _footprint_if_mock(sky_dir: str | None):
+    if not sky_dir:
+        return None
+    from .sky.survey import MockSky
+
+    return MockSky(Path(sky_dir)).footprint
+
+
+def cmd_plan_shards(args: argparse.Namespace) -> int:
+    """Group objects into cut-out jobs by field; create the empty Zarr store."""
+    from .cutouts import create_store, plan_shards
+
+    cfg = _section(args, "cutouts")
+    objects = _read_parquet(args.objects, "objects table")
+    plan = plan_shards(
+        objects, cfg["shard_size"], cfg["store_shard"], _footprint_if_mock(args.sky_dir)
+    )
+    create_store(Path(args.store), len(objects), cfg["store_shard"])
+    _write_json_atomic(Path(args.plan), plan)
+    n_frames = len({tuple(f) for s in plan["shards"] for f in s["frames"]})
+    log.info(
+        "%d objects -> %d shards of up to %d; %d distinct fields",
+        plan["n_objects"],
+        plan["n_shards"],
+        plan["shard_size"],
+        n_frames,
+    )
+    return 0
+
+
+def cmd_cutouts(args: argparse.Namespace) -> int:
+    """Cut one shard's objects into the store; write the shard's status file."""
+    import tempfile
+
+    from .cutouts import cut_shard
+    from .frames import make_frame_source
+
+    cfg = _section(args, "cutouts")
+    plan = json.loads(Path(args.plan).read_text())
+    if not 0 <= args.shard < plan["n_shards"]:
+        raise ValueError(f"--shard {args.shard}: the plan has shards 0..{plan['n_shards'] - 1}")
+    shard = plan["shards"][args.shard]
+    objects = _read_parquet(args.objects, "objects table")
+    if len(objects) != plan["n_objects"]:
+        raise ValueError(
+            f"{args.plan} was made for {plan['n_objects']} objects, not {len(objects)}"
+        )
+    with tempfile.TemporaryDirectory(prefix=f"cutouts-{args.shard}-") as tmp:
+        with make_frame_source(cfg, work_dir=Path(tmp) / "frames", sky_dir=args.sky_dir) as source:
+            statuses = cut_shard(
+                shard,
+                objects,
+                Path(args.store),
+                plan["n_objects"],
+                plan["store_shard"],
+                source,
+                Path(tmp) / "montage",
+            )
+    n_ok = sum(s["ok"] for s in statuses)
+    log.info("shard %d: %d of %d cut-outs complete", args.shard, n_ok, len(statuses))
+    _write_json_atomic(Path(args.out), {"shard": shard["shard"], "objects": statuses})
+    return 0
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    """Validate the store against objects.parquet; write its 1-D arrays and metadata."""
+    import pandas as pd
+
+    from .cutouts import gather
+    from .provenance import provenance
+
+    objects = _read_parquet(args.objects, "objects table")
+    plan = json.loads(Path(args.plan).read_text())
+    statuses = []
+    for k in range(plan["n_shards"]):
+        path = Path(args.shards_dir) / f"{k}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: status of cut-out shard {k} is missing")
+        statuses += json.loads(path.read_text())["objects"]
+    summary = gather(Path(args.store), objects, statuses, provenance({"plan": plan["n_shards"]}))
+    failed = [s for s in statuses if not s["ok"]]
+    rejects = pd.DataFrame(
+        {
+            "objid": pd.Series([s["objid"] for s in failed], dtype="int64"),
+            "stage": "cutouts",
+            "reason": pd.Series([s["reason"] for s in failed], dtype="str"),
+        }
+    )
+    rejects.to_parquet(args.rejects, index=False)
+    _write_json_atomic(Path(args.manifest), {**summary, "store": str(args.store)})
+    log.info(
+        "store %s: %d objects, %d complete, %d rejected",
+        args.store,
+        summary["n_objects"],
+        summary["n_ok"],
+        summary["n_failed"],
+    )
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Per-channel MAD of the training images (for the noise augmentation)."""
+    from .cutouts import channel_mad
+
+    cfg = _section(args, "cutouts")
+    stats = channel_mad(Path(args.store), cfg["stats_max_images"], seed=cfg.get("seed", 0))
+    _write_json_atomic(Path(args.out), stats)
+    log.info("channel MAD: %s", dict(zip(stats["bands"], stats["mad"], strict=True)))
+    return 0
+
+
 def _read_parquet(path: str, what: str):
     import pandas as pd
 
@@ -155,6 +276,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", required=True, help="unlabeled query output (Parquet)")
     p.add_argument("--out-dir", required=True, help="folder for objects/rejects/counts")
     p.set_defaults(func=cmd_select)
+    p = sub.add_parser("plan-shards", help="group objects into cut-out jobs (rule plan_shards)")
+    add_common(p)
+    p.add_argument("--objects", required=True)
+    p.add_argument("--sky-dir", help="the simulated survey (frame source mock)")
+    p.add_argument("--plan", required=True, help="output plan (JSON)")
+    p.add_argument("--store", required=True, help="the Zarr store to create")
+    p.set_defaults(func=cmd_plan_shards)
+
+    p = sub.add_parser("cutouts", help="cut one shard into the store (rule cutouts)")
+    add_common(p)
+    p.add_argument("--objects", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--sky-dir", help="the simulated survey (frame source mock)")
+    p.add_argument("--out", required=True, help="the shard's status file (JSON)")
+    p.set_defaults(func=cmd_cutouts)
+
+    p = sub.add_parser("gather", help="validate and finish the store (rule gather)")
+    add_common(p)
+    p.add_argument("--objects", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--shards-dir", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--rejects", required=True, help="objects whose cut-out failed (Parquet)")
+    p.add_argument("--manifest", required=True)
+    p.set_defaults(func=cmd_gather)
+
+    p = sub.add_parser("stats", help="per-channel MAD of the training images (rule stats)")
+    add_common(p)
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_stats)
     return parser
 
 

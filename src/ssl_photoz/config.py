@@ -62,6 +62,13 @@ def validate_config(config: dict, source: str = "config") -> dict:
             f"{source} is invalid:\n  - key 'query.backend': {backend!r} does not fit "
             f"source {config['source']!r}; choose one of {sorted(wanted)}"
         )
+    frame_source = config.get("cutouts", {}).get("frame_source")
+    wanted = {"mock": {"mock"}, "sdss": {"sas", "dir"}}[config["source"]]
+    if frame_source is not None and frame_source not in wanted:
+        raise ConfigError(
+            f"{source} is invalid:\n  - key 'cutouts.frame_source': {frame_source!r} does not "
+            f"fit source {config['source']!r}; choose one of {sorted(wanted)}"
+        )
     region = config.get("sky", {}).get("region", {})
     if region and not region["ra_max"] > region["ra_min"]:
         raise ConfigError(

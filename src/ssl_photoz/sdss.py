@@ -8,10 +8,25 @@ MJD - 50000 14 bits (24-37), run2d code 14 bits (10-23), line 10 bits (0-9).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 BANDS = ("u", "g", "r", "i", "z")
 PIXEL_SCALE_ARCSEC = 0.396
+FRAME_COLUMNS = 2048  # NAXIS1 of a corrected frame, across the scan
+FRAME_ROWS = 1489  # NAXIS2, along the scan (1361 rows per field + 128 rows of overlap)
+
+
+@dataclass(frozen=True)
+class FieldId:
+    """An SDSS imaging field: one frame per band."""
+
+    run: int
+    camcol: int
+    field: int
+
+
 SKY_VERSION_PRIMARY = 2  # the value DR8+ objIDs carry (e.g. 1237653651835781245)
 
 _OBJID_FIELDS = {  # name: (shift, bits)

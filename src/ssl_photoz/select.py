@@ -29,7 +29,7 @@ second, independently keyed hash, uniform in [0, 1): label fraction f is
 `(split == "train") & (fraction_rank < f)`, nested in f. Unlabeled objects get a fraction_rank
 too (the same hash), which can subsample the pretraining pool the same nested way.
 
-`objects` is sorted by split (train, val, unlabeled) then objid; `rejects` holds the labeled
+`objects` is sorted by objid (SDSS field order); `rejects` holds the labeled
 rows then the unlabeled rows, each in input row order.
 """
 
@@ -122,7 +122,7 @@ _RANK_STREAM = np.uint64(0xF2AC7_10A2A4C)
 class Selection:
     """The result of the select stage.
 
-    objects: one row per kept object (columns OUTPUT_COLUMNS, sorted by split then objid).
+    objects: one row per kept object (columns OUTPUT_COLUMNS, sorted by objid: field order).
     rejects: one row per dropped input row (objid, sample, stage, reason).
     counts: {"steps": [{step, sample, rows_in, rows_out}, ...], "totals": {...},
              "checks": {...}}, JSON-ready.
@@ -364,10 +364,14 @@ def _kept_columns(
 
 
 def _assemble_objects(parts: list[dict[str, np.ndarray]], seed: int) -> pd.DataFrame:
-    """Concatenate the samples' kept rows, sorted by split (SPLIT_ORDER) then objid."""
+    """Concatenate the samples' kept rows, sorted by objid.
+
+    An objID orders by (skyVersion, rerun, run, camcol, field, obj), so this is SDSS field order:
+    consecutive rows share frames, and the cut-out stage's shards (runs of consecutive rows,
+    the row order of the Zarr store) each fetch a frame once.
+    """
     objid = np.concatenate([p["objid"] for p in parts])
-    split_code = np.concatenate([p["split_code"] for p in parts])
-    order = np.lexsort((objid, split_code))
+    order = np.argsort(objid, kind="stable")
     out = {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0]}
     out["ebv"] = out["extinction_r"].astype(np.float64) / SF11_COEFFICIENTS["r"]
     out["split"] = np.array(SPLIT_ORDER, dtype=object)[out["split_code"]]

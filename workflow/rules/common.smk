@@ -10,6 +10,7 @@ validate_config(config, source="config")
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
 SKY_DIR = f"{RESOURCES}/sky"
+STORE = f"{RESULTS}/cutouts.zarr"  # written by plan_shards (empty), cutouts (shards), gather
 
 
 def section_json(name):
@@ -28,8 +29,31 @@ def sky_db_argument(wildcards, input):
     return f"--sky-db {input.sky_db}" if "sky_db" in input.keys() else ""
 
 
+def frame_inputs(wildcards):
+    """Simulated frames are rendered from the simulated survey; real ones are downloaded."""
+    if config["cutouts"]["frame_source"] == "mock":
+        return {"sky_meta": f"{SKY_DIR}/sky.json"}
+    return {}
+
+
+def sky_dir_argument(wildcards, input):
+    return (
+        f"--sky-dir {os.path.dirname(input.sky_meta)}"
+        if "sky_meta" in input.keys()
+        else ""
+    )
+
+
+def shard_statuses(wildcards):
+    """One status file per cut-out shard; the number of shards is known after plan_shards."""
+    plan_file = checkpoints.plan_shards.get().output.plan
+    with open(plan_file) as handle:
+        n_shards = json.load(handle)["n_shards"]
+    return [f"{RESULTS}/cutouts/shards/{k}.json" for k in range(n_shards)]
+
+
 def final_targets():
-    targets = [f"{RESULTS}/catalog/objects.parquet"]
+    targets = [f"{RESULTS}/catalog/objects.parquet", f"{RESULTS}/cutouts/stats.json"]
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

@@ -18,26 +18,17 @@ from functools import cached_property
 
 import numpy as np
 
-from ..sdss import BANDS, PIXEL_SCALE_ARCSEC
+from ..sdss import BANDS, FRAME_COLUMNS, FRAME_ROWS, PIXEL_SCALE_ARCSEC, FieldId
 
-__all__ = ["BANDS", "FieldId", "Footprint", "footprint_from_config"]
+__all__ = ["BANDS", "FRAME_COLUMNS", "FRAME_ROWS", "FieldId", "Footprint", "footprint_from_config"]
 
 PIXEL_SCALE_DEG = PIXEL_SCALE_ARCSEC / 3600.0
-FRAME_COLUMNS = 2048  # NAXIS1, across the scan
-FRAME_ROWS = 1489  # NAXIS2, along the scan
 FIELD_STEP_ROWS = 1361  # rows between consecutive field starts: 1489 - 128 rows of overlap
 CRPIX = (1025.0, 745.0)  # 1-based reference pixel of the real frames
 CAMCOLS = 6
 FIELD_STEP_DEG = FIELD_STEP_ROWS * PIXEL_SCALE_DEG
 FRAME_WIDTH_DEG = FRAME_COLUMNS * PIXEL_SCALE_DEG
 FRAME_HEIGHT_DEG = FRAME_ROWS * PIXEL_SCALE_DEG
-
-
-@dataclass(frozen=True)
-class FieldId:
-    run: int
-    camcol: int
-    field: int
 
 
 @dataclass(frozen=True)

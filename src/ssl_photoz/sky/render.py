@@ -223,9 +223,7 @@ def render_model(
             & (pl.y - reach - 0.5 < y1)
         )
 
-    for k, row in enumerate(src.itertuples(index=False)):
-        if not touches[k]:
-            continue
+    for k, row in zip(np.flatnonzero(touches), src[touches].itertuples(index=False), strict=True):
         if not (np.isfinite(flux[k]) and flux[k] > 0 and np.isfinite(pl.x[k] + pl.y[k])):
             continue
         if bool(row.is_star):

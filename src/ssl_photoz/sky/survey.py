@@ -44,6 +44,7 @@ DB_NAME = "sdss_mock.duckdb"
 TRUTH_NAME = "truth.parquet"
 META_NAME = "sky.json"
 TABLES = ("PhotoObjAll", "SpecObjAll", "Photoz", "galSpecInfo")
+FRAME_SOURCE_CACHE = 24  # fields whose sources stay in memory (a cut-out job walks fields in order)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class MockSky:
         self.footprint = self.settings.footprint
         self._truth: pd.DataFrame | None = None
         self._frame_sources: dict[FieldId, pd.DataFrame] = {}
+        self._faint: dict[FieldId, pd.DataFrame] = {}
 
     @property
     def db_path(self) -> Path:
@@ -228,7 +230,15 @@ class MockSky:
         return self._truth
 
     def faint_sources(self, fid: FieldId) -> pd.DataFrame:
-        """Objects below the catalogue limit whose primary area is this field, drawn on demand."""
+        """Objects below the catalogue limit whose primary area is this field, drawn on demand
+        (and kept for the neighbouring frames, which need them too)."""
+        if fid not in self._faint:
+            if len(self._faint) >= 4 * FRAME_SOURCE_CACHE:
+                self._faint.pop(next(iter(self._faint)))
+            self._faint[fid] = self._draw_faint_sources(fid)
+        return self._faint[fid]
+
+    def _draw_faint_sources(self, fid: FieldId) -> pd.DataFrame:
         fp = self.footprint
         ra_c, dec_c = fp.field_centre(fid.run, fid.camcol, fid.field)
         half_ra = float(fp.field_ra_step(fid.run, fid.camcol)) / 2
@@ -278,7 +288,9 @@ class MockSky:
         from .render import render_frame
 
         if fid not in self._frame_sources:
-            self._frame_sources = {fid: self.sources_for_frame(fid)}  # keep one field at a time
+            if len(self._frame_sources) >= FRAME_SOURCE_CACHE:  # drop the oldest field
+                self._frame_sources.pop(next(iter(self._frame_sources)))
+            self._frame_sources[fid] = self.sources_for_frame(fid)
         return render_frame(
             self._frame_sources[fid], self.footprint, fid, band, self.settings.seed, window
         )
