@@ -46,8 +46,16 @@ def _objects(n: int) -> pd.DataFrame:
 class FakeSource:
     supports_windows = False
 
+    def __init__(self):
+        self.held: set[str] = set()
+
     def fetch(self, fid, band, window=None):
-        return f"{fid.run}-{fid.camcol}-{fid.field}-{band}"
+        path = f"{fid.run}-{fid.camcol}-{fid.field}-{band}"
+        self.held.add(path)
+        return path
+
+    def release(self, path):
+        self.held.discard(path)
 
 
 @pytest.fixture()
@@ -120,7 +128,9 @@ def test_shards_are_written_whole_and_unwritten_rows_are_nan(tmp_path, fake_mont
     plan = plan_shards(objects, shard_size=64, store_shard=32)
     store = tmp_path / "cutouts.zarr"
     create_store(store, len(objects), 32)
-    statuses = cut_shard(plan["shards"][1], objects, store, 100, 32, FakeSource(), tmp_path)
+    source = FakeSource()
+    statuses = cut_shard(plan["shards"][1], objects, store, 100, 32, source, tmp_path)
+    assert not source.held  # every frame the job fetched was released
     import zarr
 
     images = zarr.open_group(str(store), mode="r")["images"]

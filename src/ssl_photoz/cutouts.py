@@ -87,9 +87,6 @@ def plan_shards(objects: pd.DataFrame, shard_size: int, store_shard: int, footpr
                 "start": start,
                 "stop": stop,
                 "frames": [[f.run, f.camcol, f.field] for f in needed],
-                "object_frames": [
-                    [[f.run, f.camcol, f.field] for f in fl] for fl in frames[start:stop]
-                ],
             }
         )
     return {
@@ -167,10 +164,17 @@ def cut_shard(
     frame_source,
     work_dir: Path,
 ) -> list[dict]:
-    """Cut every object of one job's shard; returns one status row per object."""
+    """Cut every object of one job's shard; returns one status row per object.
+
+    Memory stays bounded whatever the shard size: one Zarr shard of images (``store_shard``
+    objects, 15 MB for 64) is held at a time, frames live on disk in ``work_dir``.
+    """
     from .montage import IncompleteCutout, cutout
 
     rows = objects.iloc[shard["start"] : shard["stop"]]
+    # Recomputed here rather than stored in the plan, which stays small at survey scale.
+    sky = getattr(frame_source, "sky", None)
+    object_frames = frames_for_objects(rows, sky.footprint if sky is not None else None)
     statuses = []
     block = []
     frames_cache: dict[tuple, Path] = {}
@@ -183,11 +187,12 @@ def cut_shard(
             total=len(rows),
         )
     ):
-        needed = [FieldId(*f) for f in shard["object_frames"][k]]
+        needed = object_frames[k]
         image, reason = None, ""
+        fetched: list[Path] = []
         try:
             frames_by_band = {
-                band: [_fetch(frame_source, fr, band, obj, frames_cache) for fr in needed]
+                band: [_fetch(frame_source, fr, band, obj, frames_cache, fetched) for fr in needed]
                 for band in BANDS
             }
             image = cutout(obj.ra, obj.dec, frames_by_band, work_dir, objid=int(obj.objid))
@@ -195,6 +200,9 @@ def cut_shard(
                 image, reason = None, "non-finite pixels in the cut-out"
         except IncompleteCutout as exc:
             reason = str(exc)
+        finally:
+            for path in fetched:  # per-object windows go at once; whole frames stay cached
+                frame_source.release(path)
         statuses.append({"objid": int(obj.objid), "ok": image is not None, "reason": reason})
         block.append(
             image
@@ -205,18 +213,26 @@ def cut_shard(
             write_zarr_shard(store_path, zarr_shard, np.stack(block), n_objects, store_shard)
             zarr_shard += 1
             block = []
-            if not getattr(frame_source, "supports_windows", False):
-                continue
+    for path in frames_cache.values():
+        frame_source.release(path)
     return statuses
 
 
-def _fetch(frame_source, frame: FieldId, band: str, obj, cache: dict) -> Path:
-    fid = frame
-    key = (frame, band)
+FRAMES_KEPT = 40  # whole frames kept on disk: objects come in field order, so 8 fields suffice
+
+
+def _fetch(frame_source, fid: FieldId, band: str, obj, cache: dict, fetched: list) -> Path:
     if getattr(frame_source, "supports_windows", False):
         # Windows are rendered per object: only the pixels the patch needs.
-        return frame_source.fetch(fid, band, window=_patch_window(frame_source, fid, band, obj))
-    if key not in cache:
+        path = frame_source.fetch(fid, band, window=_patch_window(frame_source, fid, band, obj))
+        fetched.append(path)
+        return path
+    key = (fid, band)
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recently used goes last
+    else:
+        if len(cache) >= FRAMES_KEPT:  # bound the disk a job uses, whatever the shard size
+            frame_source.release(cache.pop(next(iter(cache))))
         cache[key] = frame_source.fetch(fid, band)
     return cache[key]
 
