@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sky.smk"
 include: "workflow/rules/catalog.smk"
 include: "workflow/rules/cutouts.smk"
+include: "workflow/rules/learn.smk"
 
 
 rule all:

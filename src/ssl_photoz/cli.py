@@ -31,6 +31,76 @@ def _section(args: argparse.Namespace, name: str) -> dict:
     return load_config(args.config)[name]
 
 
+def _sections(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """Several config sections, from --sections-json (the rules) or the config file."""
+    if args.sections_json:
+        try:
+            given = json.loads(args.sections_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--sections-json is not valid JSON: {exc}") from exc
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise ConfigError(f"--sections-json lacks the section(s) {missing}")
+        return {n: validate_section(n, given[n], source="--sections-json") for n in names}
+    config = load_config(args.config)
+    return {n: config[n] for n in names}
+
+
+def _training_runtime(args: argparse.Namespace):
+    from .train import setup_runtime
+
+    return setup_runtime(args.device, args.num_workers)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """MoCo v2 pretraining on the unlabeled pool plus the training images."""
+    from .train import pretrain, write_summary
+
+    cfg = _sections(args, ("model", "pretrain"))
+    summary = pretrain(
+        cfg["model"],
+        cfg["pretrain"],
+        Path(args.store),
+        Path(args.stats),
+        Path(args.out),
+        _training_runtime(args),
+        max_epochs=args.max_epochs,
+    )
+    write_summary(Path(args.summary), summary)
+    return 0
+
+
+def _classifier(args: argparse.Namespace, pretrained: Path | None) -> int:
+    from .train import train_classifier, write_summary
+
+    cfg = _sections(args, ("model", "finetune"))
+    if not 0.0 < args.fraction <= 1.0:
+        raise ValueError(f"--fraction {args.fraction}: must lie in (0, 1]")
+    summary = train_classifier(
+        cfg["model"],
+        cfg["finetune"],
+        Path(args.store),
+        Path(args.out),
+        _training_runtime(args),
+        fraction=args.fraction,
+        seed=args.seed,
+        pretrained=pretrained,
+        max_epochs=args.max_epochs,
+    )
+    write_summary(Path(args.summary), summary)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune the pretrained backbone on a fraction of the labels."""
+    return _classifier(args, Path(args.pretrained))
+
+
+def cmd_supervised(args: argparse.Namespace) -> int:
+    """The supervised baseline: the same network and recipe, from scratch."""
+    return _classifier(args, None)
+
+
 def cmd_sky(args: argparse.Namespace) -> int:
     """Build the simulated survey (catalogue in DuckDB + truth); optionally print realism."""
     from .sky.survey import build_survey
@@ -303,6 +373,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", required=True, help="objects whose cut-out failed (Parquet)")
     p.add_argument("--manifest", required=True)
     p.set_defaults(func=cmd_gather)
+
+    def add_training(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+        p.add_argument("--sections-json", help="the model and recipe sections as JSON (rules)")
+        p.add_argument("--log", type=Path, help="also write the log to this file")
+        p.add_argument("--store", required=True, help="the cut-out store (Zarr)")
+        p.add_argument("--out", required=True, help="the final model checkpoint")
+        p.add_argument("--summary", required=True, help="training history (JSON)")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda (machine setting)")
+        p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
+        p.add_argument("--max-epochs", type=int, help="stop after this many epochs (resumable)")
+
+    p = sub.add_parser("pretrain", help="MoCo v2 pretraining (rule pretrain)")
+    add_training(p)
+    p.add_argument("--stats", required=True, help="per-channel MAD (stats rule's JSON)")
+    p.set_defaults(func=cmd_pretrain)
+
+    for verb, func, text in (
+        ("finetune", cmd_finetune, "fine-tune the pretrained backbone (rule finetune)"),
+        ("supervised", cmd_supervised, "supervised baseline from scratch (rule supervised)"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        add_training(p)
+        p.add_argument("--fraction", type=float, required=True, help="label fraction in (0, 1]")
+        p.add_argument("--seed", type=int, required=True)
+        if verb == "finetune":
+            p.add_argument("--pretrained", required=True, help="pretraining checkpoint")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("stats", help="per-channel MAD of the training images (rule stats)")
     add_common(p)

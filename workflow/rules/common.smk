@@ -18,6 +18,30 @@ def section_json(name):
     return json.dumps(config[name], sort_keys=True)
 
 
+def sections_json(*names):
+    """Several sections as one JSON argument: a rule reruns when any of them changes."""
+    return json.dumps({n: config[n] for n in names}, sort_keys=True)
+
+
+def gpus_per_training_job():
+    """1 where the profile declares GPUs (resources gpu=N), else 0: jobs never share a card."""
+    return 1 if (workflow.global_resources.get("gpu") or 0) else 0
+
+
+def training_device(resources):
+    return "cuda" if getattr(resources, "gpu", 0) else "cpu"
+
+
+def model_runs():
+    """Every (kind, fraction, seed) training run of the config."""
+    return [
+        (kind, fraction, seed)
+        for kind in ("finetune", "supervised")
+        for fraction in config["labels"]["fractions"]
+        for seed in config["labels"]["seeds"]
+    ]
+
+
 def query_inputs(wildcards):
     """The simulated survey is a query input only when the sky is simulated."""
     if config["source"] == "mock":
@@ -54,6 +78,10 @@ def shard_statuses(wildcards):
 
 def final_targets():
     targets = [f"{RESULTS}/catalog/objects.parquet", f"{RESULTS}/cutouts/stats.json"]
+    targets += [
+        f"{RESULTS}/models/{kind}/f{fraction}_s{seed}/model.pt"
+        for kind, fraction, seed in model_runs()
+    ]
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

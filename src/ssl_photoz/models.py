@@ -1,0 +1,381 @@
+"""Networks of Hayat et al. (2021): 5-band ResNet backbones, MoCo v2 and the 180-bin photo-z head.
+
+The paper network is torchvision's ResNet50 with the stem the authors use in their repository
+(github.com/mahayat/ssl-sky-surveys, models/resnet.py): conv1 = Conv2d(5, 64, kernel_size=7,
+stride=1, padding=3, bias=False) and no max-pool, so a 64 x 64 crop keeps full resolution into
+layer1. MoCo v2 follows the reference implementation (github.com/facebookresearch/moco,
+moco/builder.py): momentum key encoder, queue of negatives, batch-shuffle BN and keys gathered
+across ranks under DDP. Nothing here moves tensors to a fixed device; everything follows the inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18, resnet50
+from torchvision.models.resnet import BasicBlock, ResNet
+
+ARCHS = ("resnet50", "resnet18", "resnet_small")
+
+# The authors' stem (ssl-sky-surveys models/resnet.py): 7x7, stride 1, padding 3, no max-pool.
+STEM_KERNEL = 7
+
+
+def _paper_stem(net: ResNet, in_channels: int, out_channels: int, kernel: int) -> None:
+    """Replace conv1 + max-pool by one stride-1 convolution, as in the paper."""
+    net.conv1 = nn.Conv2d(
+        in_channels, out_channels, kernel_size=kernel, stride=1, padding=kernel // 2, bias=False
+    )
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+
+
+def _small_resnet(in_channels: int, width: int) -> ResNet:
+    """torchvision ResNet with one BasicBlock per stage and base width `width` (64 = resnet10)."""
+    net = ResNet(BasicBlock, [1, 1, 1, 1])
+    if width != 64:
+        # torchvision fixes the stage widths at 64..512, so rebuild the stages at our width with its
+        # own _make_layer; the module layout (and key names) stays the torchvision one.
+        net.inplanes = width
+        net.bn1 = nn.BatchNorm2d(width)
+        net.layer1 = net._make_layer(BasicBlock, width, 1)
+        net.layer2 = net._make_layer(BasicBlock, 2 * width, 1, stride=2)
+        net.layer3 = net._make_layer(BasicBlock, 4 * width, 1, stride=2)
+        net.layer4 = net._make_layer(BasicBlock, 8 * width, 1, stride=2)
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    # A 3x3 stem is enough for the small net; the paper archs use the authors' 7x7.
+    _paper_stem(net, in_channels, width, kernel=3)
+    net.feature_dim = 8 * width
+    return net
+
+
+def build_backbone(arch: str, in_channels: int = 5, width: int = 64) -> nn.Module:
+    """A ResNet mapping (B, in_channels, H, W) -> (B, feature_dim), with attribute `feature_dim`.
+
+    `width` is the base channel count of `resnet_small`; the paper archs have torchvision's widths.
+    """
+    if arch == "resnet_small":
+        if width < 1:
+            raise ValueError(f"width must be positive, got {width}")
+        net = _small_resnet(in_channels, width)
+    elif arch in ("resnet50", "resnet18"):
+        if width != 64:
+            raise ValueError(f"width={width} only applies to resnet_small; {arch} has width 64")
+        net = resnet50(weights=None) if arch == "resnet50" else resnet18(weights=None)
+        net.feature_dim = net.fc.in_features
+        _paper_stem(net, in_channels, 64, kernel=STEM_KERNEL)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    net.fc = nn.Identity()
+    return net
+
+
+# ----------------------------------------------------------------------------------------------
+# MoCo v2
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from all ranks along dim 0 (rank order); identity when not distributed.
+
+    No gradient flows through the gather; every rank must pass the same shape.
+    """
+    world = _world_size()
+    if world == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts, dim=0)
+
+
+def info_nce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """InfoNCE loss: cross entropy of the positive (column `labels`) against the negatives."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def _projection_head(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
+    if not mlp:
+        return nn.Linear(in_dim, out_dim)
+    # MoCo v2: a 2-layer MLP with hidden size = feature size.
+    return nn.Sequential(
+        nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim)
+    )
+
+
+class MoCo(nn.Module):
+    """MoCo v2 (Chen et al. 2020) as a plain module; wrap it in DDP for multi-rank training.
+
+    `encoder_q` is the backbone being trained (its state_dict is what fine-tuning loads),
+    `head_q` the projection head; `encoder_k`/`head_k` are their momentum copies.
+    """
+
+    def __init__(
+        self,
+        backbone_fn: Callable[[], nn.Module],
+        dim: int = 128,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        temperature: float = 0.2,
+        mlp: bool = True,
+    ):
+        super().__init__()
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be positive, got {queue_size}")
+        self.dim = dim
+        self.queue_size = queue_size
+        self.momentum = momentum
+        self.temperature = temperature
+
+        self.encoder_q = backbone_fn()
+        self.head_q = _projection_head(self.encoder_q.feature_dim, dim, mlp)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.head_k = copy.deepcopy(self.head_q)
+        for p in self._key_params():
+            p.requires_grad_(False)
+
+        # Persistent buffers, so a checkpoint resumes with the same negatives.
+        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder_q
+
+    def _query_params(self) -> list[torch.Tensor]:
+        return [*self.encoder_q.parameters(), *self.head_q.parameters()]
+
+    def _key_params(self) -> list[torch.Tensor]:
+        return [*self.encoder_k.parameters(), *self.head_k.parameters()]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """key <- m * key + (1 - m) * query, parameters only (BN statistics stay per encoder)."""
+        # lerp(k, q, 1 - m) = k + (1 - m)(q - k) = m k + (1 - m) q, one fused op per tensor list.
+        torch._foreach_lerp_(self._key_params(), self._query_params(), 1.0 - self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write this step's keys (gathered from all ranks) into the queue, oldest first out.
+
+        Unlike the reference, K need not be a multiple of the batch: the write wraps around the end.
+        """
+        keys = concat_all_gather(keys)
+        n = keys.shape[0]
+        size = self.queue_size
+        ptr = int(self.queue_ptr)
+        if n > size:
+            # Only the newest `size` keys survive a batch larger than the queue.
+            ptr = (ptr + n - size) % size
+            keys = keys[-size:]
+        keys_t = keys.detach().T.to(self.queue.dtype)
+        first = min(keys_t.shape[1], size - ptr)
+        self.queue[:, ptr : ptr + first] = keys_t[:, :first]
+        rest = keys_t.shape[1] - first
+        if rest:
+            self.queue[:, :rest] = keys_t[:, first:]
+        self.queue_ptr[0] = (ptr + keys_t.shape[1]) % size
+
+    @torch.no_grad()
+    def _shuffle(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shuffle the batch across ranks so key-encoder BN statistics cannot leak the positive."""
+        world = _world_size()
+        if world == 1:
+            return x, None
+        x_all = concat_all_gather(x)
+        perm = torch.randperm(x_all.shape[0], device=x.device)
+        dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
+        mine = perm.view(world, -1)[dist.get_rank()]
+        return x_all[mine], torch.argsort(perm)
+
+    @torch.no_grad()
+    def _unshuffle(self, x: torch.Tensor, inverse: torch.Tensor | None) -> torch.Tensor:
+        if inverse is None:
+            return x
+        x_all = concat_all_gather(x)
+        return x_all[inverse.view(_world_size(), -1)[dist.get_rank()]]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised query embeddings (the 128-d vectors of the similarity search)."""
+        return F.normalize(self.head_q(self.encoder_q(x)), dim=1)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits, labels): logits (B, 1 + K) = [l_pos, l_neg] / T, labels all zero."""
+        q = self.embed(im_q)
+        with torch.no_grad():
+            self.momentum_update()
+            im_k, inverse = self._shuffle(im_k)
+            k = F.normalize(self.head_k(self.encoder_k(im_k)), dim=1)
+            k = self._unshuffle(k, inverse)
+        # Similarities in fp32 even under autocast: with T = 0.2 bf16 rounding is not negligible.
+        with torch.autocast(q.device.type, enabled=False):
+            q32, k32 = q.float(), k.float()
+            l_pos = (q32 * k32).sum(dim=1, keepdim=True)
+            l_neg = q32 @ self.queue.clone()  # clone: enqueue below writes into the queue
+            logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        self.enqueue(k32)
+        return logits, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# Photo-z classifier
+
+
+class RedshiftClassifier(nn.Module):
+    """Backbone + linear head over `n_bins` equal redshift bins; z_p = E(z) under the softmax."""
+
+    def __init__(
+        self, backbone: nn.Module, n_bins: int = 180, z_min: float = 0.0, z_max: float = 0.4
+    ):
+        super().__init__()
+        if n_bins < 1 or not z_max > z_min:
+            raise ValueError(f"need n_bins >= 1 and z_max > z_min, got {n_bins}, {z_min}, {z_max}")
+        self.n_bins = n_bins
+        self.z_min = float(z_min)
+        self.z_max = float(z_max)
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, n_bins)
+        edges = torch.linspace(self.z_min, self.z_max, n_bins + 1, dtype=torch.float64)
+        centers = (0.5 * (edges[:-1] + edges[1:])).float()
+        # Derived from the config, so not saved: state_dicts hold weights only.
+        self.register_buffer("bin_centers", centers, persistent=False)
+
+    @property
+    def bin_width(self) -> float:
+        return (self.z_max - self.z_min) / self.n_bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def pdf(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probability of each bin (rows sum to 1); divide by `bin_width` for a density in z."""
+        return torch.softmax(logits.float(), dim=-1)
+
+    def expected_z(self, logits: torch.Tensor) -> torch.Tensor:
+        """z_p = sum_k p_k z_k, the paper's point estimate."""
+        return self.pdf(logits) @ self.bin_centers
+
+    def z_to_bin(self, z: torch.Tensor) -> torch.Tensor:
+        """Bin index of each redshift, clamped into [0, n_bins - 1] (long)."""
+        z = torch.as_tensor(z, device=self.bin_centers.device)
+        idx = torch.floor((z.double() - self.z_min) / self.bin_width).long()
+        return idx.clamp_(0, self.n_bins - 1)
+
+    def parameter_groups(self, base_lr: float, backbone_lr_factor: float = 0.1) -> list[dict]:
+        """Optimiser groups: backbone at base_lr * factor, head at base_lr (the paper's recipe)."""
+        return [
+            {"name": "backbone", "params": list(self.backbone.parameters()),
+             "lr": base_lr * backbone_lr_factor},
+            {"name": "head", "params": list(self.head.parameters()), "lr": base_lr},
+        ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors' released checkpoints
+
+
+def _expected_backbone(arch: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Key names, shapes and feature size of build_backbone(arch), built on the meta device so no
+    ResNet50 weights are allocated."""
+    with torch.device("meta"):
+        net = build_backbone(arch)
+    return net.state_dict(), net.feature_dim
+
+
+def _check_layout(
+    converted: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str
+) -> None:
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    wrong_shape = [
+        f"{k}: {tuple(converted[k].shape)} != {tuple(expected[k].shape)}"
+        for k in sorted(set(converted) & set(expected))
+        if converted[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+
+    def show(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
+    lines = [f"checkpoint does not match {what}:"]
+    if missing:
+        lines.append(f"  missing keys: {show(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys: {show(unexpected)}")
+    if wrong_shape:
+        lines.append(f"  wrong shapes: {show(wrong_shape)}")
+    raise ValueError("\n".join(lines))
+
+
+def load_authors_checkpoint(state_dict: Mapping, arch: str = "resnet50") -> dict:
+    """Convert a checkpoint of Hayat et al. (ssl-sky-surveys) into one of ours.
+
+    - MoCo pretraining (keys `module.encoder_q.<resnet keys>`, projection head `fc` or `fc.0/fc.2`,
+      plus `encoder_k`, `queue`, `queue_ptr`) -> the state_dict of `build_backbone(arch)`.
+    - Fine-tuned / supervised (keys `[module.]<resnet keys>`, `fc.weight` (n_bins, features))
+      -> the state_dict of `RedshiftClassifier(build_backbone(arch), n_bins)`.
+    The whole torch.load() result may be passed: its `model_state` / `state_dict` entry is used.
+    Raises ValueError naming missing, unexpected and wrongly shaped keys.
+    """
+    for wrapper in ("model_state", "state_dict"):
+        if isinstance(state_dict.get(wrapper), Mapping):
+            state_dict = state_dict[wrapper]
+            break
+    expected, feature_dim = _expected_backbone(arch)
+    keys = list(state_dict)
+
+    if any("encoder_q." in k for k in keys):
+        # Pretrained: keep the query encoder, drop its projection head, the key encoder and queue.
+        out = {}
+        for key, value in state_dict.items():
+            name = key.removeprefix("module.")
+            if name.startswith("encoder_q."):
+                name = name.removeprefix("encoder_q.")
+                if not name.startswith("fc."):
+                    out[name] = value
+            elif not (name.startswith("encoder_k.") or name in ("queue", "queue_ptr")):
+                out[key] = value  # reported as unexpected below
+        _fill_bn_counters(out, expected)
+        _check_layout(out, expected, f"a MoCo-pretrained {arch} backbone")
+        return out
+
+    # Fine-tuned or supervised classifier.
+    stripped = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    if "fc.weight" not in stripped:
+        raise ValueError(
+            "checkpoint is neither MoCo-pretrained (no 'module.encoder_q.*' keys) nor a classifier "
+            f"(no 'fc.weight'); first keys: {keys[:5]}"
+        )
+    n_bins = stripped["fc.weight"].shape[0]
+    out = {}
+    for name, value in stripped.items():
+        out[("head." + name[3:]) if name.startswith("fc.") else ("backbone." + name)] = value
+    expected_cls = {"backbone." + k: v for k, v in expected.items()}
+    expected_cls["head.weight"] = torch.empty(n_bins, feature_dim, device="meta")
+    expected_cls["head.bias"] = torch.empty(n_bins, device="meta")
+    _fill_bn_counters(out, expected_cls)
+    _check_layout(out, expected_cls, f"a {n_bins}-bin RedshiftClassifier on {arch}")
+    return out
+
+
+def _fill_bn_counters(out: dict, expected: Mapping[str, torch.Tensor]) -> None:
+    # BN's num_batches_tracked is bookkeeping only (unused with momentum set); old checkpoints may
+    # lack it, which should not make an otherwise complete checkpoint fail.
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in out:
+            prefix = key.removesuffix("num_batches_tracked")
+            if prefix + "running_mean" in out:
+                out[key] = torch.zeros((), dtype=torch.long)

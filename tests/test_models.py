@@ -1,0 +1,386 @@
+"""Tests of ssl_photoz.models: backbones, MoCo v2 (queue, momentum, DDP), the photo-z head and the
+conversion of the authors' checkpoints. All on CPU, small nets except where the paper net is needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torchvision
+from torch import nn
+
+from ssl_photoz.models import (
+    ARCHS,
+    MoCo,
+    RedshiftClassifier,
+    build_backbone,
+    info_nce,
+    load_authors_checkpoint,
+)
+
+
+def small_backbone():
+    return build_backbone("resnet_small", width=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbones
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_backbone_shapes(arch):
+    torch.manual_seed(0)
+    net = build_backbone(arch)
+    x = torch.randn(2, 5, 64, 64)
+    out = net(x)
+    assert out.shape == (2, net.feature_dim)
+    # channels_last gives the same features.
+    net.eval()
+    with torch.no_grad():
+        ref = net(x)
+        net_cl = net.to(memory_format=torch.channels_last)
+        out_cl = net_cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out_cl, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_paper_stem():
+    net = build_backbone("resnet50")
+    assert net.feature_dim == 2048
+    conv1 = net.conv1
+    assert (conv1.in_channels, conv1.out_channels) == (5, 64)
+    assert conv1.kernel_size == (7, 7) and conv1.stride == (1, 1) and conv1.padding == (3, 3)
+    assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
+
+
+def test_resnet_small_width():
+    net = build_backbone("resnet_small", width=16)
+    assert net.feature_dim == 128
+    assert net(torch.randn(3, 5, 64, 64)).shape == (3, 128)
+    with pytest.raises(ValueError, match="only applies to resnet_small"):
+        build_backbone("resnet50", width=32)
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_backbone("vgg16")
+
+
+# ---------------------------------------------------------------------------------------------
+# MoCo
+
+
+def test_moco_forward_shapes():
+    torch.manual_seed(0)
+    moco = MoCo(small_backbone, dim=16, queue_size=50)
+    logits, labels = moco(torch.randn(6, 5, 64, 64), torch.randn(6, 5, 64, 64))
+    assert logits.shape == (6, 51) and logits.dtype == torch.float32
+    assert labels.shape == (6,) and labels.dtype == torch.long and not labels.any()
+    assert int(moco.queue_ptr) == 6
+    assert all(not p.requires_grad for p in moco._key_params())
+    assert all(p.requires_grad for p in moco._query_params())
+    # |l_pos| <= 1 / T since q and k are unit vectors.
+    assert logits[:, 0].abs().max() <= 1 / moco.temperature + 1e-4
+
+
+def test_info_nce_falls_on_a_tiny_problem():
+    torch.manual_seed(0)
+    images = torch.randn(32, 5, 64, 64)
+
+    batch, queue_size = 8, 16
+
+    def views(step):
+        # Cycle through the images in order: the queue (the last two batches) then never holds a
+        # stale key of an image in the current batch, which on so tiny a set would act as a second
+        # positive and make the loss climb back up.
+        start = (step * batch) % len(images)
+        x = images[start : start + batch]
+        return x + 0.3 * torch.randn_like(x), x + 0.3 * torch.randn_like(x)
+
+    moco = MoCo(small_backbone, dim=32, queue_size=queue_size, momentum=0.9, temperature=0.2)
+    # Fill the queue with real keys first, so the first loss is measured against real negatives.
+    with torch.no_grad():
+        for step in range(queue_size // batch):
+            moco(*views(step))
+    # Plain SGD: with momentum 0.9 this toy problem collapses (loss -> log(K + 1)) after its dip.
+    opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.1)
+    losses = []
+    for step in range(queue_size // batch, queue_size // batch + 20):
+        logits, labels = moco(*views(step))
+        loss = info_nce(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert first == pytest.approx(math.log(queue_size + 1), abs=0.1)  # chance level at the start
+    assert last < 0.75 * first, losses
+
+
+def test_info_nce_is_cross_entropy():
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    labels = torch.zeros(2, dtype=torch.long)
+    expected = -(torch.log_softmax(logits, dim=1)[:, 0]).mean()
+    torch.testing.assert_close(info_nce(logits, labels), expected)
+
+
+def test_queue_pointer_wraps():
+    moco = MoCo(small_backbone, dim=3, queue_size=10)
+    batches = [torch.randn(4, 3) for _ in range(3)]
+    for keys in batches:
+        moco.enqueue(keys)
+    assert int(moco.queue_ptr) == 2  # 12 keys written into 10 columns
+    k1, k2, k3 = batches
+    q = moco.queue
+    assert torch.equal(q[:, 0:2], k3[2:4].T)  # third batch wrapped around the end
+    assert torch.equal(q[:, 2:4], k1[2:4].T)  # what survives of the first batch
+    assert torch.equal(q[:, 4:8], k2.T)
+    assert torch.equal(q[:, 8:10], k3[0:2].T)
+
+
+def test_queue_batch_larger_than_queue():
+    moco = MoCo(small_backbone, dim=3, queue_size=5)
+    moco.enqueue(torch.randn(3, 3))  # ptr 3
+    keys = torch.randn(7, 3)
+    moco.enqueue(keys)  # 7 more keys: as if written one by one, the last 5 survive
+    assert int(moco.queue_ptr) == (3 + 7) % 5
+    expected = torch.empty(3, 5)
+    for i, key in enumerate(keys):
+        expected[:, (3 + i) % 5] = key
+    assert torch.equal(moco.queue, expected)
+
+
+def test_momentum_update_math():
+    torch.manual_seed(0)
+    m = 0.9
+    moco = MoCo(small_backbone, dim=8, queue_size=16, momentum=m)
+    with torch.no_grad():
+        for p in moco._query_params():
+            p.add_(torch.randn_like(p))  # make query and key encoders differ
+    old_k = [p.detach().clone() for p in moco._key_params()]
+    q = [p.detach().clone() for p in moco._query_params()]
+    moco.momentum_update()
+    assert len(old_k) == len(q) > 0
+    for new, k0, q0 in zip(moco._key_params(), old_k, q, strict=True):
+        torch.testing.assert_close(new, m * k0 + (1 - m) * q0, rtol=0, atol=1e-6)
+
+
+def test_queue_in_state_dict():
+    torch.manual_seed(0)
+    moco = MoCo(small_backbone, dim=8, queue_size=12)
+    moco.enqueue(torch.randn(5, 8))
+    state = moco.state_dict()
+    assert "queue" in state and "queue_ptr" in state
+    torch.manual_seed(1)
+    other = MoCo(small_backbone, dim=8, queue_size=12)
+    assert not torch.equal(other.queue, moco.queue)
+    other.load_state_dict(state)
+    assert torch.equal(other.queue, moco.queue)
+    assert int(other.queue_ptr) == 5
+
+
+def _ddp_worker(rank: int, world: int, tmpdir: str, batch: int, steps: int) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmpdir}/rendezvous", rank=rank, world_size=world
+    )
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)  # same model and queue on every rank
+        moco = MoCo(small_backbone, dim=16, queue_size=32)
+        initial_queue = moco.queue.clone()
+        # No buffer sync in forward: the queues may then only agree because the keys are gathered.
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = (
+            "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        )
+        ddp = DistributedDataParallel(moco, **{no_sync: False})
+        opt = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.05)
+        torch.manual_seed(100 + rank)  # different data on each rank
+        for _ in range(steps):
+            im_q, im_k = torch.randn(batch, 5, 64, 64), torch.randn(batch, 5, 64, 64)
+            logits, labels = ddp(im_q, im_k)
+            loss = info_nce(logits, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        # Shuffle then unshuffle must return every key to its own sample: check in eval mode,
+        # where a sample's features do not depend on the rest of the batch, once the ranks share
+        # BN statistics (each rank's key encoder has its own, as buffers are not synced).
+        moco.eval()
+        for buffer in moco.encoder_k.buffers():
+            dist.broadcast(buffer, src=0)
+        with torch.no_grad():
+
+            def key_fn(x):
+                return torch.nn.functional.normalize(moco.head_k(moco.encoder_k(x)), dim=1)
+
+            im_k = torch.randn(batch, 5, 64, 64)
+            shuffled, inverse = moco._shuffle(im_k)
+            k_shuffled = moco._unshuffle(key_fn(shuffled), inverse)
+            k_direct = key_fn(im_k)
+        torch.save(
+            {
+                "queue": moco.queue,
+                "initial_queue": initial_queue,
+                "ptr": int(moco.queue_ptr),
+                "params": torch.cat([p.detach().flatten() for p in moco.encoder_q.parameters()]),
+                "moved": bool((shuffled != im_k).any()),
+                "unshuffle_error": float((k_shuffled - k_direct).abs().max()),
+            },
+            os.path.join(tmpdir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_shuffle_bn_and_gathered_keys(tmp_path):
+    world, batch, steps = 2, 4, 2
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path), batch, steps), nprocs=world, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(world))
+    written = world * batch * steps  # 2 x batch keys per step
+    assert r0["ptr"] == r1["ptr"] == written
+    assert torch.equal(r0["queue"], r1["queue"])
+    assert not torch.isclose(r0["queue"][:, :written], r0["initial_queue"][:, :written]).any()
+    assert torch.equal(r0["queue"][:, written:], r0["initial_queue"][:, written:])
+    torch.testing.assert_close(r0["params"], r1["params"])  # DDP kept the query encoders in step
+    for r in (r0, r1):
+        assert r["unshuffle_error"] < 1e-5
+    assert r0["moved"] or r1["moved"]  # the shuffle did exchange samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Photo-z classifier
+
+
+def test_classifier_expected_z_and_bins():
+    clf = RedshiftClassifier(small_backbone())
+    assert clf.bin_centers.shape == (180,)
+    assert clf.bin_centers[0].item() == pytest.approx(0.4 / 360)
+    assert clf.bin_centers[-1].item() == pytest.approx(0.4 - 0.4 / 360)
+    assert clf(torch.randn(2, 5, 64, 64)).shape == (2, 180)
+    for k in (0, 17, 90, 179):
+        logits = torch.full((1, 180), -1e4)
+        logits[0, k] = 1e4
+        torch.testing.assert_close(clf.expected_z(logits), clf.bin_centers[k : k + 1])
+    # A flat softmax gives the middle of the range.
+    torch.testing.assert_close(clf.expected_z(torch.zeros(3, 180)), torch.full((3,), 0.2))
+    torch.testing.assert_close(clf.pdf(torch.randn(4, 180)).sum(dim=1), torch.ones(4))
+
+
+def test_z_to_bin_round_trip_and_clamp():
+    clf = RedshiftClassifier(small_backbone(), n_bins=180, z_min=0.0, z_max=0.4)
+    assert torch.equal(clf.z_to_bin(clf.bin_centers), torch.arange(180))
+    edges = torch.linspace(0.0, 0.4, 181)
+    inside = edges[:-1] + 1e-6  # just above each lower edge
+    assert torch.equal(clf.z_to_bin(inside), torch.arange(180))
+    assert clf.z_to_bin(torch.tensor([-0.1, 0.0, 0.4, 0.9])).tolist() == [0, 0, 179, 179]
+    assert clf.z_to_bin(torch.tensor([0.1])).dtype == torch.long
+
+
+def test_parameter_groups():
+    clf = RedshiftClassifier(small_backbone())
+    groups = clf.parameter_groups(base_lr=0.01)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"]) and lrs["head"] == 0.01
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in clf.parameters()}
+    torch.optim.SGD(groups, lr=0.01, momentum=0.9)  # usable as is
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' checkpoints
+
+
+def _authors_resnet50(fc: nn.Module) -> nn.Module:
+    """A ResNet50 as in ssl-sky-surveys models/resnet.py, built independently from torchvision."""
+    net = torchvision.models.resnet50(weights=None)
+    net.conv1 = nn.Conv2d(5, 64, kernel_size=7, stride=1, padding=3, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = fc
+    return net
+
+
+def _assert_same(converted_model_state: dict, reference: dict) -> None:
+    assert set(converted_model_state) == set(reference)
+    for key, value in reference.items():
+        assert torch.equal(converted_model_state[key], value), key
+
+
+def test_load_authors_moco_checkpoint():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 128))
+    authors = _authors_resnet50(mlp)
+    with torch.no_grad():  # non-trivial BN statistics, so buffers are checked too
+        for m in authors.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    q_state = authors.state_dict()
+    state = {f"module.encoder_q.{k}": v for k, v in q_state.items()}
+    state.update({f"module.encoder_k.{k}": v.clone() for k, v in q_state.items()})
+    state["module.queue"] = torch.randn(128, 64)
+    state["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    checkpoint = {"epoch": 101, "state_dict": state}
+
+    converted = load_authors_checkpoint(checkpoint, arch="resnet50")
+    ours = build_backbone("resnet50")
+    ours.load_state_dict(converted)  # strict
+    _assert_same(ours.state_dict(), {k: v for k, v in q_state.items() if not k.startswith("fc.")})
+
+    authors.fc = nn.Identity()
+    authors.eval()
+    ours.eval()
+    x = torch.randn(1, 5, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), authors(x))
+
+
+def test_load_authors_classifier_checkpoint():
+    torch.manual_seed(1)
+    authors = _authors_resnet50(nn.Linear(2048, 180))
+    ref = authors.state_dict()
+    checkpoint = {"model_state": {f"module.{k}": v for k, v in ref.items()}, "epoch": 3}
+    converted = load_authors_checkpoint(checkpoint)
+    clf = RedshiftClassifier(build_backbone("resnet50"), n_bins=180)
+    clf.load_state_dict(converted)  # strict
+    assert torch.equal(clf.head.weight, ref["fc.weight"])
+    assert torch.equal(clf.head.bias, ref["fc.bias"])
+    assert torch.equal(clf.backbone.conv1.weight, ref["conv1.weight"])
+    # Without the "module." prefix (a model saved outside DDP) too.
+    converted_plain = load_authors_checkpoint(ref)
+    assert set(converted_plain) == set(converted)
+
+
+def test_load_authors_checkpoint_wrong_layout():
+    torch.manual_seed(2)
+    state = {
+        f"module.{k}": v for k, v in _authors_resnet50(nn.Linear(2048, 180)).state_dict().items()
+    }
+    del state["module.layer3.2.bn2.weight"]
+    state["module.extra.weight"] = torch.zeros(3)
+    state["module.conv1.weight"] = torch.zeros(64, 3, 7, 7)  # a 3-band stem
+    with pytest.raises(ValueError) as err:
+        load_authors_checkpoint(state)
+    msg = str(err.value)
+    assert "missing keys: backbone.layer3.2.bn2.weight" in msg
+    assert "unexpected keys: backbone.extra.weight" in msg
+    assert "backbone.conv1.weight: (64, 3, 7, 7) != (64, 5, 7, 7)" in msg
+
+    # A resnet18 MoCo checkpoint is not a resnet50 one.
+    r18 = torchvision.models.resnet18(weights=None)
+    r18.conv1 = nn.Conv2d(5, 64, 7, 1, 3, bias=False)
+    moco18 = {f"module.encoder_q.{k}": v for k, v in r18.state_dict().items()}
+    with pytest.raises(ValueError, match="MoCo-pretrained resnet50"):
+        load_authors_checkpoint(moco18, arch="resnet50")
+    assert set(load_authors_checkpoint(moco18, arch="resnet18")) == set(
+        build_backbone("resnet18").state_dict()
+    )
+
+    with pytest.raises(ValueError, match="neither MoCo-pretrained"):
+        load_authors_checkpoint({"module.conv1.weight": torch.zeros(1)})

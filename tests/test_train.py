@@ -1,0 +1,197 @@
+"""Training loops: loss falls, checkpoints resume exactly, DDP on two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from ssl_photoz.train import Runtime, load_checkpoint, pretrain, train_classifier
+
+MODEL = {"arch": "resnet_small", "width": 8}
+PRETRAIN = {
+    "epochs": 2,
+    "warmup_epochs": 0,
+    "batch_size": 16,
+    "lr": 0.05,
+    "weight_decay": 0.0001,
+    "dim": 16,
+    "queue_size": 40,
+    "momentum": 0.9,
+    "temperature": 0.2,
+    "seed": 0,
+}
+FINETUNE = {
+    "epochs": 2,
+    "batch_size": 16,
+    "lr": 0.003,
+    "backbone_lr_factor": 0.1,
+    "weight_decay": 0.0,
+    "n_bins": 180,
+    "z_min": 0.0,
+    "z_max": 0.4,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """96 synthetic galaxies whose size and colour follow z, in the store's contract layout."""
+    root = tmp_path_factory.mktemp("store")
+    store = root / "cutouts.zarr"
+    n = 96
+    rng = np.random.default_rng(0)
+    z = rng.uniform(0.02, 0.3, n)
+    yy, xx = np.mgrid[:107, :107] - 53.0
+    images = np.empty((n, 5, 107, 107), np.float32)
+    for k in range(n):
+        radius = 2.0 + 10.0 * (0.3 - z[k])
+        profile = np.exp(-0.5 * (xx**2 + yy**2) / radius**2)
+        colour = np.array([0.3, 0.6, 1.0, 1.3, 1.5]) ** (1 + 5 * z[k])
+        images[k] = colour[:, None, None] * profile + rng.normal(0, 0.02, (5, 107, 107))
+    array = zarr.create_array(
+        store=str(store),
+        name="images",
+        shape=images.shape,
+        chunks=(1, 5, 107, 107),
+        shards=(16, 5, 107, 107),
+        dtype="float32",
+        fill_value=np.nan,
+    )
+    array[:] = images
+    group = zarr.open_group(str(store), mode="r+")
+    split = np.where(np.arange(n) % 4 == 0, 1, np.where(np.arange(n) % 4 == 1, 2, 0)).astype(
+        np.int8
+    )
+    columns = {
+        "objid": np.arange(n, dtype=np.int64) + 1,
+        "ra": rng.uniform(0, 1, n),
+        "dec": rng.uniform(0, 1, n),
+        "z_spec": np.where(split == 2, np.nan, z),
+        "ebv": rng.uniform(0, 0.05, n),
+        "split": split,
+        "fraction_rank": rng.uniform(0, 1, n),
+        "ok": np.ones(n, dtype=bool),
+    }
+    for name, values in columns.items():
+        group.create_array(name, data=values)
+    group.attrs["split_codes"] = ["train", "val", "unlabeled"]
+    stats = root / "stats.json"
+    stats.write_text(json.dumps({"bands": list("ugriz"), "mad": [0.02] * 5}))
+    return store, stats
+
+
+def _cpu():
+    return Runtime(torch.device("cpu"))
+
+
+def test_pretraining_trains_and_checkpoints_everything(tiny_store, tmp_path):
+    # (That the InfoNCE loss falls is tested in test_models on a fixed problem: here the queue
+    # starts with random negatives, so early losses are not comparable.)
+    store, stats = tiny_store
+    out = tmp_path / "pretrain" / "model.pt"
+    summary = pretrain(MODEL, {**PRETRAIN, "epochs": 2}, store, stats, out, _cpu())
+    assert all(np.isfinite(h["loss"]) for h in summary["history"])
+    state = load_checkpoint(out)
+    assert "queue" in state["moco"] and "queue_ptr" in state["moco"]
+    fresh = load_checkpoint(out)["backbone"]
+    assert fresh.keys() == state["backbone"].keys()
+    last = load_checkpoint(out.parent / "checkpoint.pt")
+    assert last["epoch"] == 1 and {"optimizer", "scheduler", "scaler", "history"} <= set(last)
+    assert last["optimizer"]["state"], "the optimiser state (momentum buffers) is saved"
+    # the pretraining pool never contains validation images
+    assert summary["n_images"] == int((np.arange(96) % 4 != 1).sum())
+
+
+def _weights(path):
+    return {k: v for k, v in load_checkpoint(path)["model"].items()}
+
+
+def test_killed_pretraining_resumes_to_the_same_weights(tiny_store, tmp_path):
+    store, stats = tiny_store
+    straight = tmp_path / "straight" / "model.pt"
+    pretrain(MODEL, PRETRAIN, store, stats, straight, _cpu())
+    resumed = tmp_path / "resumed" / "model.pt"
+    pretrain(MODEL, PRETRAIN, store, stats, resumed, _cpu(), max_epochs=1)  # "killed" after 1
+    assert not resumed.exists()
+    pretrain(MODEL, PRETRAIN, store, stats, resumed, _cpu())
+    a, b = load_checkpoint(straight)["moco"], load_checkpoint(resumed)["moco"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_finetune_and_supervised_train_and_resume(tiny_store, tmp_path):
+    store, stats = tiny_store
+    pre = tmp_path / "pre" / "model.pt"
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
+    straight = tmp_path / "ft" / "model.pt"
+    s = train_classifier(MODEL, FINETUNE, store, straight, _cpu(), 1.0, 0, pretrained=pre)
+    assert s["kind"] == "finetune" and s["n_val"] == 24
+    assert np.isfinite(s["history"][-1]["sigma_mad"])
+    resumed = tmp_path / "ft2" / "model.pt"
+    train_classifier(MODEL, FINETUNE, store, resumed, _cpu(), 1.0, 0, pretrained=pre, max_epochs=1)
+    train_classifier(MODEL, FINETUNE, store, resumed, _cpu(), 1.0, 0, pretrained=pre)
+    for key, value in _weights(straight).items():
+        torch.testing.assert_close(value, _weights(resumed)[key], rtol=0, atol=0, msg=key)
+    sup = train_classifier(MODEL, FINETUNE, store, tmp_path / "sup" / "model.pt", _cpu(), 0.5, 1)
+    assert sup["kind"] == "supervised" and sup["n_train"] < s["n_train"]
+
+
+def test_finetune_refuses_a_mismatched_backbone(tiny_store, tmp_path):
+    store, stats = tiny_store
+    pre = tmp_path / "pre" / "model.pt"
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
+    with pytest.raises(ValueError, match="pretrained with model"):
+        train_classifier(
+            {"arch": "resnet_small", "width": 16},
+            FINETUNE,
+            store,
+            tmp_path / "x.pt",
+            _cpu(),
+            1.0,
+            0,
+            pretrained=pre,
+        )
+
+
+def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
+    """torchrun with 2 processes (gloo): MoCo with gathered keys and shuffled BN runs and saves."""
+    store, stats = tiny_store
+    sections = json.dumps({"model": MODEL, "pretrain": {**PRETRAIN, "epochs": 2}})
+    out = tmp_path / "ddp" / "model.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    bin_dir = Path(sys.executable).parent
+    cmd = [
+        str(bin_dir / "torchrun"),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(bin_dir / "ssl-photoz"),
+        "pretrain",
+        "--sections-json",
+        sections,
+        "--store",
+        str(store),
+        "--stats",
+        str(stats),
+        "--out",
+        str(out),
+        "--summary",
+        str(tmp_path / "ddp" / "summary.json"),
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = load_checkpoint(out)
+    assert len(state["history"]) == 2
+    # 72 pretraining images: 36 per rank, 2 batches of 16 per epoch, each step enqueues the keys
+    # of both ranks (32): 2 epochs x 2 steps x 32 = 128 keys into a queue of 40 -> pointer 8.
+    assert int(state["moco"]["queue_ptr"]) == 128 % 40

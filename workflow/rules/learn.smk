@@ -1,0 +1,89 @@
+# Stage 3: MoCo v2 pretraining, then fine-tuning and supervised baselines per label fraction and
+# seed. Machine settings (device, loader workers, GPUs) come from the profile's resources.
+
+
+rule pretrain:
+    input:
+        manifest=rules.gather.output.manifest,
+        stats=rules.stats.output.stats,
+    output:
+        model=f"{RESULTS}/models/pretrain/model.pt",
+        summary=f"{RESULTS}/models/pretrain/summary.json",
+    log:
+        f"{RESULTS}/logs/pretrain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=lambda wildcards: gpus_per_training_job(),
+        mem_mb=8000,
+    params:
+        sections=sections_json("model", "pretrain"),
+        store=STORE,
+        device=lambda wildcards, resources: training_device(resources),
+    shell:
+        "ssl-photoz pretrain --sections-json {params.sections:q} --store {params.store}"
+        " --stats {input.stats} --out {output.model} --summary {output.summary}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        manifest=rules.gather.output.manifest,
+        pretrained=rules.pretrain.output.model,
+    output:
+        model=f"{RESULTS}/models/finetune/f{{fraction}}_s{{seed}}/model.pt",
+        summary=f"{RESULTS}/models/finetune/f{{fraction}}_s{{seed}}/summary.json",
+    log:
+        f"{RESULTS}/logs/finetune/f{{fraction}}_s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune/f{{fraction}}_s{{seed}}.tsv"
+    wildcard_constraints:
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=lambda wildcards: gpus_per_training_job(),
+        mem_mb=4000,
+    params:
+        sections=sections_json("model", "finetune"),
+        store=STORE,
+        device=lambda wildcards, resources: training_device(resources),
+    shell:
+        "ssl-photoz finetune --sections-json {params.sections:q} --store {params.store}"
+        " --pretrained {input.pretrained} --fraction {wildcards.fraction}"
+        " --seed {wildcards.seed} --out {output.model} --summary {output.summary}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule supervised:
+    input:
+        manifest=rules.gather.output.manifest,
+    output:
+        model=f"{RESULTS}/models/supervised/f{{fraction}}_s{{seed}}/model.pt",
+        summary=f"{RESULTS}/models/supervised/f{{fraction}}_s{{seed}}/summary.json",
+    log:
+        f"{RESULTS}/logs/supervised/f{{fraction}}_s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/supervised/f{{fraction}}_s{{seed}}.tsv"
+    wildcard_constraints:
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=lambda wildcards: gpus_per_training_job(),
+        mem_mb=4000,
+    params:
+        sections=sections_json("model", "finetune"),
+        store=STORE,
+        device=lambda wildcards, resources: training_device(resources),
+    shell:
+        "ssl-photoz supervised --sections-json {params.sections:q} --store {params.store}"
+        " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output.model}"
+        " --summary {output.summary} --device {params.device} > {log} 2>&1"
