@@ -101,6 +101,36 @@ def cmd_supervised(args: argparse.Namespace) -> int:
     return _classifier(args, None)
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """Import the authors' released models (mahayat/ssl-sky-surveys) into our checkpoint format:
+    MoCo-pretrained ones become a ``pretrain`` checkpoint whose backbone ``finetune`` can start
+    from; fine-tuned / supervised ones become a classifier checkpoint."""
+    import torch
+
+    from .models import load_authors_checkpoint
+    from .train import save_checkpoint
+
+    source = Path(args.checkpoint)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: checkpoint not found")
+    try:
+        raw = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{source}: cannot read it as a torch checkpoint: {exc}") from exc
+    state = load_authors_checkpoint(raw, arch=args.arch)
+    model_cfg = {"arch": args.arch}
+    imported = {"imported_from": str(source), "config": {"model": model_cfg}}
+    if any(k.startswith("head.") for k in state):
+        n_bins = int(state["head.weight"].shape[0])
+        out = {**imported, "kind": "classifier", "model": state, "n_bins": n_bins}
+        log.info("%s: classifier with %d bins", source, n_bins)
+    else:
+        out = {**imported, "kind": "pretrain", "backbone": state}
+        log.info("%s: MoCo-pretrained %s backbone", source, args.arch)
+    save_checkpoint(Path(args.out), out)
+    return 0
+
+
 def cmd_sky(args: argparse.Namespace) -> int:
     """Build the simulated survey (catalogue in DuckDB + truth); optionally print realism."""
     from .sky.survey import build_survey
@@ -401,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "finetune":
             p.add_argument("--pretrained", required=True, help="pretraining checkpoint")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("import-checkpoint", help="import the paper authors' released models")
+    p.add_argument("checkpoint", help="their .pth/.pth.tar file")
+    p.add_argument("--arch", default="resnet50", choices=["resnet50", "resnet18", "resnet_small"])
+    p.add_argument("--out", required=True, help="our checkpoint file to write")
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_import_checkpoint)
 
     p = sub.add_parser("stats", help="per-channel MAD of the training images (rule stats)")
     add_common(p)

@@ -167,25 +167,20 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write this step's keys (gathered from all ranks) into the queue, oldest first out.
+        """Write this step's keys (gathered from all ranks) into the queue, oldest out first.
 
-        Unlike the reference, K need not be a multiple of the batch: the write wraps around the end.
+        Unlike the reference, K need not be a multiple of the batch: the columns written are
+        (ptr + i) mod K, so a batch that crosses the end continues at column 0. The pointer stays
+        on the device (no int(queue_ptr)), so the step never waits for the GPU.
         """
         keys = concat_all_gather(keys)
         n = keys.shape[0]
         size = self.queue_size
-        ptr = int(self.queue_ptr)
-        if n > size:
-            # Only the newest `size` keys survive a batch larger than the queue.
-            ptr = (ptr + n - size) % size
-            keys = keys[-size:]
-        keys_t = keys.detach().T.to(self.queue.dtype)
-        first = min(keys_t.shape[1], size - ptr)
-        self.queue[:, ptr : ptr + first] = keys_t[:, :first]
-        rest = keys_t.shape[1] - first
-        if rest:
-            self.queue[:, :rest] = keys_t[:, first:]
-        self.queue_ptr[0] = (ptr + keys_t.shape[1]) % size
+        skip = max(n - size, 0)  # of a batch larger than the queue only the newest K keys survive
+        offsets = torch.arange(skip, n, device=self.queue.device)
+        columns = (self.queue_ptr + offsets) % size
+        self.queue.index_copy_(1, columns, keys[skip:].detach().T.to(self.queue.dtype))
+        self.queue_ptr.add_(n).remainder_(size)
 
     @torch.no_grad()
     def _shuffle(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
