@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from test_models import _authors_resnet50
 from torch import nn
 
 from ssl_photoz.cli import main
 from ssl_photoz.models import RedshiftClassifier, build_backbone
 from ssl_photoz.train import load_checkpoint
-from test_models import _authors_resnet50
 
 
 def test_import_moco_checkpoint_gives_a_pretrain_checkpoint(tmp_path):
