@@ -15,7 +15,7 @@ import zarr
 
 from ssl_photoz.train import Runtime, load_checkpoint, pretrain, train_classifier
 
-MODEL = {"arch": "resnet_small", "width": 8}
+MODEL = {"arch": "resnet_small", "width": 16}
 PRETRAIN = {
     "epochs": 2,
     "warmup_epochs": 0,
@@ -150,7 +150,7 @@ def test_finetune_refuses_a_mismatched_backbone(tiny_store, tmp_path):
     pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
     with pytest.raises(ValueError, match="pretrained with model"):
         train_classifier(
-            {"arch": "resnet_small", "width": 16},
+            {"arch": "resnet_small", "width": 32},
             FINETUNE,
             store,
             tmp_path / "x.pt",
