@@ -190,13 +190,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    import os
+    from .atomic import write_json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def _footprint_if_mock(sky_dir: str | None):
@@ -287,7 +283,10 @@ def cmd_gather(args: argparse.Namespace) -> int:
             "reason": pd.Series([s["reason"] for s in failed], dtype="str"),
         }
     )
-    rejects.to_parquet(args.rejects, index=False)
+    from .atomic import atomic_path
+
+    with atomic_path(args.rejects) as tmp:
+        rejects.to_parquet(tmp, index=False)
     _write_json_atomic(Path(args.manifest), {**summary, "store": str(args.store)})
     log.info(
         "store %s: %d objects, %d complete, %d rejected",

@@ -19,7 +19,6 @@ a run killed after epoch e and resumed continues exactly as an uninterrupted run
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import augment, data, models
+from .atomic import atomic_path, write_json
 from .provenance import stable_hash
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,8 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) ->
 
 # -- checkpoints ----------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -422,8 +419,4 @@ def evaluate_classifier(net, dataset, runtime: Runtime, batch_size: int = 256) -
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(summary, indent=1, default=float))
-    os.replace(tmp, path)
+    write_json(path, summary)

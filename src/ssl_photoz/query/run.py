@@ -9,14 +9,13 @@ Backends (config ``query.backend``):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_path, write_json
 from ..provenance import provenance
 from ..sdss import pack_objid
 from .sql import CatalogQuery, load_query
@@ -127,12 +126,8 @@ def run_query(
 def write_query_output(frame: pd.DataFrame, record: dict, parquet: Path, config: dict) -> None:
     """Write the rows and a provenance JSON next to them, each atomically."""
     parquet = Path(parquet)
-    parquet.parent.mkdir(parents=True, exist_ok=True)
-    tmp = parquet.with_name(f".{parquet.name}.partial")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, parquet)
-    meta = {**record, "provenance": provenance(config)}
-    side = parquet.with_suffix(".provenance.json")
-    tmp_meta = side.with_name(f".{side.name}.partial")
-    tmp_meta.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp_meta, side)
+    with atomic_path(parquet) as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_json(
+        parquet.with_suffix(".provenance.json"), {**record, "provenance": provenance(config)}
+    )
