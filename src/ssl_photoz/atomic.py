@@ -32,7 +32,7 @@ def write_json(path: str | os.PathLike, data, indent: int = 1) -> None:
 
 
 def _jsonable(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
+    """numpy scalars become Python numbers; anything else its string form."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
