@@ -17,6 +17,7 @@ include: "workflow/rules/sky.smk"
 include: "workflow/rules/catalog.smk"
 include: "workflow/rules/cutouts.smk"
 include: "workflow/rules/learn.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

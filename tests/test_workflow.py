@@ -86,6 +86,11 @@ def test_dag_runs_through_select_on_a_tiny_config(workdir):
     assert (store["objid"][:] == objects["objid"].to_numpy()).all()
     stats = json.loads((workdir / "results/cutouts/stats.json").read_text())
     assert all(m > 0 for m in stats["mad"])
+    # Training and evaluation: every model of the config is trained, predicted and scored.
+    metrics = pd.read_csv(workdir / "results/metrics.tsv", sep="\t")
+    assert set(metrics["kind"]) == {"finetune", "supervised", "colours_knn"}
+    assert len(metrics) == 2 * 2 + 1  # 2 fractions x 1 seed x 2 kinds + the colours kNN
+    assert (workdir / "results/models/pretrain/checkpoint.pt").exists()
     # Nothing changed: nothing reruns.
     again = _snakemake(workdir, "-n", "--cores", "1", "--profile", "profiles/default")
     assert again.returncode == 0

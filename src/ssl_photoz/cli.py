@@ -131,6 +131,35 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """z_p and the PDF of every validation object from one trained classifier."""
+    from .predict import predict_classifier
+
+    n = predict_classifier(Path(args.model), Path(args.store), Path(args.out), args.device)
+    log.info("%s: %d validation predictions -> %s", args.model, n, args.out)
+    return 0
+
+
+def cmd_baseline_colours(args: argparse.Namespace) -> int:
+    """The colours-only 10-nearest-neighbour photo-z on the same validation objects."""
+    from .predict import predict_colours
+
+    objects = _read_parquet(args.objects, "objects table")
+    n = predict_colours(objects, Path(args.out), k=args.k)
+    log.info("colours kNN (k=%d): %d validation predictions -> %s", args.k, n, args.out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """sigma_MAD, eta and bias of every model, with bootstrap intervals and seed spread."""
+    from .evaluate import evaluate
+
+    objects = _read_parquet(args.objects, "objects table")
+    metrics = evaluate([Path(p) for p in args.predictions], objects, Path(args.out_dir))
+    print(metrics[["model", "n", "sigma_mad", "eta_percent", "bias"]].to_string(index=False))
+    return 0
+
+
 def cmd_sky(args: argparse.Namespace) -> int:
     """Build the simulated survey (catalogue in DuckDB + truth); optionally print realism."""
     from .sky.survey import build_survey
@@ -430,6 +459,28 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "finetune":
             p.add_argument("--pretrained", required=True, help="pretraining checkpoint")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("predict", help="validation predictions of one model (rule predict)")
+    p.add_argument("--model", required=True, help="a finetune/supervised checkpoint")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="predictions (Parquet)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("baseline-colours", help="colours-only kNN photo-z (rule baseline_colours)")
+    p.add_argument("--objects", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_baseline_colours)
+
+    p = sub.add_parser("evaluate", help="photo-z metrics of every model (rule evaluate)")
+    p.add_argument("--objects", required=True)
+    p.add_argument("--predictions", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("import-checkpoint", help="import the paper authors' released models")
     p.add_argument("checkpoint", help="their .pth/.pth.tar file")

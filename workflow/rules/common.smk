@@ -42,6 +42,14 @@ def model_runs():
     ]
 
 
+def prediction_files(wildcards):
+    files = [
+        f"{RESULTS}/predictions/{kind}_f{fraction}_s{seed}.parquet"
+        for kind, fraction, seed in model_runs()
+    ]
+    return files + [f"{RESULTS}/predictions/colours_knn.parquet"]
+
+
 def query_inputs(wildcards):
     """The simulated survey is a query input only when the sky is simulated."""
     if config["source"] == "mock":
@@ -78,10 +86,7 @@ def shard_statuses(wildcards):
 
 def final_targets():
     targets = [f"{RESULTS}/catalog/objects.parquet", f"{RESULTS}/cutouts/stats.json"]
-    targets += [
-        f"{RESULTS}/models/{kind}/f{fraction}_s{seed}/model.pt"
-        for kind, fraction, seed in model_runs()
-    ]
+    targets.append(f"{RESULTS}/metrics.tsv")
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

@@ -1,0 +1,61 @@
+# Stage 4: predictions for the validation objects, the colours-only baseline, metrics.
+
+
+rule predict:
+    input:
+        model=f"{RESULTS}/models/{{kind}}/f{{fraction}}_s{{seed}}/model.pt",
+        manifest=rules.gather.output.manifest,
+    output:
+        predictions=f"{RESULTS}/predictions/{{kind}}_f{{fraction}}_s{{seed}}.parquet",
+    log:
+        f"{RESULTS}/logs/predict/{{kind}}_f{{fraction}}_s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{kind}}_f{{fraction}}_s{{seed}}.tsv"
+    wildcard_constraints:
+        kind="finetune|supervised",
+        fraction=r"[0-9.]+",
+        seed=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        store=STORE,
+    shell:
+        "ssl-photoz predict --model {input.model} --store {params.store}"
+        " --out {output.predictions} > {log} 2>&1"
+
+
+rule baseline_colours:
+    input:
+        objects=rules.select.output.objects,
+    output:
+        predictions=f"{RESULTS}/predictions/colours_knn.parquet",
+    log:
+        f"{RESULTS}/logs/baseline_colours.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline_colours.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "ssl-photoz baseline-colours --objects {input.objects}"
+        " --out {output.predictions} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        objects=rules.select.output.objects,
+        predictions=prediction_files,
+    output:
+        metrics=f"{RESULTS}/metrics.tsv",
+        bins=f"{RESULTS}/metrics_bins.tsv",
+        summary=f"{RESULTS}/metrics_summary.tsv",
+    log:
+        f"{RESULTS}/logs/evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics) or ".",
+    shell:
+        "ssl-photoz evaluate --objects {input.objects} --predictions {input.predictions}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
