@@ -206,6 +206,16 @@ def _loader(
     )
 
 
+def _optimizer_step(loss, optimizer, scaler, scheduler) -> float:
+    """One step: backward through the (possibly disabled) loss scaler, then the LR schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return float(loss.detach())
+
+
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
@@ -262,12 +272,7 @@ def pretrain(
             with autocast(runtime.device):
                 logits, labels = model(im_q, im_k)
                 loss = models.info_nce(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
             seen += len(images)
         record = {
             "epoch": epoch,
@@ -363,12 +368,7 @@ def train_classifier(
             target = net.z_to_bin(batch["z"].to(runtime.device))
             with autocast(runtime.device):
                 loss = nn.functional.cross_entropy(model(images).float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
         val = evaluate_classifier(net, val_set, runtime, batch_size=cfg["batch_size"])
         record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), **val}
         loop.history.append(record)
