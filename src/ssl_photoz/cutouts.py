@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 107
 PATCH_DEG = IMAGE_SIZE * PIXEL_SCALE_ARCSEC / 3600.0  # 0.0118 deg, the paper's 0.012 deg patch
+# How far from the object a patch can reach: its half-diagonal plus a few arcsec of band offset.
+PATCH_REACH_DEG = 0.75 * PATCH_DEG
 IMAGES = "images"
-ONE_D_ARRAYS = ("objid", "ra", "dec", "z_spec", "ebv", "split", "fraction_rank", "ok")
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ def frames_for_objects(objects: pd.DataFrame, footprint=None) -> list[list[Field
     """
     out = []
     if footprint is not None:
-        half = 0.75 * PATCH_DEG  # the patch's half-diagonal plus a few arcsec of band offset
+        half = PATCH_REACH_DEG
         ra = objects["ra"].to_numpy()
         dec = objects["dec"].to_numpy()
         cos_dec = np.cos(np.radians(dec))
@@ -240,7 +241,7 @@ def _fetch(frame_source, fid: FieldId, band: str, obj, cache: dict, fetched: lis
 def _patch_window(frame_source, fid, band: str, obj, margin_px: int = 12):
     """Pixel bounds of the patch (plus margin) on a frame, clipped to the frame."""
     wcs = frame_source.sky.footprint.frame_wcs(fid, band)
-    half = 0.75 * PATCH_DEG
+    half = PATCH_REACH_DEG
     cos_dec = np.cos(np.radians(obj.dec))
     ras = obj.ra + np.array([-1, -1, 1, 1]) * half / cos_dec
     decs = obj.dec + np.array([-1, 1, -1, 1]) * half

@@ -171,20 +171,6 @@ class Footprint:
 
         return WCS(self.frame_header_cards(fid, band))
 
-    def fields_near(self, ra, dec, radius_deg: float) -> list[FieldId]:
-        """Every field whose frame may hold pixels within ``radius_deg`` of (ra, dec)."""
-        out = []
-        for fid in self.fields:
-            ra_c, dec_c = self.field_centre(fid.run, fid.camcol, fid.field)
-            ddec = abs(dec - dec_c)
-            dra = abs((ra - ra_c + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec))
-            if (
-                ddec <= FRAME_WIDTH_DEG / 2 + radius_deg
-                and dra <= FRAME_HEIGHT_DEG / 2 + radius_deg
-            ):
-                out.append(fid)
-        return out
-
 
 def footprint_from_config(sky_cfg: dict) -> Footprint:
     region = sky_cfg["region"]

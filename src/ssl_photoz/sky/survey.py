@@ -30,7 +30,6 @@ from ..provenance import provenance
 from . import catalog, population
 from .footprint import (
     CAMCOLS,
-    FIELD_STEP_DEG,
     FRAME_HEIGHT_DEG,
     FRAME_WIDTH_DEG,
     FieldId,
@@ -300,4 +299,4 @@ class MockSky:
         return fp.first_field <= fid.field < fp.first_field + fp.n_fields(fid.run, fid.camcol)
 
 
-__all__ = ["MockSky", "SkySettings", "build_survey", "FIELD_STEP_DEG"]
+__all__ = ["MockSky", "SkySettings", "build_survey"]
