@@ -1,0 +1,120 @@
+"""summary.md and the leakage guard: numbers come from the inputs, leaks are caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_data import write_store
+
+from ssl_photoz import leakage as leakage_module
+from ssl_photoz.leakage import LeakageError, leakage_report
+from ssl_photoz.summary import write_summary
+
+N = 40
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "cutouts.zarr"
+    split = np.array([0, 1, 2, 0] * (N // 4), dtype=np.int8)  # train, val, unlabeled, train
+    columns, _ = write_store(path, n=N, split=split)
+    return path, columns
+
+
+def _val_objids(columns):
+    return columns["objid"][columns["split"] == 1]
+
+
+def test_leakage_report_counts_every_stage_per_split(store):
+    path, columns = store
+    report = leakage_report(path, [0.5, 1.0], {"m": _val_objids(columns)})
+    assert report["validation_in_pretraining"] == 0
+    assert report["validation_in_label_training"] == 0
+    assert report["n_validation"] == 10
+    table = report["usage"].set_index("split")
+    assert table.loc["train", "images"] == 20 and table.loc["unlabeled", "images"] == 10
+    assert table.loc["train", "pretraining (MoCo)"] == 20
+    assert table.loc["unlabeled", "pretraining (MoCo)"] == 10
+    assert table.loc["val", "pretraining (MoCo)"] == 0
+    assert table.loc["val", "validation (scored)"] == 10
+    full = table.loc["train", "labelled training, 100 % of labels"]
+    half = table.loc["train", "labelled training, 50 % of labels"]
+    expected_half = int((columns["fraction_rank"][columns["split"] == 0] < 0.5).sum())
+    assert full == 20 and half == expected_half
+
+
+def test_a_validation_object_in_pretraining_is_an_error(store, monkeypatch):
+    path, columns = store
+    real = leakage_module.pretrain_indices
+
+    def leaky(s):
+        return np.concatenate([real(s), [1]])  # row 1 is a validation object
+
+    monkeypatch.setattr(leakage_module, "pretrain_indices", leaky)
+    with pytest.raises(LeakageError, match=r"pretraining.*" + str(columns["objid"][1])):
+        leakage_report(path, [1.0], {})
+
+
+def test_predictions_of_training_objects_are_an_error(store):
+    path, columns = store
+    with pytest.raises(LeakageError, match="not validation objects"):
+        leakage_report(path, [1.0], {"finetune_f1.0_s0": columns["objid"][:4]})
+
+
+def _summary_table():
+    return pd.DataFrame(
+        {
+            "kind": ["colours_knn", "finetune", "finetune", "supervised", "supervised"],
+            "fraction": [np.nan, 0.25, 1.0, 0.25, 1.0],
+            "n_seeds": [1, 2, 2, 2, 2],
+            "sigma_mad_mean": [0.021, 0.030, 0.020, 0.040, 0.025],
+            "sigma_mad_std": [np.nan, 0.001, 0.002, 0.003, 0.004],
+            "eta_mean": [1.0, 5.0, 3.0, 7.0, 4.0],
+            "eta_std": [np.nan, 0.5, 0.5, 0.5, 0.5],
+            "bias_mean": [-0.003, 0.001, 0.002, 0.003, 0.004],
+        }
+    )
+
+
+CONFIG = {
+    "source": "mock",
+    "query": {"backend": "duckdb", "data_release": 12},
+    "model": {"arch": "resnet_small", "width": 32},
+    "pretrain": {"epochs": 8, "queue_size": 1024, "momentum": 0.99},
+    "finetune": {"epochs": 20},
+    "labels": {"fractions": [0.25, 1.0], "seeds": [0, 1]},
+}
+
+
+def test_summary_states_source_paper_rows_ours_and_leakage(store, tmp_path):
+    path, columns = store
+    objects = pd.DataFrame({"split": np.array(["train", "val", "unlabeled", "train"] * 10)})
+    report = leakage_report(path, [0.25, 1.0], {})
+    efficiency = pd.DataFrame(
+        {"fraction": [0.25, 1.0], "factor": [2.5, 1.0], "lower_bound": [False, True]}
+    )
+    out = tmp_path / "summary.md"
+    text = write_summary(out, _summary_table(), efficiency, objects, report, CONFIG)
+    assert out.read_text() == text
+    assert "SIMULATED SDSS" in text
+    for paper in ("0.00912", "0.00890", "0.00825", "0.209"):
+        assert paper in text
+    # Ours at the full label set: mean +- seed std, from the table given.
+    assert "| **ours, MoCo v2 + fine-tuning (resnet_small)** | 0.02000 +- 0.00200 |" in text
+    assert "| **ours, supervised (resnet_small)** | 0.02500 +- 0.00400 |" in text
+    assert "| **ours, colours 10-NN** | 0.02100 |" in text
+    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | 2.50x |" in text
+    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | >= 1.00x |" in text
+    assert "Validation objects in the pretraining pool: **0** (of 10)" in text
+    assert "20 training labels, 10 validation galaxies and 10 unlabeled" in text
+    assert "resnet_small (width 32), not the paper's ResNet50" in text
+
+
+def test_summary_of_real_sdss_names_the_release_and_backend(store, tmp_path):
+    path, _ = store
+    objects = pd.DataFrame({"split": ["train", "val"]})
+    config = {**CONFIG, "source": "sdss", "query": {"backend": "casjobs", "data_release": 12}}
+    report = leakage_report(path, [1.0], {})
+    text = write_summary(tmp_path / "s.md", _summary_table(), None, objects, report, config)
+    assert "real SDSS DR12 (casjobs)" in text and "SIMULATED" not in text
