@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test setup lint format bench clean dry-run
+.PHONY: run test setup lint format bench clean dry-run report
 
 $(BIN)/ssl-photoz: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ setup: $(BIN)/ssl-photoz
 
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
+	$(BIN)/snakemake --profile profiles/default --report results/report.html
+
+report: setup
+	$(BIN)/snakemake --profile profiles/default --report results/report.html
 
 dry-run: setup
 	$(BIN)/snakemake -n --profile profiles/default

@@ -18,9 +18,10 @@ include: "workflow/rules/catalog.smk"
 include: "workflow/rules/cutouts.smk"
 include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_targets(),
+        final_targets,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = PROJECT_ROOT / ".." / "shared" / "data" / "real"
+BIN = Path(sys.executable).parent
 
 
 def pytest_addoption(parser):
@@ -67,3 +72,43 @@ def validation_sky(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("validation_sky")
     build_survey(VALIDATION_SKY, out)
     return out
+
+
+# --- the workflow on a tiny config, through real Snakemake --------------------------------------
+
+
+def tool_env(extra: dict | None = None) -> dict:
+    """The environment for the venv's tools (snakemake, ssl-photoz) as subprocesses."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(PROJECT_ROOT / "Snakefile"), *args],
+        cwd=workdir,
+        env=env or tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def make_workdir(path: Path, config: str = "configs/tiny.yaml") -> Path:
+    """A scratch working directory holding the workflow's relative assets and a config."""
+    for name in ("workflow", "profiles", "envs", "configs"):
+        shutil.copytree(PROJECT_ROOT / name, path / name, symlinks=True)
+    shutil.copy(PROJECT_ROOT / config, path / "config.yaml")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The whole DAG run once on configs/tiny.yaml (a few minutes); read-only for its users."""
+    workdir = make_workdir(tmp_path_factory.mktemp("tiny_run"))
+    out = snakemake(workdir, "--cores", "2", "--profile", "profiles/default")
+    if out.returncode != 0:
+        pytest.fail("the tiny DAG failed:\n" + out.stdout[-3000:] + out.stderr[-3000:])
+    return workdir

@@ -3,63 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PROJECT_ROOT
-
-BIN = Path(sys.executable).parent
-
-
-def _env():
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(PROJECT_ROOT / "Snakefile"), *args],
-        cwd=workdir,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from conftest import BIN, PROJECT_ROOT, make_workdir, snakemake, tool_env
 
 
 @pytest.fixture()
 def workdir(tmp_path):
-    """A scratch working directory holding the workflow's relative assets."""
-    for name in ("workflow", "profiles", "envs", "configs"):
-        shutil.copytree(PROJECT_ROOT / name, tmp_path / name, symlinks=True)
-    shutil.copy(PROJECT_ROOT / "configs" / "tiny.yaml", tmp_path / "config.yaml")
-    return tmp_path
+    return make_workdir(tmp_path)
 
 
 def test_lint_is_clean():
-    out = _snakemake(PROJECT_ROOT, "--lint", "--cores", "1")
+    out = snakemake(PROJECT_ROOT, "--lint", "--cores", "1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Congratulations" in out.stdout + out.stderr
 
 
 def test_bad_config_stops_the_run_naming_the_key(workdir):
     (workdir / "bad.yaml").write_text("sky:\n  seed: -5\n")
-    out = _snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
+    out = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert "seed" in text and "minimum" in text, text[-2000:]
 
 
-def test_dag_runs_through_select_on_a_tiny_config(workdir):
-    out = _snakemake(workdir, "--cores", "2", "--profile", "profiles/default")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+def test_the_whole_dag_runs_on_a_tiny_config(tiny_run):
+    workdir = tiny_run
     meta = json.loads((workdir / "resources/sky/sky.json").read_text())
     assert meta["counts"]["PhotoObjAll"] > 100
     assert meta["provenance"]["config_sha256"]
@@ -91,25 +62,26 @@ def test_dag_runs_through_select_on_a_tiny_config(workdir):
     assert set(metrics["kind"]) == {"finetune", "supervised", "colours_knn"}
     assert len(metrics) == 2 * 2 + 1  # 2 fractions x 1 seed x 2 kinds + the colours kNN
     assert (workdir / "results/models/pretrain/checkpoint.pt").exists()
-    # Nothing changed: nothing reruns.
-    again = _snakemake(workdir, "-n", "--cores", "1", "--profile", "profiles/default")
-    assert again.returncode == 0
-    assert "Nothing to be done" in again.stdout + again.stderr
-    # Rebuilding one cut-out shard reruns that shard and what follows it, nothing upstream.
-    plan = _snakemake(
-        workdir,
-        "-n",
-        "--cores",
-        "1",
-        "--profile",
-        "profiles/default",
-        "--forcerun",
-        "results/cutouts/shards/0.json",
-    )
-    text = plan.stdout + plan.stderr
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.MULTILINE))
-    assert jobs.get("cutouts") == "1" and "gather" in jobs and "stats" in jobs, text[-3000:]
-    assert not {"sky", "select", "query_labeled", "plan_shards"} & set(jobs), jobs
+    # Figures, summary and leakage guard.
+    for name in ("fig2_sigma_vs_fraction", "fig2_label_efficiency", "dz_vs_zspec", "augmentations"):
+        assert (workdir / f"results/figures/{name}.png").stat().st_size > 10_000, name
+    summary = (workdir / "results/summary.md").read_text()
+    assert "SIMULATED SDSS" in summary and "0.00825" in summary
+    assert "Validation objects in the pretraining pool: **0**" in summary
+    leakage = pd.read_csv(workdir / "results/leakage.tsv", sep="\t").set_index("split")
+    assert leakage.loc["val", "pretraining (MoCo)"] == 0
+    assert leakage.loc["val", "validation (scored)"] == (objects["split"] == "val").sum()
+
+
+def test_the_html_report_has_every_figure_with_its_caption(tiny_run, tmp_path):
+    report = tmp_path / "report.html"
+    out = snakemake(tiny_run, "--cores", "1", "--report", str(report))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ERROR" not in out.stderr, out.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    for name in ("fig2_sigma_vs_fraction.png", "dz_vs_zspec.png", "summary.md", "leakage.tsv"):
+        assert name in html, name
+    assert "label-efficiency" in html.lower() or "label efficiency" in html.lower()
 
 
 def test_cli_rejects_a_bad_section(tmp_path):
@@ -117,7 +89,7 @@ def test_cli_rejects_a_bad_section(tmp_path):
         [str(BIN / "ssl-photoz"), "sky", "--section-json", '{"seed": 1}', "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=tool_env(),
     )
     assert out.returncode == 2
     assert "missing key under 'sky': 'region'" in out.stderr

@@ -160,6 +160,61 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Fig. 2 (sigma_MAD and label efficiency vs fraction), dz vs z_s, the augmentation gallery."""
+    from .figures import make_all_figures
+
+    paths = make_all_figures(
+        Path(args.metrics),
+        Path(args.metrics_summary),
+        [Path(p) for p in args.predictions],
+        Path(args.store),
+        Path(args.out_dir),
+        stats_path=Path(args.stats) if args.stats else None,
+    )
+    for name, path in paths.items():
+        log.info("%s -> %s", name, path)
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """results/summary.md: the paper's table beside ours, with the leakage guard."""
+
+    from .evaluate import read_predictions
+    from .leakage import leakage_report
+    from .summary import write_summary
+
+    cfg = _sections(args, ("query", "model", "pretrain", "finetune", "labels"))
+    cfg["source"] = args.source
+    objects = _read_parquet(args.objects, "objects table")
+    summary = _read_table(args.metrics_summary, "metrics summary")
+    efficiency = _read_table(args.label_efficiency, "label-efficiency table")
+    scored = {
+        Path(p).stem: read_predictions(Path(p))[0]["objid"].to_numpy() for p in args.predictions
+    }
+    leakage = leakage_report(Path(args.store), cfg["labels"]["fractions"], scored)
+    write_summary(Path(args.out), summary, efficiency, objects, leakage, cfg)
+    with open(args.leakage, "w") as handle:
+        leakage["usage"].to_csv(handle, sep="\t", index=False)
+    log.info(
+        "summary -> %s; validation objects in pretraining: %d",
+        args.out,
+        leakage["validation_in_pretraining"],
+    )
+    return 0
+
+
+def _read_table(path: str, what: str):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, sep="\t")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: the {what} is missing") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: the {what} is not a readable TSV ({err})") from err
+
+
 def cmd_sky(args: argparse.Namespace) -> int:
     """Build the simulated survey (catalogue in DuckDB + truth); optionally print realism."""
     from .sky.survey import build_survey
@@ -481,6 +536,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("figures", help="the paper's figures for this run (rule figures)")
+    p.add_argument("--metrics", required=True, help="metrics.tsv")
+    p.add_argument("--metrics-summary", required=True, help="metrics_summary.tsv")
+    p.add_argument("--predictions", nargs="+", required=True)
+    p.add_argument("--store", required=True, help="the cut-out store (augmentation gallery)")
+    p.add_argument("--stats", help="per-channel MAD (the noise augmentation's scale)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("summary", help="summary.md with the paper's table (rule summary)")
+    p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    p.add_argument("--sections-json", help="query, model, recipe and labels sections (rules)")
+    p.add_argument("--source", required=True, choices=["mock", "sdss"])
+    p.add_argument("--objects", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--metrics-summary", required=True)
+    p.add_argument("--label-efficiency", required=True)
+    p.add_argument("--predictions", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="summary (Markdown)")
+    p.add_argument("--leakage", required=True, help="images used per split and stage (TSV)")
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("import-checkpoint", help="import the paper authors' released models")
     p.add_argument("checkpoint", help="their .pth/.pth.tar file")

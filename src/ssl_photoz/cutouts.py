@@ -72,6 +72,9 @@ def plan_shards(objects: pd.DataFrame, shard_size: int, store_shard: int, footpr
             f"cutouts.shard_size ({shard_size}) must be a positive multiple of "
             f"cutouts.store_shard ({store_shard})"
         )
+    missing = [c for c in ("objid", "ra", "dec", "run", "camcol", "field") if c not in objects]
+    if missing:
+        raise ValueError(f"the objects table lacks the columns {missing} that planning needs")
     if not objects["objid"].is_monotonic_increasing:
         raise ValueError("objects.parquet must be sorted by objid (field order)")
     frames = frames_for_objects(objects, footprint)

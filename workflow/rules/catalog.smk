@@ -18,6 +18,7 @@ rule query_labeled:
     resources:
         skyserver=1,
     params:
+        code=stage_code("ssl_photoz.query.run"),
         section=section_json("query"),
         sky_db=sky_db_argument,
     shell:
@@ -41,6 +42,7 @@ rule query_unlabeled:
     resources:
         skyserver=1,
     params:
+        code=stage_code("ssl_photoz.query.run"),
         section=section_json("query"),
         sky_db=sky_db_argument,
     shell:
@@ -63,6 +65,7 @@ rule select:
     conda:
         "../../envs/pipeline.yaml"
     params:
+        code=stage_code("ssl_photoz.select"),
         section=section_json("select"),
         out_dir=lambda wildcards, output: os.path.dirname(output.objects),
     shell:

@@ -2,6 +2,7 @@
 import json
 import os
 
+from ssl_photoz.codehash import code_digest
 from ssl_photoz.config import validate_config
 
 # The package's own check gives clearer messages (which key, what is allowed) than the schema's.
@@ -11,6 +12,11 @@ RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
 SKY_DIR = f"{RESOURCES}/sky"
 STORE = f"{RESULTS}/cutouts.zarr"  # written by plan_shards (empty), cutouts (shards), gather
+
+
+def stage_code(*modules):
+    """Digest of the package code behind a stage; editing those modules reruns the stage."""
+    return code_digest(*modules)
 
 
 def section_json(name):
@@ -84,9 +90,13 @@ def shard_statuses(wildcards):
     return [f"{RESULTS}/cutouts/shards/{k}.json" for k in range(n_shards)]
 
 
-def final_targets():
+def final_targets(wildcards):
+    """What `snakemake` builds by default. The shard status files are listed so that deleting
+    one reruns just that shard and what follows (an intermediate alone would not be redone).
+    """
     targets = [f"{RESULTS}/catalog/objects.parquet", f"{RESULTS}/cutouts/stats.json"]
-    targets.append(f"{RESULTS}/metrics.tsv")
+    targets += shard_statuses(wildcards)
+    targets += [f"{RESULTS}/metrics.tsv", f"{RESULTS}/summary.md"]
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

@@ -14,6 +14,7 @@ checkpoint plan_shards:
     conda:
         "../../envs/pipeline.yaml"
     params:
+        code=stage_code("ssl_photoz.cutouts", "ssl_photoz.sky.survey"),
         section=section_json("cutouts"),
         store=STORE,
         sky_dir=sky_dir_argument,
@@ -40,6 +41,7 @@ rule cutouts:
     resources:
         mem_mb=2000,
     params:
+        code=stage_code("ssl_photoz.cutouts", "ssl_photoz.frames"),
         section=section_json("cutouts"),
         store=STORE,
         sky_dir=sky_dir_argument,
@@ -64,6 +66,7 @@ rule gather:
     conda:
         "../../envs/pipeline.yaml"
     params:
+        code=stage_code("ssl_photoz.cutouts"),
         store=STORE,
         shards_dir=f"{RESULTS}/cutouts/shards",
     shell:
@@ -84,6 +87,7 @@ rule stats:
     conda:
         "../../envs/pipeline.yaml"
     params:
+        code=stage_code("ssl_photoz.cutouts"),
         section=section_json("cutouts"),
         store=STORE,
     shell:

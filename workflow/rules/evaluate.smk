@@ -18,6 +18,7 @@ rule predict:
     conda:
         "../../envs/pipeline.yaml"
     params:
+        code=stage_code("ssl_photoz.predict"),
         store=STORE,
     shell:
         "ssl-photoz predict --model {input.model} --store {params.store}"
@@ -35,6 +36,8 @@ rule baseline_colours:
         f"{RESULTS}/benchmarks/baseline_colours.tsv"
     conda:
         "../../envs/pipeline.yaml"
+    params:
+        code=stage_code("ssl_photoz.predict"),
     shell:
         "ssl-photoz baseline-colours --objects {input.objects}"
         " --out {output.predictions} > {log} 2>&1"
@@ -55,6 +58,7 @@ rule evaluate:
     conda:
         "../../envs/pipeline.yaml"
     params:
+        code=stage_code("ssl_photoz.evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics) or ".",
     shell:
         "ssl-photoz evaluate --objects {input.objects} --predictions {input.predictions}"

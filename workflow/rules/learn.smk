@@ -20,6 +20,7 @@ rule pretrain:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=8000,
     params:
+        code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "pretrain"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
@@ -50,6 +51,7 @@ rule finetune:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
     params:
+        code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "finetune"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
@@ -80,6 +82,7 @@ rule supervised:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
     params:
+        code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "finetune"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),

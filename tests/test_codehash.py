@@ -1,0 +1,71 @@
+"""The per-stage code digest: which modules count, and which edits change it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT
+
+from ssl_photoz.codehash import code_digest, module_closure
+
+
+def test_closure_follows_imports_inside_functions_and_parent_packages():
+    closure = module_closure("ssl_photoz.train")
+    assert {"ssl_photoz.models", "ssl_photoz.augment", "ssl_photoz.data"} <= set(closure)
+    assert not any(m.startswith("ssl_photoz.sky") for m in closure)
+    assert "ssl_photoz.cli" not in closure
+    sky = module_closure("ssl_photoz.sky.survey")
+    assert "ssl_photoz.sky" in sky and "ssl_photoz.sky.render" in sky
+
+
+def test_computing_the_digest_imports_nothing_heavy():
+    code = (
+        "import sys; from ssl_photoz.codehash import code_digest; "
+        "code_digest('ssl_photoz.train', 'ssl_photoz.cutouts'); "
+        "print(sorted(m for m in ('torch', 'zarr', 'ssl_photoz.train') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_module_is_an_error():
+    with pytest.raises(ModuleNotFoundError, match="ssl_photoz.nope"):
+        code_digest("ssl_photoz.nope")
+    with pytest.raises(ValueError, match="not a module of ssl_photoz"):
+        module_closure("numpy")
+
+
+def _digests_of_a_copy(tmp_path, edit: str | None, module: str = "models.py") -> dict[str, str]:
+    copy = tmp_path / "src"
+    shutil.copytree(PROJECT_ROOT / "src" / "ssl_photoz", copy / "ssl_photoz")
+    if edit is not None:
+        path = copy / "ssl_photoz" / module
+        path.write_text(path.read_text() + edit)
+    code = (
+        "import json; from ssl_photoz.codehash import code_digest; print(json.dumps({m: "
+        "code_digest(m) for m in ('ssl_photoz.train', 'ssl_photoz.evaluate', 'ssl_photoz.select')"
+        "}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(copy), "PATH": ""},
+    )
+    return json.loads(out.stdout)
+
+
+def test_an_edit_changes_the_digests_of_the_stages_that_import_it_only(tmp_path):
+    before = _digests_of_a_copy(tmp_path / "a", None)
+    assert before["ssl_photoz.train"] == code_digest("ssl_photoz.train")
+    comment = _digests_of_a_copy(tmp_path / "b", "\n# only a comment\n")
+    assert comment == before
+    code = _digests_of_a_copy(tmp_path / "c", "\nNEW_CONSTANT = 1\n")
+    assert code["ssl_photoz.train"] != before["ssl_photoz.train"]  # train imports models
+    assert code["ssl_photoz.evaluate"] == before["ssl_photoz.evaluate"]
+    assert code["ssl_photoz.select"] == before["ssl_photoz.select"]

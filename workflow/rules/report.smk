@@ -1,0 +1,84 @@
+# Stage 5: the paper's figures, summary.md with the paper's table and the leakage guard.
+# `snakemake --report` collects the outputs marked report() with the captions in workflow/report/.
+
+
+rule figures:
+    input:
+        metrics=rules.evaluate.output.metrics,
+        summary=rules.evaluate.output.summary,
+        predictions=prediction_files,
+        manifest=rules.gather.output.manifest,
+        stats=rules.stats.output.stats,
+    output:
+        sigma=report(
+            f"{RESULTS}/figures/fig2_sigma_vs_fraction.png",
+            caption="../report/fig2_sigma_vs_fraction.rst",
+            category="Photo-z",
+        ),
+        efficiency=report(
+            f"{RESULTS}/figures/fig2_label_efficiency.png",
+            caption="../report/fig2_label_efficiency.rst",
+            category="Photo-z",
+        ),
+        density=report(
+            f"{RESULTS}/figures/dz_vs_zspec.png",
+            caption="../report/dz_vs_zspec.rst",
+            category="Photo-z",
+        ),
+        augmentations=report(
+            f"{RESULTS}/figures/augmentations.png",
+            caption="../report/augmentations.rst",
+            category="Data",
+        ),
+        efficiency_table=f"{RESULTS}/figures/label_efficiency.tsv",
+    log:
+        f"{RESULTS}/logs/figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        code=stage_code("ssl_photoz.figures"),
+        store=STORE,
+        out_dir=lambda wildcards, output: os.path.dirname(output.sigma),
+    shell:
+        "ssl-photoz figures --metrics {input.metrics} --metrics-summary {input.summary}"
+        " --predictions {input.predictions} --store {params.store} --stats {input.stats}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule summary:
+    input:
+        objects=rules.select.output.objects,
+        manifest=rules.gather.output.manifest,
+        summary=rules.evaluate.output.summary,
+        efficiency=rules.figures.output.efficiency_table,
+        predictions=prediction_files,
+    output:
+        summary=report(
+            f"{RESULTS}/summary.md",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        leakage=report(
+            f"{RESULTS}/leakage.tsv",
+            caption="../report/leakage.rst",
+            category="Summary",
+        ),
+    log:
+        f"{RESULTS}/logs/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summary.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        code=stage_code("ssl_photoz.summary", "ssl_photoz.leakage"),
+        sections=sections_json("query", "model", "pretrain", "finetune", "labels"),
+        source=config["source"],
+        store=STORE,
+    shell:
+        "ssl-photoz summary --sections-json {params.sections:q} --source {params.source}"
+        " --objects {input.objects} --store {params.store}"
+        " --metrics-summary {input.summary} --label-efficiency {input.efficiency}"
+        " --predictions {input.predictions} --out {output.summary}"
+        " --leakage {output.leakage} > {log} 2>&1"
