@@ -86,7 +86,7 @@ def test_a_comment_is_not_a_code_change(tiny_run, tmp_path):
             UPSTREAM_OF_TRAINING | CUTOUT_STAGE | {"pretrain", "finetune", "supervised", "predict"},
         ),
         (
-            "montage.py",
+            "frames.py",  # frame sources: the cut-out jobs only, not the shard plan
             CUTOUT_STAGE | {"pretrain", "finetune", "supervised", "predict", "evaluate"},
             UPSTREAM_OF_TRAINING,
         ),

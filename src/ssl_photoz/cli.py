@@ -160,6 +160,62 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """128-d unit embeddings of every usable object from the MoCo encoder, and their index."""
+    from .similarity import compute_embeddings, write_index
+
+    n = compute_embeddings(
+        Path(args.checkpoint),
+        Path(args.store),
+        Path(args.stats) if args.stats else None,
+        Path(args.out),
+        device=args.device,
+    )
+    index = write_index(Path(args.out))
+    log.info("%d embeddings -> %s; exact index -> %s", n, args.out, index)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    """Nearest neighbours of one object (by objid or by ra/dec) in the embedding space."""
+    from .similarity import query_neighbours
+
+    if (args.objid is None) == (args.ra is None or args.dec is None):
+        raise ValueError("give either --objid or both --ra and --dec")
+    found = query_neighbours(
+        Path(args.embeddings), objid=args.objid, ra=args.ra, dec=args.dec, k=args.k, pool=args.pool
+    )
+    query = found.attrs["query"]
+    print(
+        f"query objid {int(query['objid'])} (ra {query['ra']:.5f}, dec {query['dec']:.5f}, "
+        f"z_spec {query['z_spec']:.4f}, {query['split']}); {args.k} nearest in pool {args.pool}:"
+    )
+    print(found.to_string(index=False))
+    return 0
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    """Fig. 1 (validation queries beside their training neighbours) and the anomaly list."""
+    from .atomic import atomic_path
+    from .similarity import (
+        anomalies,
+        load_embeddings,
+        open_index,
+        plot_anomalies,
+        plot_similarity_search,
+    )
+
+    emb = load_embeddings(Path(args.embeddings))
+    index = open_index(emb)
+    plot_similarity_search(emb, Path(args.store), Path(args.fig1), index=index)
+    odd = anomalies(emb.vectors, k=args.k, n=args.n_anomalies, catalog=emb.table, index=index)
+    with atomic_path(Path(args.anomalies)) as tmp:
+        odd.to_csv(tmp, sep="\t", index=False)
+    plot_anomalies(odd, Path(args.store), Path(args.anomalies_png))
+    log.info("Fig. 1 -> %s; %d anomalies -> %s", args.fig1, len(odd), args.anomalies)
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     """Fig. 2 (sigma_MAD and label efficiency vs fraction), dz vs z_s, the augmentation gallery."""
     from .figures import make_all_figures
@@ -536,6 +592,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("embed", help="MoCo embeddings of every object + index (rule embed)")
+    p.add_argument("--checkpoint", required=True, help="the pretraining checkpoint")
+    p.add_argument("--store", required=True)
+    p.add_argument("--stats", help="per-channel MAD (recorded in the provenance)")
+    p.add_argument("--out", required=True, help="embeddings (Parquet); the index goes beside it")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("similar", help="nearest neighbours of one galaxy in the embedding space")
+    p.add_argument("embeddings", help="results/similarity/embeddings.parquet")
+    p.add_argument("--objid", type=int, help="the query's SDSS objID")
+    p.add_argument("--ra", type=float, help="or the query's position (deg) ...")
+    p.add_argument("--dec", type=float, help="... matched within 3 arcsec")
+    p.add_argument("--k", type=int, default=5, help="neighbours (default: %(default)s)")
+    p.add_argument(
+        "--pool",
+        default="train",
+        choices=["train", "train+unlabeled", "all"],
+        help="neighbours from",
+    )
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("similarity", help="Fig. 1 and the anomaly list (rule similarity)")
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--fig1", required=True, help="similarity-search figure (PNG)")
+    p.add_argument("--anomalies", required=True, help="anomaly list (TSV)")
+    p.add_argument("--anomalies-png", required=True, help="their images (PNG)")
+    p.add_argument(
+        "--k", type=int, default=10, help="k-th neighbour distance (default: %(default)s)"
+    )
+    p.add_argument("--n-anomalies", type=int, default=20)
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_similarity)
 
     p = sub.add_parser("figures", help="the paper's figures for this run (rule figures)")
     p.add_argument("--metrics", required=True, help="metrics.tsv")

@@ -47,3 +47,5 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
         handlers=handlers,
         force=True,
     )
+    # faiss logs each CPU-feature probe at INFO: noise in every similarity log.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

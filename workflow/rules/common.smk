@@ -97,6 +97,7 @@ def final_targets(wildcards):
     targets = [f"{RESULTS}/catalog/objects.parquet", f"{RESULTS}/cutouts/stats.json"]
     targets += shard_statuses(wildcards)
     targets += [f"{RESULTS}/metrics.tsv", f"{RESULTS}/summary.md"]
+    targets.append(f"{RESULTS}/figures/fig1_similarity_search.png")
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

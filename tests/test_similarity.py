@@ -1,0 +1,269 @@
+"""Similarity search: FAISS against brute force, lookups, pools, anomalies, embeddings, figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.image import imread
+from test_data import write_store
+from test_train import MODEL, PRETRAIN
+
+from ssl_photoz import similarity as sim
+from ssl_photoz.train import Runtime, load_checkpoint, pretrain
+
+
+def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_synthetic(path, vectors, seed: int = 0):
+    """An embeddings file of `vectors` at random positions; splits cycle train, val, unlabeled."""
+    n = len(vectors)
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(
+        {
+            "objid": np.arange(n, dtype=np.int64) + 5_000,
+            "ra": rng.uniform(10.0, 11.0, n),
+            "dec": rng.uniform(-1.0, 1.0, n),
+            "z_spec": rng.uniform(0.01, 0.3, n),
+            "split": np.array(["train", "val", "unlabeled"])[np.arange(n) % 3],
+        }
+    )
+    sim.write_embeddings(path, table, vectors, {"kind": "test"})
+    return table
+
+
+# --- search -------------------------------------------------------------------------------------
+
+
+def test_faiss_equals_numpy_brute_force():
+    database, queries = unit_vectors(3000, 32, seed=1), unit_vectors(64, 32, seed=2)
+    d_faiss, i_faiss = sim.search(sim.build_index(database), queries, 10)
+    d_np, i_np = sim.search_numpy(database, queries, 10)
+    np.testing.assert_array_equal(i_faiss, i_np)
+    np.testing.assert_allclose(d_faiss, d_np, atol=1e-5)
+    # ... and both are the true Euclidean distances, nearest first
+    true = np.linalg.norm(queries[:, None, :] - database[i_np], axis=2)
+    np.testing.assert_allclose(d_np, true, atol=1e-5)
+    assert (np.diff(d_faiss, axis=1) >= 0).all() and (np.diff(d_np, axis=1) >= 0).all()
+    exact = np.argsort(np.linalg.norm(queries[:, None] - database[None], axis=2), axis=1)[:, :10]
+    np.testing.assert_array_equal(i_np, exact)
+
+
+def test_search_within_a_pool_only_returns_pool_rows():
+    database, queries = unit_vectors(500, 16, seed=3), unit_vectors(5, 16, seed=4)
+    rows = np.arange(0, 500, 7)
+    dist, idx = sim.search(sim.build_index(database), queries, 5, rows)
+    assert np.isin(idx, rows).all()
+    d_np, i_np = sim.search_numpy(database[rows], queries, 5)
+    np.testing.assert_array_equal(idx, rows[i_np])
+    np.testing.assert_allclose(dist, d_np, atol=1e-5)
+
+
+def test_non_unit_vectors_and_bad_k_are_refused():
+    vectors = unit_vectors(20, 8)
+    with pytest.raises(ValueError, match="not unit vectors"):
+        sim.build_index(vectors * 2)
+    with pytest.raises(ValueError, match="float32"):
+        sim.build_index(vectors.astype(np.float64))
+    with pytest.raises(ValueError, match="k must be in 1..20"):
+        sim.search(sim.build_index(vectors), vectors[:1], 21)
+    with pytest.raises(ValueError, match="8 dimensions, expected 4"):
+        sim.search(sim.build_index(unit_vectors(20, 4)), vectors[:1], 3)
+
+
+# --- embeddings files and lookups ---------------------------------------------------------------
+
+
+def test_embeddings_file_round_trip_and_checks(tmp_path):
+    vectors = unit_vectors(30, 8)
+    path = tmp_path / "emb.parquet"
+    table = write_synthetic(path, vectors)
+    emb = sim.load_embeddings(path)
+    np.testing.assert_array_equal(emb.vectors, vectors)
+    assert emb.vectors.dtype == np.float32 and emb.metadata == {"kind": "test"}
+    pd.testing.assert_frame_equal(emb.table, table, check_dtype=False)
+    bad = tmp_path / "bad.parquet"
+    write_synthetic(bad, vectors * 1.5)
+    with pytest.raises(ValueError, match="bad.parquet.*not unit vectors"):
+        sim.load_embeddings(bad)
+
+
+def test_query_by_objid_excludes_itself_and_draws_from_the_pool(tmp_path):
+    vectors = unit_vectors(300, 16, seed=5)
+    path = tmp_path / "emb.parquet"
+    table = write_synthetic(path, vectors)
+    for row in (1, 3):  # a validation object, then a training object (which is in the pool)
+        query = int(table["objid"][row])
+        found = sim.query_neighbours(path, objid=query, k=5, pool="train")
+        assert len(found) == 5 and query not in found["objid"].to_list()
+        assert (found["split"] == "train").all()
+        assert found["distance"].is_monotonic_increasing
+        train = np.flatnonzero((table["split"] == "train").to_numpy() & (np.arange(300) != row))
+        _, idx = sim.search_numpy(vectors[train], vectors[row], 5)
+        np.testing.assert_array_equal(found["objid"], table["objid"].to_numpy()[train[idx[0]]])
+        assert found.attrs["query"]["objid"] == query
+    wide = sim.query_neighbours(path, objid=5001, k=8, pool="train+unlabeled")
+    assert set(wide["split"]) <= {"train", "unlabeled"} and 5001 not in wide["objid"].to_list()
+    assert sim.query_neighbours(path, objid=5001, k=299, pool="all")["objid"].nunique() == 299
+
+
+def test_query_errors_name_the_objid_and_the_nearest_object(tmp_path):
+    path = tmp_path / "emb.parquet"
+    table = write_synthetic(path, unit_vectors(30, 8))
+    with pytest.raises(ValueError, match="objid 424242 is not among the 30"):
+        sim.query_neighbours(path, objid=424242)
+    ra, dec = table["ra"][7], table["dec"][7]
+    found = sim.query_neighbours(path, ra=ra + 1.0 / 3600, dec=dec, k=3, pool="all")
+    assert found.attrs["query"]["objid"] == table["objid"][7]
+    far_dec = table["dec"].max() + 10.0 / 3600  # 10 arcsec north of the northernmost object
+    nearest = int(table["objid"][table["dec"].idxmax()])
+    with pytest.raises(ValueError, match=rf"nearest, objid {nearest}, is \d+\.\d arcsec away"):
+        sim.query_neighbours(path, ra=table["ra"][table["dec"].idxmax()], dec=far_dec)
+    with pytest.raises(ValueError, match="either objid or both ra and dec"):
+        sim.query_neighbours(path, ra=ra)
+    with pytest.raises(ValueError, match="unknown pool"):
+        sim.query_neighbours(path, objid=5000, pool="val")
+
+
+def test_saved_index_is_used_and_a_stale_one_refused(tmp_path):
+    path = tmp_path / "emb.parquet"
+    write_synthetic(path, unit_vectors(50, 8, seed=1))
+    saved = sim.write_index(path)
+    assert saved == tmp_path / "emb.faiss" and saved.exists()
+    before = sim.query_neighbours(path, objid=5001, k=4)
+    write_synthetic(path, unit_vectors(50, 8, seed=2))  # the embeddings change, the index not
+    with pytest.raises(ValueError, match="emb.faiss: the index does not match"):
+        sim.query_neighbours(path, objid=5001, k=4)
+    write_synthetic(path, unit_vectors(40, 8, seed=1))
+    with pytest.raises(ValueError, match="emb.faiss: the index holds 50 vectors"):
+        sim.query_neighbours(path, objid=5001, k=4)
+    write_synthetic(path, unit_vectors(50, 8, seed=1))
+    pd.testing.assert_frame_equal(sim.query_neighbours(path, objid=5001, k=4), before)
+    saved.write_bytes(b"not an index")
+    with pytest.raises(ValueError, match="emb.faiss: not a FAISS index"):
+        sim.query_neighbours(path, objid=5001, k=4)
+
+
+# --- anomalies ----------------------------------------------------------------------------------
+
+
+def test_anomalies_rank_a_planted_outlier_first():
+    rng = np.random.default_rng(0)
+    centres = unit_vectors(5, 32, seed=7)
+    members = centres[rng.integers(0, 5, 400)] + 0.05 * rng.standard_normal((400, 32))
+    outlier = unit_vectors(1, 32, seed=99)
+    vectors = np.vstack([members[:200], outlier, members[200:]]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[300] = vectors[301]  # an exact duplicate must not hide behind its own copy
+    found = sim.anomalies(vectors, k=5, n=10)
+    assert found["row"].iloc[0] == 200
+    assert found["kth_distance"].is_monotonic_decreasing and len(found) == 10
+    # the scores are the brute-force distance to the 5th neighbour other than the object itself
+    dist, idx = sim.search_numpy(vectors, vectors, 6)
+    not_self = idx != np.arange(len(vectors))[:, None]
+    kth = np.array([d[m][4] for d, m in zip(dist, not_self, strict=True)])
+    np.testing.assert_allclose(found["kth_distance"], np.sort(kth)[::-1][:10], atol=1e-5)
+    catalog = pd.DataFrame({"objid": np.arange(len(vectors)) + 100})
+    assert sim.anomalies(vectors, k=5, n=3, catalog=catalog)["objid"].iloc[0] == 300
+
+
+# --- embeddings from a pretrained model ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny store (two rows not ok) and a MoCo model pretrained on it for one epoch."""
+    root = tmp_path_factory.mktemp("similarity")
+    store = root / "cutouts.zarr"
+    ok = np.ones(40, bool)
+    ok[[3, 17]] = False
+    write_store(store, ok=ok, split=(np.arange(40) % 3).astype(np.int8))
+    stats = root / "stats.json"
+    stats.write_text(json.dumps({"bands": list("ugriz"), "mad": [0.02] * 5}))
+    model = root / "pretrain" / "model.pt"
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, model, Runtime(torch.device("cpu")))
+    return store, stats, model
+
+
+@pytest.fixture(scope="module")
+def embedded(pretrained, tmp_path_factory):
+    """The embeddings file of the pretrained model on its store, and its row count."""
+    store, stats, model = pretrained
+    path = tmp_path_factory.mktemp("embedded") / "embeddings.parquet"
+    return path, sim.compute_embeddings(model, store, stats, path, batch_size=16)
+
+
+def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp_path, caplog):
+    store, _, model = pretrained
+    first, n_rows = embedded
+    assert n_rows == 38
+    second = tmp_path / "again.parquet"
+    with caplog.at_level(logging.INFO, logger="ssl_photoz.similarity"):
+        assert sim.compute_embeddings(model, store, None, second, batch_size=16) == 38
+    assert "embedding 38 objects, skipping 2 with ok == False" in caplog.text
+    a, b = sim.load_embeddings(first), sim.load_embeddings(second)
+    assert a.vectors.shape == (38, PRETRAIN["dim"])
+    np.testing.assert_allclose(np.linalg.norm(a.vectors, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(a.vectors, b.vectors)  # deterministic
+    expected_objid = np.delete(np.arange(40) + 10**18, [3, 17])
+    np.testing.assert_array_equal(a.table["objid"], expected_objid)
+    assert a.table["split"].iloc[0] == "train" and a.table["split"].iloc[1] == "val"
+    assert a.metadata["checkpoint_sha256"] and a.metadata["n_skipped_not_ok"] == 2
+
+    # The preprocessing is the dereddened centre crop through the query encoder and head.
+    from ssl_photoz import augment, data
+
+    moco = sim._moco_from_checkpoint(load_checkpoint(model), model).eval()
+    item = data.CutoutDataset(store, [5], deredden=False)[0]["image"][None]
+    ebv = data.open_store(store).ebv[5]
+    with torch.no_grad():
+        want = moco.embed(augment.center_crop(augment.deredden(item, ebv))).numpy()[0]
+    np.testing.assert_allclose(a.vectors[4], want, atol=1e-5)  # row 5 is the 5th ok object
+
+
+def test_compute_embeddings_refuses_a_classifier_checkpoint(pretrained, tmp_path):
+    store, stats, _ = pretrained
+    fake = tmp_path / "finetune.pt"
+    torch.save({"kind": "finetune", "model": {}}, fake)
+    with pytest.raises(ValueError, match="finetune.pt: not a MoCo pretraining checkpoint"):
+        sim.compute_embeddings(fake, store, stats, tmp_path / "out.parquet")
+
+
+def _png_size(path):
+    image = imread(path)
+    return image.shape[1], image.shape[0]
+
+
+def _expected_px(n_rows, n_cols):
+    width, height = sim._figure_inches(n_rows, n_cols)
+    return width * sim.DPI, height * sim.DPI
+
+
+def test_figures_write_pngs_of_the_expected_size(pretrained, embedded, tmp_path):
+    store = pretrained[0]
+    emb = sim.load_embeddings(embedded[0])
+
+    fig1 = tmp_path / "fig1.png"
+    plotted = sim.plot_similarity_search(emb, store, fig1, n_queries=3, k=4, seed=1)
+    assert len(plotted) == 3 * 5 and (plotted["rank"] == 0).sum() == 3
+    queries = plotted[plotted["rank"] == 0]["objid"]
+    assert (emb.table.set_index("objid").loc[queries, "split"] == "val").all()
+    neighbours = plotted[plotted["rank"] > 0]["objid"]
+    assert (emb.table.set_index("objid").loc[neighbours, "split"] == "train").all()
+    width, height = _png_size(fig1)
+    want_w, want_h = _expected_px(3, 5)
+    assert abs(width - want_w) <= 1 and abs(height - want_h) <= 1
+
+    odd = tmp_path / "anomalies.png"
+    sim.plot_anomalies(sim.anomalies(emb.vectors, k=3, n=7, catalog=emb.table), store, odd)
+    width, height = _png_size(odd)
+    want_w, want_h = _expected_px(2, 5)
+    assert abs(width - want_w) <= 1 and abs(height - want_h) <= 1
+    assert imread(odd)[..., :3].std() > 0.05  # pictures were drawn, not a blank canvas
