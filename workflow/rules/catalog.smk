@@ -2,6 +2,13 @@
 # de-duplication and the train/validation split.
 
 
+# The queries talk to SkyServer/CasJobs: with a cluster executor they run on the submitting host
+# (compute nodes often have no internet), one at a time (resource skyserver).
+localrules:
+    query_labeled,
+    query_unlabeled,
+
+
 rule query_labeled:
     input:
         unpack(query_inputs),

@@ -31,11 +31,15 @@ def sections_json(*names):
 
 def gpus_per_training_job():
     """1 where the profile declares GPUs (resources gpu=N), else 0: jobs never share a card."""
-    return 1 if (workflow.global_resources.get("gpu") or 0) else 0
+    # global_resources.get() gives a Resource object (always truthy): test its value.
+    declared = workflow.global_resources.get("gpu")
+    return 1 if getattr(declared, "value", declared) else 0
 
 
 def training_device(resources):
-    return "cuda" if getattr(resources, "gpu", 0) else "cpu"
+    """cuda when the job is given a GPU (gpu=N, or a SLURM gres naming one), else cpu."""
+    gres = str(getattr(resources, "gres", "") or "")
+    return "cuda" if getattr(resources, "gpu", 0) or "gpu" in gres else "cpu"
 
 
 def model_runs():

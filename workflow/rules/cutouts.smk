@@ -40,6 +40,9 @@ rule cutouts:
         "../../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
+        # SAS downloads at once: capped by the profile's global sdss_sas (compute nodes then
+        # need outbound HTTPS; without it, fetch the frames first and use frame_source: dir).
+        sdss_sas=1 if config["cutouts"]["frame_source"] == "sas" else 0,
     params:
         code=stage_code("ssl_photoz.cutouts", "ssl_photoz.frames"),
         section=section_json("cutouts"),
