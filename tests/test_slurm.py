@@ -15,28 +15,20 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import PROJECT_ROOT
+from conftest import BIN, PROJECT_ROOT, tool_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 PROFILE = PROJECT_ROOT / "profiles" / "slurm" / "config.v8+.yaml"
 # Rules that may run on the submitting host: `all` and the network-bound ones.
 MAY_BE_LOCAL = {"all", "query_labeled", "query_unlabeled"}
 RUN_TIMEOUT_S = 1800
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def _no_slurm(reason: str):
@@ -84,7 +76,7 @@ def _start(workdir: Path, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
             [str(BIN / "snakemake"), "--snakefile", str(PROJECT_ROOT / "Snakefile"), *args],
             cwd=workdir,
-            env=_env(),
+            env=tool_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
