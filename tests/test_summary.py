@@ -92,7 +92,12 @@ def test_summary_states_source_paper_rows_ours_and_leakage(store, tmp_path):
     objects = pd.DataFrame({"split": np.array(["train", "val", "unlabeled", "train"] * 10)})
     report = leakage_report(path, [0.25, 1.0], {})
     efficiency = pd.DataFrame(
-        {"fraction": [0.25, 1.0], "factor": [2.5, 1.0], "lower_bound": [False, True]}
+        {
+            "fraction": [0.1, 0.25, 1.0],
+            "factor": [0.8, 2.5, 1.0],
+            "lower_bound": [False, False, True],
+            "upper_bound": [True, False, False],
+        }
     )
     out = tmp_path / "summary.md"
     text = write_summary(out, _summary_table(), efficiency, objects, report, CONFIG)
@@ -106,6 +111,7 @@ def test_summary_states_source_paper_rows_ours_and_leakage(store, tmp_path):
     assert "| **ours, colours 10-NN** | 0.02100 |" in text
     assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | 2.50x |" in text
     assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | >= 1.00x |" in text
+    assert "<= 0.80x" not in text  # 0.1 is not a fraction of this run: no row for it
     assert "Validation objects in the pretraining pool: **0** (of 10)" in text
     assert "20 training labels, 10 validation galaxies and 10 unlabeled" in text
     assert "resnet_small (width 32), not the paper's ResNet50" in text
@@ -118,3 +124,20 @@ def test_summary_of_real_sdss_names_the_release_and_backend(store, tmp_path):
     report = leakage_report(path, [1.0], {})
     text = write_summary(tmp_path / "s.md", _summary_table(), None, objects, report, config)
     assert "real SDSS DR12 (casjobs)" in text and "SIMULATED" not in text
+
+
+def test_bounds_of_the_factor_are_marked_both_ways(store, tmp_path):
+    path, _ = store
+    objects = pd.DataFrame({"split": ["train", "val"]})
+    efficiency = pd.DataFrame(
+        {
+            "fraction": [0.25, 1.0],
+            "factor": [0.6, 1.0],
+            "lower_bound": [False, True],
+            "upper_bound": [True, False],
+        }
+    )
+    report = leakage_report(path, [1.0], {})
+    text = write_summary(tmp_path / "s.md", _summary_table(), efficiency, objects, report, CONFIG)
+    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | <= 0.60x |" in text
+    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | >= 1.00x |" in text

@@ -101,8 +101,11 @@ def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> l
             match = efficiency[(efficiency["fraction"] - fraction).abs() < 1e-9]
             if len(match) and math.isfinite(float(match.iloc[0]["factor"])):
                 value = float(match.iloc[0]["factor"])
-                bound = bool(match.iloc[0].get("lower_bound", False))
-                factor = (">= " if bound else "") + f"{value:.2f}x"
+                # Bounds where the supervised curve never reaches that sigma (no extrapolation).
+                row = match.iloc[0]
+                bound = ">= " if row.get("lower_bound", False) else ""
+                bound = "<= " if row.get("upper_bound", False) else bound
+                factor = f"{bound}{value:.2f}x"
         lines.append(f"| {fraction:g} | {cells[0]} | {cells[1]} | {factor} |")
     return lines
 
@@ -177,7 +180,9 @@ def write_summary(
         "",
         "The label-efficiency factor is how many more labels the supervised network needs to "
         "reach the self-supervised one's sigma_MAD (interpolated along the supervised curve; "
-        "'>=' where the supervised curve never gets there). Paper: " + PAPER_LABEL_EFFICIENCY + ".",
+        "'>=' / '<=' where the supervised curve never gets there). Paper: "
+        + PAPER_LABEL_EFFICIENCY
+        + ".",
         "",
         "## Leakage guard",
         "",
