@@ -267,3 +267,122 @@ def test_figures_write_pngs_of_the_expected_size(pretrained, embedded, tmp_path)
     want_w, want_h = _expected_px(2, 5)
     assert abs(width - want_w) <= 1 and abs(height - want_h) <= 1
     assert imread(odd)[..., :3].std() > 0.05  # pictures were drawn, not a blank canvas
+
+
+# --- index choice by size: exact flat, or IVF with measured recall -----------------------------
+
+
+def clustered_unit_vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
+    """Unit vectors from 40 Gaussian clusters in an 8-d latent space projected to d dimensions."""
+    shape = np.random.default_rng(123)
+    project = shape.standard_normal((8, d)) / np.sqrt(8)
+    centres = shape.standard_normal((40, 8))
+    rng = np.random.default_rng(seed)
+    z = centres[rng.integers(0, 40, n)] + 0.4 * rng.standard_normal((n, 8))
+    x = (z @ project + 0.05 * rng.standard_normal((n, d))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def ivf_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(sim, "EXACT_MAX", 1000)
+    vectors = clustered_unit_vectors(5000, seed=11)
+    path = tmp_path / "emb.parquet"
+    table = write_synthetic(path, vectors)
+    return path, vectors, table
+
+
+def _recall_by_numpy(index, vectors, rows, k):
+    """recall@k of index on data rows as queries, self excluded, against search_numpy."""
+    _, exact = sim.search_numpy(vectors, vectors[rows], k + 1)
+    _, found = sim.search(index, vectors[rows], k + 1)
+    hits = []
+    for e, f, row in zip(exact, found, rows, strict=True):
+        e, f = e[e != row][:k], f[(f != row) & (f >= 0)][:k]
+        hits.append(len(set(e) & set(f)) / k)
+    return float(np.mean(hits))
+
+
+def test_large_index_is_ivf_with_its_recall_recorded(ivf_file, caplog):
+    path, vectors, _ = ivf_file
+    with caplog.at_level(logging.INFO, logger="ssl_photoz.similarity"):
+        saved = sim.write_index(path)
+    assert "recall@5" in caplog.text
+    info = json.loads(sim.index_info_path(saved).read_text())
+    assert saved.with_name("emb.faiss.json").exists()
+    assert info["kind"] == "ivf" and info["ntotal"] == 5000
+    assert info["nlist"] == sim.ivf_nlist(5000) == 128  # 4 sqrt(5000) -> 256, halved for training
+    assert info["nprobe"] == sim.IVF_NPROBE and info["recall_queries"] == 500
+    assert info["recall"] >= 0.95
+    index = sim.load_index(saved, vectors)
+    ivf = faiss_ivf(index)
+    assert ivf is not None and ivf.nprobe == info["nprobe"] and ivf.nlist == 128
+    with pytest.raises(ValueError, match="emb.faiss: the index does not match"):
+        sim.load_index(saved, vectors[::-1].copy())  # the IVF keeps its vectors readable
+    rows = sim.recall_rows(5000)
+    assert len(rows) == 500 and len(np.unique(rows)) == 500
+    assert _recall_by_numpy(index, vectors, rows, 5) == pytest.approx(info["recall"], abs=1e-9)
+    # ... and an approximate index it is: one list per query misses neighbours
+    ivf.nprobe = 1
+    assert _recall_by_numpy(index, vectors, rows, 5) < info["recall"]
+
+
+def test_ivf_nprobe_rises_until_the_recall_is_reached(ivf_file, monkeypatch):
+    path, vectors, _ = ivf_file
+    monkeypatch.setattr(sim, "IVF_NPROBE", 1)
+    saved = sim.write_index(path)
+    info = sim.load_index_info(saved)
+    assert info["nprobe"] > 1 and info["recall"] >= 0.95
+    index = sim.load_index(saved, vectors)
+    assert faiss_ivf(index).nprobe == info["nprobe"]  # restored from the sidecar, not the default
+    rows = sim.recall_rows(5000)
+    assert _recall_by_numpy(index, vectors, rows, 5) == pytest.approx(info["recall"], abs=1e-9)
+    faiss_ivf(index).nprobe = info["nprobe"] // 2  # the previous step fell short
+    assert _recall_by_numpy(index, vectors, rows, 5) < 0.95
+    # FAISS keeps nprobe in the file too; the sidecar's value is the one load_index applies
+    sim.index_info_path(saved).write_text(json.dumps(info | {"nprobe": 16}))
+    assert faiss_ivf(sim.load_index(saved, vectors)).nprobe == 16
+
+
+def test_pool_search_and_anomalies_work_with_ivf(ivf_file):
+    path, vectors, table = ivf_file
+    sim.write_index(path)
+    emb = sim.load_embeddings(path)
+    index = sim.open_index(emb)
+    assert faiss_ivf(index) is not None
+    rows = np.flatnonzero((table["split"] == "train").to_numpy())
+    queries = vectors[[1, 4, 7, 10]]
+    dist, idx = sim.search(index, queries, 10, rows)
+    assert np.isin(idx[idx >= 0], rows).all() and (idx >= 0).mean() > 0.9
+    # with every list probed the pool search is exact (so the params carry nprobe)
+    faiss_ivf(index).nprobe = faiss_ivf(index).nlist
+    dist, idx = sim.search(index, queries, 10, rows)
+    d_np, i_np = sim.search_numpy(vectors[rows], queries, 10)
+    np.testing.assert_array_equal(idx, rows[i_np])
+    np.testing.assert_allclose(dist, d_np, atol=1e-5)
+    found = sim.query_neighbours(path, objid=5001, k=5, pool="train")
+    assert len(found) == 5 and (found["split"] == "train").all() and 5001 not in found["objid"]
+    odd = sim.anomalies(vectors[:2000], k=5, n=5, index=sim.build_ivf_index(vectors[:2000]))
+    exact = sim.anomalies(vectors[:2000], k=5, n=5)
+    assert np.isfinite(odd["kth_distance"]).all()
+    assert len(set(odd["row"]) & set(exact["row"])) >= 3
+
+
+def test_small_index_stays_flat_and_a_mismatched_sidecar_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sim, "EXACT_MAX", 1000)
+    path = tmp_path / "emb.parquet"
+    vectors = clustered_unit_vectors(1000, seed=3)
+    write_synthetic(path, vectors)
+    saved = sim.write_index(path)
+    info = sim.load_index_info(saved)
+    assert info["kind"] == "flat" and info["recall"] == 1.0 and "nprobe" not in info
+    assert faiss_ivf(sim.load_index(saved, vectors)) is None
+    sim.index_info_path(saved).write_text(json.dumps(info | {"kind": "ivf", "nlist": 64}))
+    with pytest.raises(ValueError, match="emb.faiss.json: the sidecar says kind 'ivf'"):
+        sim.load_index(saved, vectors)
+
+
+def faiss_ivf(index):
+    import faiss
+
+    return faiss.try_extract_index_ivf(index)
