@@ -9,6 +9,7 @@ rule embed:
     output:
         embeddings=f"{RESULTS}/similarity/embeddings.parquet",
         index=f"{RESULTS}/similarity/embeddings.faiss",
+        index_info=f"{RESULTS}/similarity/embeddings.faiss.json",
     log:
         f"{RESULTS}/logs/embed.log",
     benchmark:
