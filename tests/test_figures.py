@@ -248,13 +248,19 @@ def test_augmentation_gallery_png(tiny_store, tmp_path):
         plot_augmentation_gallery(path, tmp_path / "i.png", objid=7)
 
 
-def test_make_all_figures(tiny_store, tmp_path):
-    store, _ = tiny_store
+def _figure_inputs(tmp_path):
+    """metrics.tsv, metrics_summary.tsv and prediction files of one seed, as make_all_figures
+    reads them."""
     metrics = _metrics(seeds=(0,))
     metrics_tsv, summary_tsv = tmp_path / "metrics.tsv", tmp_path / "metrics_summary.tsv"
     metrics.to_csv(metrics_tsv, sep="\t", index=False)
     _summary(metrics).to_csv(summary_tsv, sep="\t", index=False)
-    predictions = _predictions(tmp_path)
+    return metrics_tsv, summary_tsv, _predictions(tmp_path)
+
+
+def test_make_all_figures(tiny_store, tmp_path):
+    store, _ = tiny_store
+    metrics_tsv, summary_tsv, predictions = _figure_inputs(tmp_path)
     out = tmp_path / "figures"
     paths = make_all_figures(metrics_tsv, summary_tsv, predictions, store, out)
     assert set(paths) == {
@@ -274,11 +280,7 @@ def test_make_all_figures(tiny_store, tmp_path):
 
 def test_make_all_figures_checks_every_input_before_writing(tiny_store, tmp_path):
     store, _ = tiny_store
-    metrics = _metrics(seeds=(0,))
-    metrics_tsv, summary_tsv = tmp_path / "metrics.tsv", tmp_path / "metrics_summary.tsv"
-    metrics.to_csv(metrics_tsv, sep="\t", index=False)
-    _summary(metrics).to_csv(summary_tsv, sep="\t", index=False)
-    predictions = _predictions(tmp_path)
+    metrics_tsv, summary_tsv, predictions = _figure_inputs(tmp_path)
     out = tmp_path / "figures"
     with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
         make_all_figures(metrics_tsv, summary_tsv, predictions, tmp_path / "nowhere.zarr", out)

@@ -55,21 +55,18 @@ def test_a_pretraining_setting_leaves_the_cutouts_alone(tiny_run, tmp_path):
     assert not (UPSTREAM_OF_TRAINING | CUTOUT_STAGE) & set(jobs), jobs
 
 
-def _edited_package(tmp_path: Path, module: str) -> dict:
-    """A copy of the package with one module's code changed, first on PYTHONPATH."""
+def _edited_package(tmp_path: Path, module: str, edit: str = "\nCODE_CHANGED_BY_TEST = True\n"):
+    """A copy of the package with ``edit`` appended to one module, first on PYTHONPATH."""
     copy = tmp_path / "src"
     shutil.copytree(PROJECT_ROOT / "src" / "ssl_photoz", copy / "ssl_photoz")
     path = copy / "ssl_photoz" / module
-    path.write_text(path.read_text() + "\n\nCODE_CHANGED_BY_TEST = True\n")
+    path.write_text(path.read_text() + edit)
     return tool_env({"PYTHONPATH": str(copy)})
 
 
 def test_a_comment_is_not_a_code_change(tiny_run, tmp_path):
-    copy = tmp_path / "src"
-    shutil.copytree(PROJECT_ROOT / "src" / "ssl_photoz", copy / "ssl_photoz")
-    path = copy / "ssl_photoz" / "train.py"
-    path.write_text(path.read_text() + "\n# a comment only\n")
-    assert planned_jobs(tiny_run, env=tool_env({"PYTHONPATH": str(copy)})) == {}
+    env = _edited_package(tmp_path, "train.py", edit="\n# a comment only\n")
+    assert planned_jobs(tiny_run, env=env) == {}
 
 
 @pytest.mark.parametrize(

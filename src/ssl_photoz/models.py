@@ -228,6 +228,21 @@ class MoCo(nn.Module):
 # Photo-z classifier
 
 
+def build_moco(model_cfg: dict, pretrain_cfg: dict) -> MoCo:
+    """The MoCo v2 model of the config sections ``model`` and ``pretrain``."""
+
+    def backbone():
+        return build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
+
+    return MoCo(
+        backbone,
+        dim=pretrain_cfg["dim"],
+        queue_size=pretrain_cfg["queue_size"],
+        momentum=pretrain_cfg["momentum"],
+        temperature=pretrain_cfg["temperature"],
+    )
+
+
 class RedshiftClassifier(nn.Module):
     """Backbone + linear head over `n_bins` equal redshift bins; z_p = E(z) under the softmax."""
 

@@ -196,16 +196,7 @@ def _moco_from_checkpoint(state: dict, path: Path):
         )
     model_cfg, cfg = state["config"]["model"], state["config"]["pretrain"]
 
-    def backbone():
-        return models.build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
-
-    moco = models.MoCo(
-        backbone,
-        dim=cfg["dim"],
-        queue_size=cfg["queue_size"],
-        momentum=cfg["momentum"],
-        temperature=cfg["temperature"],
-    )
+    moco = models.build_moco(model_cfg, cfg)
     moco.load_state_dict(state["moco"])
     return moco
 

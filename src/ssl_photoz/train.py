@@ -239,16 +239,7 @@ def pretrain(
     views = augment.MocoViews(data.load_stats(stats_path).to(runtime.device))
     batch_size = min(cfg["batch_size"], len(dataset))
 
-    def backbone():
-        return models.build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
-
-    moco = models.MoCo(
-        backbone,
-        dim=cfg["dim"],
-        queue_size=cfg["queue_size"],
-        momentum=cfg["momentum"],
-        temperature=cfg["temperature"],
-    ).to(runtime.device, memory_format=torch.channels_last)
+    moco = models.build_moco(model_cfg, cfg).to(runtime.device, memory_format=torch.channels_last)
     model = moco
     if runtime.distributed:
         model = nn.parallel.DistributedDataParallel(moco)
