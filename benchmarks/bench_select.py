@@ -3,7 +3,7 @@
     python benchmarks/bench_select.py                     # 0.55 M labeled + 1.2 M unlabeled rows
     python benchmarks/bench_select.py --labeled 55000 --unlabeled 120000
 
-The synthetic catalogue has every column of workflow/sql/{labeled,unlabeled}.sql, about 8 %
+The synthetic catalogue has every column of src/ssl_photoz/query/queries/{labeled,unlabeled}.sql, about 8 %
 repeat spectra, a third of the unlabeled rows also in the labeled query, positions over the
 whole sky (so the latitude cut bites) and a sprinkling of NaN / -9999 values. It is built and
 selected in a fresh child process, so ru_maxrss is that run's own peak; the peak before

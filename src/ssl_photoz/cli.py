@@ -300,19 +300,20 @@ def _query(args: argparse.Namespace, sample: str) -> int:
 
     query_cfg = _section(args, "query")
     sky_db = Path(args.sky_db) if args.sky_db else None
-    frame, record = run_query(sample, query_cfg, sky_db)
+    sql_path = Path(args.sql) if args.sql else None
+    frame, record = run_query(sample, query_cfg, sky_db, sql_path)
     write_query_output(frame, record, Path(args.out), {"query": query_cfg})
     log.info("%s: %d rows -> %s", sample, len(frame), args.out)
     return 0
 
 
 def cmd_query_labeled(args: argparse.Namespace) -> int:
-    """The labeled (spectroscopic MGS) query: workflow/sql/labeled.sql."""
+    """The labeled (spectroscopic MGS) query: ssl_photoz/query/queries/labeled.sql."""
     return _query(args, "labeled")
 
 
 def cmd_query_unlabeled(args: argparse.Namespace) -> int:
-    """The unlabeled (photometric) query: workflow/sql/unlabeled.sql."""
+    """The unlabeled (photometric) query: ssl_photoz/query/queries/unlabeled.sql."""
     return _query(args, "unlabeled")
 
 
@@ -502,9 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("query-unlabeled", cmd_query_unlabeled, "unlabeled"),
     ):
         p = sub.add_parser(
-            verb, help=f"run workflow/sql/{sample}.sql (rule {verb.replace('-', '_')})"
+            verb, help=f"run the {sample} catalogue query (rule {verb.replace('-', '_')})"
         )
         add_common(p)
+        p.add_argument(
+            "--sql", help=f"the query file (default: the packaged queries/{sample}.sql)"
+        )
         p.add_argument("--sky-db", help="the simulated survey's DuckDB file (backend duckdb)")
         p.add_argument("--out", required=True, help="output Parquet file")
         p.set_defaults(func=func)

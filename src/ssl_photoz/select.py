@@ -1,7 +1,7 @@
 """The `select` stage: from the two catalogue queries to the kept objects and the rejected rows.
 
-Inputs are the DataFrames of workflow/sql/labeled.sql (one row per spectrum) and
-workflow/sql/unlabeled.sql (one row per object). Every input row ends either in `objects` (one
+Inputs are the DataFrames of src/ssl_photoz/query/queries/labeled.sql (one row per spectrum) and
+src/ssl_photoz/query/queries/unlabeled.sql (one row per object). Every input row ends either in `objects` (one
 row per kept object) or in `rejects` (with a reason); `select_catalog` checks that independently
 and raises if a row went missing.
 

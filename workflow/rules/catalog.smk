@@ -12,7 +12,7 @@ localrules:
 rule query_labeled:
     input:
         unpack(query_inputs),
-        sql="workflow/sql/labeled.sql",
+        sql="src/ssl_photoz/query/queries/labeled.sql",
     output:
         rows=f"{RESULTS}/catalog/labeled.parquet",
         provenance=f"{RESULTS}/catalog/labeled.provenance.json",
@@ -30,13 +30,14 @@ rule query_labeled:
         sky_db=sky_db_argument,
     shell:
         "ssl-photoz query-labeled --section-json {params.section:q} {params.sky_db}"
+        " --sql {input.sql}"
         " --out {output.rows} > {log} 2>&1"
 
 
 rule query_unlabeled:
     input:
         unpack(query_inputs),
-        sql="workflow/sql/unlabeled.sql",
+        sql="src/ssl_photoz/query/queries/unlabeled.sql",
     output:
         rows=f"{RESULTS}/catalog/unlabeled.parquet",
         provenance=f"{RESULTS}/catalog/unlabeled.provenance.json",
@@ -54,6 +55,7 @@ rule query_unlabeled:
         sky_db=sky_db_argument,
     shell:
         "ssl-photoz query-unlabeled --section-json {params.section:q} {params.sky_db}"
+        " --sql {input.sql}"
         " --out {output.rows} > {log} 2>&1"
 
 

@@ -72,10 +72,12 @@ def objid_edges(runs_per_range: int, rerun: int = 301) -> list[int]:
 
 
 def run_query(
-    sample: str, query_cfg: dict, sky_db: Path | None = None
+    sample: str, query_cfg: dict, sky_db: Path | None = None, sql_path: Path | None = None
 ) -> tuple[pd.DataFrame, dict]:
-    """Fetch one sample (``labeled`` or ``unlabeled``); returns the rows and their provenance."""
-    query = load_query(sample)
+    """Fetch one sample (``labeled`` or ``unlabeled``); returns the rows and their provenance.
+
+    ``sql_path`` is the query file (the rule's input); the packaged copy when omitted."""
+    query = load_query(sample, sql_path)
     backend = query_cfg["backend"]
     started = time.perf_counter()
     if backend == "duckdb":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import sqlglot
@@ -20,8 +21,12 @@ from sqlglot import exp
 
 from .skyserver import RANGE_PLACEHOLDER
 
-SQL_DIR = Path(__file__).resolve().parents[3] / "workflow" / "sql"
 SAMPLES = ("labeled", "unlabeled")
+
+
+def packaged_query_path(sample: str) -> Path:
+    """The query file installed with the package (``ssl_photoz/query/queries/<sample>.sql``)."""
+    return Path(str(resources.files("ssl_photoz.query") / "queries" / f"{sample}.sql"))
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,12 @@ def _parse(text: str, path: Path | str = "<sql>") -> exp.Expression:
     return statements[0]
 
 
-def load_query(sample: str, sql_dir: Path | None = None) -> CatalogQuery:
+def load_query(sample: str, path: Path | str | None = None) -> CatalogQuery:
+    """The query of one sample: ``path`` (the rule's ``sql`` input) or the packaged file."""
     if sample not in SAMPLES:
         raise ValueError(f"unknown sample {sample!r}; choose one of {SAMPLES}")
-    path = Path(sql_dir or SQL_DIR) / f"{sample}.sql"
-    if not path.exists():
+    path = Path(path) if path is not None else packaged_query_path(sample)
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: query file not found")
     query = CatalogQuery(sample, path, path.read_text())
     _parse(query.text, path)  # fail early on a broken file
