@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = PROJECT_ROOT / ".." / "shared" / "data" / "real"
+# Real SDSS files the tests read (tests/data/real/MANIFEST.md); the ones the package itself
+# reads (the MGS sample, the 4510-4-0030 frames) are package data: ssl_photoz.refdata.
+REAL_DATA = PROJECT_ROOT / "tests" / "data" / "real"
 BIN = Path(sys.executable).parent
 
 
@@ -36,8 +38,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     if not REAL_DATA.exists():
-        pytest.fail(f"{REAL_DATA}: the real SDSS test data (shared/data/real) is missing")
+        pytest.fail(f"{REAL_DATA}: the real SDSS test data (tests/data/real) is missing")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def real_frames_dir() -> Path:
+    """The packaged strip of the five real frames of field 4510-4-0030 and its stars."""
+    from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
+
+    return real_path(*FRAMES_4510_4_0030)
+
+
+@pytest.fixture(scope="session")
+def real_mgs_path() -> Path:
+    from ssl_photoz.refdata import MGS_SAMPLE, real_path
+
+    return real_path(*MGS_SAMPLE)
 
 
 TINY_SKY = {

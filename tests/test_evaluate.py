@@ -30,8 +30,8 @@ def test_metrics_against_hand_computed_values():
         delta_z([0.1, 0.2], [0.1])
 
 
-def test_colour_knn_on_real_mgs_matches_the_literature(real_data):
-    mgs = load_real_mgs(real_data / "mlz" / "SDSS_MGS.train")
+def test_colour_knn_on_real_mgs_matches_the_literature(real_mgs_path):
+    mgs = load_real_mgs(real_mgs_path)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(mgs))
     train, test = mgs.iloc[order[:4000]], mgs.iloc[order[4000:]]

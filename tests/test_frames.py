@@ -31,11 +31,11 @@ from ssl_photoz.frames import (
     SasFrameSource,
     make_frame_source,
 )
+from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
 from ssl_photoz.sky.footprint import FieldId
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
-FRAMES_4510 = REAL / "sdss_frames_004510-4-0030"
-TRACTOR = REAL / "tractor_sdss_1000_1_100"
+FRAMES_4510 = real_path(*FRAMES_4510_4_0030)  # packaged strip of the field's five frames
+TRACTOR = Path(__file__).parent / "data" / "real" / "tractor_sdss_1000_1_100"
 FID_4510 = FieldId(4510, 4, 30)
 FID_TRACTOR = FieldId(1000, 1, 100)
 SAS_PATH_R = "/sas/dr12/boss/photoObj/frames/301/4510/4/frame-r-004510-4-0030.fits.bz2"
@@ -204,7 +204,10 @@ def test_sas_download_then_cache_hit(tmp_path, server, r_bz2, r_plain):
         assert path.read_bytes() == r_plain
         with fits.open(path) as hdul:
             assert hdul[0].header["BUNIT"] == "nanomaggy"
-            assert hdul[0].data.shape == (1489, 2048)
+            assert (
+                hdul[0].data.shape
+                == fits.getdata(FRAMES_4510 / "frame-r-004510-4-0030.fits.bz2").shape
+            )
         assert sas.cached.read_bytes() == r_bz2
         sidecar = sas.cached.with_name(sas.cached.name + ".sha256")
         assert sidecar.read_text().split() == [hashlib.sha256(r_bz2).hexdigest(), sas.cached.name]

@@ -34,12 +34,20 @@ from ssl_photoz.montage import (
     prepare_frame,
     write_header,
 )
+from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
 
 log = logging.getLogger(__name__)
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
-FIELD_DIR = REAL / "sdss_frames_004510-4-0030"
-TRACTOR_FRAME = REAL / "tractor_sdss_1000_1_100" / "frame-r-001000-1-0100.fits.bz2"
+FIELD_DIR = real_path(*FRAMES_4510_4_0030)  # packaged strip of the field's five frames
+# The strip's middle column (0-based): the packaged frames keep 896 of the 2048 columns.
+MID_X = fits.getheader(FIELD_DIR / "frame-r-004510-4-0030.fits.bz2")["NAXIS1"] // 2
+TRACTOR_FRAME = (
+    Path(__file__).parent
+    / "data"
+    / "real"
+    / "tractor_sdss_1000_1_100"
+    / "frame-r-001000-1-0100.fits.bz2"
+)
 CENTRE = 53  # 0-based pixel of the object in a 107 x 107 cut-out
 SDSS_SCALE = 0.396  # arcsec per output pixel
 APERTURE_ARCSEC = 7.0
@@ -81,7 +89,9 @@ def bright_stars(frames):
     table = fits.getdata(FIELD_DIR / "calibObj-004510-4-star.fits.gz")
     ra_all, dec_all = np.asarray(table["RA"], float), np.asarray(table["DEC"], float)
     field = np.asarray(table["FIELD"]) == 30
-    wcs = _quiet_wcs(fits.getheader(frames["r"]))
+    header = fits.getheader(frames["r"])
+    wcs = _quiet_wcs(header)
+    width, height = header["NAXIS1"], header["NAXIS2"]  # the packaged frames are a column strip
     stars = []
     for i in np.flatnonzero(field):
         flux = np.asarray(table["PSFFLUX"][i], float)
@@ -91,7 +101,7 @@ def bright_stars(frames):
         x, y = wcs.all_world2pix(ra_all[i], dec_all[i], 0)
         if not (20 <= flux[2] <= 2000 and flux.max() < 2000 and flux[0] > 10):
             continue  # faint u is too noisy for a 0.25 px centroid; > 2000 nmgy may saturate
-        if nearest < 10.0 or not (80 < x < 2048 - 80 and 80 < y < 1489 - 80):
+        if nearest < 10.0 or not (80 < x < width - 80 and 80 < y < height - 80):
             continue
         stars.append({"ra": ra_all[i], "dec": dec_all[i], "psfflux": flux, "id": int(i)})
     assert len(stars) >= 5, "expected several bright isolated stars in field 30"
@@ -269,9 +279,10 @@ def test_two_frame_pieces_give_the_whole_frame_cutout(frames, tmp_path, split, r
     pieces = [
         _write_rows(src, tmp_path / f"{split}-{i}.fits", r0, r1) for i, (r0, r1) in enumerate(rows)
     ]
-    wcs = _quiet_wcs(fits.getheader(src))
-    # Centre on the boundary between the pieces: the patch needs both.
-    ra, dec = (float(v) for v in wcs.all_pix2world(1000.0, 789.5, 0))
+    header = fits.getheader(src)
+    wcs = _quiet_wcs(header)
+    # Centre on the boundary between the pieces (mid-strip): the patch needs both.
+    ra, dec = (float(v) for v in wcs.all_pix2world(header["NAXIS1"] / 2, 789.5, 0))
     work = tmp_path / "work"
     whole = cutout_band(ra, dec, [src], work, objid=7, band="r")
     combined = cutout_band(ra, dec, pieces, work, objid=7, band="r")
@@ -295,12 +306,12 @@ def test_two_frame_pieces_give_the_whole_frame_cutout(frames, tmp_path, split, r
 
 def test_patch_off_the_footprint_is_incomplete_and_names_the_band(frames, tmp_path):
     wcs = _quiet_wcs(fits.getheader(frames["g"]))
-    ra, dec = (float(v) for v in wcs.all_pix2world(1024.0, 744.0, 0))
+    ra, dec = (float(v) for v in wcs.all_pix2world(MID_X, 744.0, 0))
     with pytest.raises(IncompleteCutout, match="band g") as err:
         cutout_band(ra + 1.0, dec, [frames["g"]], tmp_path, objid=5, band="g")
     assert "footprint" in err.value.reason and err.value.band == "g"
     # Half on the frame (centre 10 rows from its edge): incomplete, never zero-filled.
-    ra, dec = (float(v) for v in wcs.all_pix2world(1024.0, 10.0, 0))
+    ra, dec = (float(v) for v in wcs.all_pix2world(MID_X, 10.0, 0))
     with pytest.raises(IncompleteCutout, match="band g.*not covered"):
         cutout_band(ra, dec, [frames["g"]], tmp_path, objid=5, band="g")
     by_band = {band: [path] for band, path in frames.items()}
@@ -312,10 +323,10 @@ def test_patch_off_the_footprint_is_incomplete_and_names_the_band(frames, tmp_pa
 def test_nan_pixels_in_the_frame_make_the_cutout_incomplete(frames, tmp_path):
     with fits.open(frames["i"]) as hdul:
         header, data = hdul[0].header.copy(), hdul[0].data.copy()
-    data[700:720, 1000:1020] = np.nan  # an undefined patch of frame right under the object
+    data[700:720, MID_X - 10 : MID_X + 10] = np.nan  # an undefined patch of frame right under the object
     holed = tmp_path / "holed.fits"
     fits.PrimaryHDU(data=data, header=header).writeto(holed)
-    ra, dec = (float(v) for v in _quiet_wcs(header).all_pix2world(1010.0, 710.0, 0))
+    ra, dec = (float(v) for v in _quiet_wcs(header).all_pix2world(MID_X, 710.0, 0))
     with pytest.raises(IncompleteCutout, match="band i"):
         cutout_band(ra, dec, [holed], tmp_path / "work", objid=9, band="i")
 
@@ -326,7 +337,7 @@ def test_corrupt_frames_raise_montage_error_naming_object_band_frame(frames, tmp
     truncated = tmp_path / "truncated.fits"
     truncated.write_bytes(src.read_bytes()[: 2880 * 2 + 100_000])  # header intact, data cut
     wcs = _quiet_wcs(fits.getheader(src))
-    ra, dec = (float(v) for v in wcs.all_pix2world(1024.0, 744.0, 0))
+    ra, dec = (float(v) for v in wcs.all_pix2world(MID_X, 744.0, 0))
     work = tmp_path / "work"
     with pytest.raises(MontageError) as err:
         cutout_band(ra, dec, [truncated], work, objid=1237, band="z")

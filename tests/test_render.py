@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,9 +10,10 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
 from ssl_photoz.sky.conditions import field_conditions
 from ssl_photoz.sky.footprint import BANDS, FRAME_COLUMNS, FRAME_ROWS, Footprint
-from ssl_photoz.sky.pixels import background_sigma, median_star_fwhm_arcsec, star_fwhm
+from ssl_photoz.sky.pixels import background_sigma, star_fwhm
 from ssl_photoz.sky.render import (
     frame_filename,
     nanomaggies,
@@ -21,8 +21,9 @@ from ssl_photoz.sky.render import (
     render_model,
     write_frame,
 )
+from ssl_photoz.sky.validate import real_pixel_reference
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared/data/real/sdss_frames_004510-4-0030"
+REAL = real_path(*FRAMES_4510_4_0030)  # packaged strip of the field's five frames
 SEED = 3
 FP = Footprint(ra_min=150.0, ra_max=151.0, dec_min=1.0, n_runs=1, seed=SEED)
 FID = FP.fields[2]
@@ -251,7 +252,6 @@ def test_rendered_star_has_the_conditions_fwhm():
 
 
 # -- realism against the real frames of 4510-4-0030 ----------------------------------------------
-needs_real = pytest.mark.skipif(not REAL.exists(), reason="real SDSS frames not available")
 
 
 @pytest.fixture(scope="module")
@@ -263,28 +263,15 @@ def real_frames():
 
 
 @pytest.fixture(scope="module")
-def real_star_fwhm_arcsec(real_frames):
-    """Median FWHM of bright isolated stars of field 30, per band."""
-    cat = fits.getdata(REAL / "calibObj-004510-4-star.fits.gz")
-    ra, dec = cat["RA"], cat["DEC"]
-    in30 = np.flatnonzero(cat["FIELD"] == 30)
-    isolated = []
-    for k in in30:  # 161 stars: a brute-force neighbour search is fine
-        d = np.hypot((ra - ra[k]) * np.cos(np.radians(dec[k])), dec - dec[k]) * 3600.0
-        d[k] = np.inf
-        isolated.append(d.min() > 10.0)
-    flux_r = cat["PSFFLUX"][in30, 2]
-    sel = in30[np.array(isolated) & (flux_r > 20) & (flux_r < 2000)]
-    assert len(sel) >= 10
-    return {
-        b: median_star_fwhm_arcsec(
-            real_frames[b], cat["COLC"][sel, i] - 0.5, cat["ROWC"][sel, i] - 0.5
-        )
-        for i, b in enumerate(BANDS)
-    }
+def real_star_fwhm_arcsec():
+    """Median FWHM of bright isolated stars of field 30, per band (the realism table's own
+    measure, stars placed by each band's WCS)."""
+    reference = real_pixel_reference(REAL)
+    fwhm = {b: reference[b]["fwhm"] for b in BANDS}
+    assert all(np.isfinite(v) for v in fwhm.values()), fwhm
+    return fwhm
 
 
-@needs_real
 @pytest.mark.parametrize("band", BANDS)
 def test_background_sigma_matches_real_frame(real_frames, band):
     real = background_sigma(real_frames[band])
@@ -295,7 +282,6 @@ def test_background_sigma_matches_real_frame(real_frames, band):
     assert sim == pytest.approx(real, rel=0.30)
 
 
-@needs_real
 def test_simulated_seeing_matches_real_stars(real_star_fwhm_arcsec):
     sim = {
         b: float(

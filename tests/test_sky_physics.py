@@ -35,12 +35,12 @@ def test_located_positions_fall_inside_their_frame(footprint):
             assert -0.5 <= x <= FRAME_COLUMNS - 0.5 and -0.5 <= y <= FRAME_ROWS - 0.5
 
 
-def test_frames_are_oriented_like_real_sdss_frames(footprint, real_data):
+def test_frames_are_oriented_like_real_sdss_frames(footprint, real_frames_dir):
     from astropy.io import fits
     from astropy.wcs import WCS
 
     real = WCS(
-        fits.getheader(real_data / "sdss_frames_004510-4-0030" / "frame-r-004510-4-0030.fits.bz2")
+        fits.getheader(real_frames_dir / "frame-r-004510-4-0030.fits.bz2")
     )
     sim = footprint.frame_wcs(footprint.fields[0], "r")
     for wcs in (real, sim):

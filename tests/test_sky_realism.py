@@ -7,8 +7,8 @@ import pytest
 from ssl_photoz.sky.validate import knn_sigma_mad, load_real_mgs, validate_sky
 
 
-def test_real_mgs_knn_reference(real_data):
-    real = load_real_mgs(real_data / "mlz" / "SDSS_MGS.train")
+def test_real_mgs_knn_reference(real_mgs_path):
+    real = load_real_mgs(real_mgs_path)
     assert len(real) == 5000
     assert real["z"].median() == pytest.approx(0.092, abs=0.001)
     # Half-split protocol (2,500 training galaxies): the MANIFEST's 0.0136 uses 5,000.

@@ -1,8 +1,9 @@
 """How realistic is the simulated survey? Compare it with real SDSS galaxies.
 
-References (../shared/data/real, see its MANIFEST):
-- ``mlz/SDSS_MGS.train``: 5,000 real Main Galaxy Sample galaxies (spec-z, dereddened model ugriz);
-- ``ast32_sdss_dr7_galaxies/sdss.fits``: 24,496 DR7 spectroscopic galaxies (model r <= 17.6).
+References (packaged with ssl_photoz: ``data/real``, see its MANIFEST.md):
+- ``mlz/SDSS_MGS.train.gz``: 5,000 real Main Galaxy Sample galaxies (spec-z, dereddened
+  model ugriz);
+- ``sdss_frames_004510-4-0030``: a strip of the five real frames of one field and its stars.
 
 Checks (thresholds from the issue; two disjoint real MGS samples differ by up to 0.09 in KS distance
 and 0.2 mag in u-g, so they sit at the level of real-sample scatter):
@@ -25,9 +26,9 @@ from scipy.stats import ks_2samp
 
 from ..baselines import colour_features, knn_photoz
 from ..metrics import delta_z, sigma_mad
+from ..refdata import FRAMES_4510_4_0030, MGS_SAMPLE, real_path
 from ..sdss import BANDS as BANDS_ORDER
 
-REAL_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "real"
 MGS_COLUMNS = "zs u g r i z u-g g-r r-i i-z eu eg er ei ez eu-g eg-r er-i ei-z".split()
 Z_BIN = 0.05
 MIN_REAL_PER_BIN = 50
@@ -49,7 +50,7 @@ class Check:
 
 def load_real_mgs(path: Path | None = None) -> pd.DataFrame:
     """The real MGS sample as columns z, u, g, r, i, z_mag (dereddened model magnitudes)."""
-    path = Path(path or REAL_DIR / "mlz" / "SDSS_MGS.train")
+    path = Path(path) if path is not None else real_path(*MGS_SAMPLE)
     if not path.exists():
         raise FileNotFoundError(f"{path}: the real MGS reference sample is missing")
     df = pd.read_csv(path, sep=r"\s+", comment="#", header=None, names=MGS_COLUMNS)
@@ -148,30 +149,39 @@ def realism_checks(sim: pd.DataFrame, real: pd.DataFrame) -> list[Check]:
     return checks
 
 
-REAL_FRAME_DIR = REAL_DIR / "sdss_frames_004510-4-0030"
 REAL_FIELD = 30
 PIXEL_FIELDS = 2  # simulated fields sampled for the pixel checks
 STAR_WINDOW = 24  # half-size (px) of the window rendered around each simulated star
 
 
-def real_pixel_reference(frame_dir: Path = REAL_FRAME_DIR) -> dict[str, dict[str, float]]:
-    """Background sigma and median bright-star FWHM (arcsec) of the real frames, per band."""
+def real_pixel_reference(frame_dir: Path | None = None) -> dict[str, dict[str, float]]:
+    """Background sigma and median bright-star FWHM (arcsec) of the real frames, per band.
+
+    Star positions come from each band's WCS, not the catalogue's COLC/ROWC: the packaged
+    frames are a strip of the original columns (their CRPIX moved with the crop), and stars
+    off the strip simply give no FWHM."""
+    import warnings
+
     from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
 
     from .pixels import background_sigma, isolated_bright_stars, median_star_fwhm_arcsec
 
+    frame_dir = Path(frame_dir) if frame_dir is not None else real_path(*FRAMES_4510_4_0030)
     cat = fits.getdata(frame_dir / "calibObj-004510-4-star.fits.gz")
     cat = cat[cat["FIELD"] == REAL_FIELD]
     stars = isolated_bright_stars(cat["RA"], cat["DEC"], cat["PSFFLUX"][:, 2])
     out = {}
-    for i, band in enumerate(BANDS_ORDER):
-        image = fits.getdata(frame_dir / f"frame-{band}-004510-4-0030.fits.bz2").astype(float)
+    for band in BANDS_ORDER:
+        with fits.open(frame_dir / f"frame-{band}-004510-4-0030.fits.bz2") as hdul:
+            image = hdul[0].data.astype(float)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                wcs = WCS(hdul[0].header)
+        x, y = wcs.all_world2pix(cat["RA"][stars], cat["DEC"][stars], 0)
         out[band] = {
             "sigma": background_sigma(image),
-            # SDSS pixel convention: 0-based x = COLC - 0.5, y = ROWC - 0.5 (MANIFEST).
-            "fwhm": median_star_fwhm_arcsec(
-                image, cat["COLC"][stars, i] - 0.5, cat["ROWC"][stars, i] - 0.5
-            ),
+            "fwhm": median_star_fwhm_arcsec(image, x, y),
         }
     return out
 
