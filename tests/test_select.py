@@ -13,6 +13,12 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
 from ssl_photoz import select as sel
+from ssl_photoz.extinction import (
+    SF11_COEFFICIENTS,
+    SFD98_COEFFICIENTS,
+    deredden_factor,
+    extinction_mag,
+)
 from ssl_photoz.sdss import BANDS, pack_objid
 from ssl_photoz.select import (
     OUTPUT_COLUMNS,
@@ -23,8 +29,7 @@ from ssl_photoz.select import (
     write_selection,
 )
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
-CELESTE = REAL / "celeste" / "photoObj-003900-6-0269.fits"
+CELESTE = Path("celeste") / "photoObj-003900-6-0269.fits"  # under the real_data fixture
 
 SETTINGS = {
     "seed": 1234,
@@ -67,7 +72,8 @@ def photo_frame(n: int, first_obj: int = 1, rng=None) -> pd.DataFrame:
         frame[f"petroMag_{band}"] = 16.0 + 0.3 * (k - 2)
         frame[f"petroMagErr_{band}"] = 0.02
         frame[f"modelMag_{band}"] = 15.9 + 0.3 * (k - 2)
-        frame[f"extinction_{band}"] = 0.05
+        # as SDSS writes them: SFD98 coefficient x E(B-V), extinction_r = 0.05
+        frame[f"extinction_{band}"] = SFD98_COEFFICIENTS[band] * (0.05 / 2.751)
     frame["petroMag_r"] = np.full(n, 16.05)  # dereddened r = 16.0
     frame["petroR50_r"] = 2.5
     frame["z_photo"] = 0.1
@@ -116,7 +122,12 @@ def test_clean_inputs_are_all_kept_with_the_output_contract():
     assert kept_ids(s, ("unlabeled",)) == set(unl["objID"])
     assert o.loc[o["split"] == "unlabeled", "z_spec"].isna().all()
     assert (o.loc[o["split"] != "unlabeled", "z_spec"] == 0.1).all()
-    np.testing.assert_allclose(o["ebv"], o["extinction_r"] / 2.285)
+    # E(B-V) the way SDSS made the columns (SFD98 r coefficient), not / 2.285 (SF11)
+    np.testing.assert_allclose(o["ebv"], o["extinction_r"] / 2.751, rtol=1e-12)
+    assert s.counts["checks"]["extinction_bands_disagree_gt_0.001"] == {
+        "labeled": 0,
+        "unlabeled": 0,
+    }
     # sorted by objid, i.e. in SDSS field order (run, camcol, field, obj)
     assert o["objid"].is_monotonic_increasing
     assert ((o["fraction_rank"] >= 0) & (o["fraction_rank"] < 1)).all()
@@ -239,7 +250,9 @@ def test_dereddened_r_limit_for_both_samples():
     lab, unl = labeled_frame(3), photo_frame(3, first_obj=100)
     for frame in (lab, unl):
         frame["petroMag_r"] = [18.0, 18.0, 17.8]
-        frame["extinction_r"] = [0.25, 0.125, 0.0]  # r0 = 17.75 kept, 17.875 cut, 17.8 kept
+        ext_r = np.array([0.25, 0.125, 0.0])  # r0 = 17.75 kept, 17.875 cut, 17.8 kept
+        for band in BANDS:
+            frame[f"extinction_{band}"] = ext_r * SFD98_COEFFICIENTS[band] / 2.751
     s = run(lab, unl)
     for frame, sample in ((lab, "labeled"), (unl, "unlabeled")):
         ids = frame["objID"].to_numpy()
@@ -484,8 +497,7 @@ def celeste_as_unlabeled(path: Path) -> pd.DataFrame:
 
 
 def test_real_photoobj_rows_through_the_unlabeled_cuts(real_data):
-    assert CELESTE.exists(), CELESTE
-    unl = celeste_as_unlabeled(CELESTE)
+    unl = celeste_as_unlabeled(real_data / CELESTE)
     assert len(unl) == 588
     r = unl["petroMag_r"].to_numpy()
     assert ((r > 0) & (r < 17.77)).sum() == 14  # the MANIFEST's count; one galaxy has r = -9999
@@ -509,6 +521,28 @@ def test_real_photoobj_rows_through_the_unlabeled_cuts(real_data):
     cat = unl.set_index("objID").loc[o.index]
     np.testing.assert_allclose(o["b"], cat["b"], atol=0.01)
     np.testing.assert_allclose(o["l"], cat["l"], atol=0.01)
+
+
+def test_real_photoobj_ebv_follows_sdss_and_images_deredden_with_sf11(real_data):
+    unl = celeste_as_unlabeled(real_data / CELESTE)
+    s = run(labeled_frame(1, first_obj=50_000), unl)
+    o = s.objects[s.objects["split"] == "unlabeled"]
+    assert len(o) == 13
+    for band in BANDS:  # each band's SFD98 coefficient gives the same E(B-V)
+        per_band = o[f"extinction_{band}"] / SFD98_COEFFICIENTS[band]
+        np.testing.assert_allclose(per_band, o["ebv"], rtol=1e-6)
+    assert s.counts["checks"]["extinction_bands_disagree_gt_0.001"] == {
+        "labeled": 0,
+        "unlabeled": 0,
+    }
+    # by hand, the first kept object (objID 1237662226208063498): SDSS's extinction_r 0.0602736
+    row = o.iloc[0]
+    assert row["objid"] == 1237662226208063498
+    assert row["extinction_r"] == pytest.approx(0.0602736, abs=1e-7)
+    assert row["ebv"] == pytest.approx(0.0602736 / 2.751, abs=1e-8)  # 0.0219097, not 0.0263785
+    a_r = extinction_mag(row["ebv"])[BANDS.index("r")]
+    assert a_r == pytest.approx(SF11_COEFFICIENTS["r"] * 0.0219097, abs=1e-7)  # 0.0500637 mag
+    assert deredden_factor(row["ebv"])[BANDS.index("r")] == pytest.approx(1.047190, abs=1e-6)
 
 
 def test_empty_inputs_and_nullable_dtypes():

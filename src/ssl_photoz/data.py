@@ -17,7 +17,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
 
-from .extinction import SF11_VECTOR
+from .extinction import deredden_factor
 from .sdss import BANDS
 
 __all__ = [
@@ -150,10 +150,9 @@ class CutoutDataset(Dataset):
             )
         self.deredden = deredden
         self.z = store.z_spec[self.indices].astype(np.float32)
-        # Per-item flux factor 10**(0.4 R_c E(B-V)), so that a worker only multiplies.
+        # Per-item flux factor 10**(0.4 R_SF11 E(B-V)), so that a worker only multiplies.
         if deredden:
-            a_mag = store.ebv[self.indices, None] * SF11_VECTOR[None, :]
-            self.flux_factor = (10.0 ** (0.4 * a_mag)).astype(np.float32)
+            self.flux_factor = deredden_factor(store.ebv[self.indices]).astype(np.float32)
         else:
             self.flux_factor = None
         self._images = None  # opened on first use, per process

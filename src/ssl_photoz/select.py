@@ -1,9 +1,9 @@
 """The `select` stage: from the two catalogue queries to the kept objects and the rejected rows.
 
 Inputs are the DataFrames of src/ssl_photoz/query/queries/labeled.sql (one row per spectrum) and
-src/ssl_photoz/query/queries/unlabeled.sql (one row per object). Every input row ends either in `objects` (one
-row per kept object) or in `rejects` (with a reason); `select_catalog` checks that independently
-and raises if a row went missing.
+src/ssl_photoz/query/queries/unlabeled.sql (one row per object). Every input row ends either in
+`objects` (one row per kept object) or in `rejects` (with a reason); `select_catalog` checks that
+independently and raises if a row went missing.
 
 Rules, in the order they are applied (the first rule that drops a row gives its reason):
 
@@ -29,6 +29,11 @@ second, independently keyed hash, uniform in [0, 1): label fraction f is
 `(split == "train") & (fraction_rank < f)`, nested in f. Unlabeled objects get a fraction_rank
 too (the same hash), which can subsample the pretraining pool the same nested way.
 
+`ebv` is the SFD E(B-V) behind the catalogue's extinction columns, recovered as SDSS made them
+(``extinction.ebv_from_extinction``: the SFD98 coefficients); the cut-outs are dereddened
+downstream with the SF11 coefficients times it. Kept rows whose five bands imply E(B-V)s more
+than 1e-3 apart are counted in ``checks`` (0 on SDSS data).
+
 `objects` is sorted by objid (SDSS field order); `rejects` holds the labeled
 rows then the unlabeled rows, each in input row order.
 """
@@ -47,7 +52,7 @@ import numpy as np
 import pandas as pd
 from astropy.coordinates import SkyCoord
 
-from .extinction import SF11_COEFFICIENTS
+from .extinction import ebv_band_spread, ebv_from_extinction
 from .sdss import BANDS
 
 __all__ = [
@@ -68,6 +73,8 @@ STAGE = "select"
 # SDSS writes -9999 (sometimes -999) for "not measured"; nothing physical sits below -900.
 SENTINEL_BELOW = -900.0
 B_DISAGREE_DEG = 0.01
+# SDSS's extinction_x are R_SFD98,x x E(B-V): the five bands agree to float32 rounding (1e-7).
+EBV_BANDS_DISAGREE = 1e-3
 
 MAG_COLUMNS = (
     [f"petroMag_{b}" for b in BANDS]
@@ -371,10 +378,25 @@ def _assemble_objects(parts: list[dict[str, np.ndarray]], seed: int) -> pd.DataF
     objid = np.concatenate([p["objid"] for p in parts])
     order = np.argsort(objid, kind="stable")
     out = {name: np.concatenate([p[name] for p in parts])[order] for name in parts[0]}
-    out["ebv"] = out["extinction_r"].astype(np.float64) / SF11_COEFFICIENTS["r"]
+    out["ebv"] = ebv_from_extinction(out)
     out["split"] = np.array(SPLIT_ORDER, dtype=object)[out["split_code"]]
     out["fraction_rank"] = rank_uniform(out["objid"], seed)
     return pd.DataFrame({name: out[name] for name in OUTPUT_COLUMNS})
+
+
+def _check_extinction(objects: pd.DataFrame, checks: dict) -> None:
+    """Count kept rows whose extinction columns are not one E(B-V) times the SFD98 vector."""
+    off = ~(ebv_band_spread(objects) <= EBV_BANDS_DISAGREE)
+    unl = (objects["split"] == "unlabeled").to_numpy()
+    per_sample = {"labeled": int((off & ~unl).sum()), "unlabeled": int((off & unl).sum())}
+    checks[f"extinction_bands_disagree_gt_{EBV_BANDS_DISAGREE:g}"] = per_sample
+    if off.any():
+        log.warning(
+            "%d kept rows have extinction_x columns that are not E(B-V) x the SFD98 coefficients"
+            " (bands disagree by > %g); their ebv is the mean over bands",
+            int(off.sum()),
+            EBV_BANDS_DISAGREE,
+        )
 
 
 def _reconcile(n_in: dict, objects: pd.DataFrame, rejects: pd.DataFrame) -> dict:
@@ -450,6 +472,7 @@ def select_catalog(labeled: pd.DataFrame, unlabeled: pd.DataFrame, settings: dic
         ),
     ]
     objects = _assemble_objects(parts, seed)
+    _check_extinction(objects, checks)
     rejects = pd.concat([lab.rejects(), unl.rejects()], ignore_index=True)
     rejects["objid"] = rejects["objid"].astype(np.int64)
     rejects = rejects[REJECT_COLUMNS]
