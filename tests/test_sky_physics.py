@@ -7,6 +7,13 @@ import pytest
 from conftest import PROJECT_ROOT
 
 from ssl_photoz.config import load_config
+from ssl_photoz.extinction import (
+    SF11_VECTOR,
+    SFD98_VECTOR,
+    catalogue_extinction,
+    ebv_from_extinction,
+    extinction_mag,
+)
 from ssl_photoz.sky import dust, population, seds
 from ssl_photoz.sky.footprint import (
     FIELD_STEP_ROWS,
@@ -39,9 +46,7 @@ def test_frames_are_oriented_like_real_sdss_frames(footprint, real_frames_dir):
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    real = WCS(
-        fits.getheader(real_frames_dir / "frame-r-004510-4-0030.fits.bz2")
-    )
+    real = WCS(fits.getheader(real_frames_dir / "frame-r-004510-4-0030.fits.bz2"))
     sim = footprint.frame_wcs(footprint.fields[0], "r")
     for wcs in (real, sim):
         cd = wcs.wcs.cd
@@ -100,6 +105,22 @@ def test_dust_rises_toward_the_plane_and_map_differs_from_truth():
     mapped = dust.map_ebv(gal_l, b, seed=0)
     ratio = mapped / ebv
     assert np.all(np.abs(ratio - 1) < 0.5) and np.any(np.abs(ratio - 1) > 0.001)
+
+
+def test_perfect_map_columns_deredden_the_true_dimming_with_sf11():
+    """With no map error, SF11 x the E(B-V) behind SDSS-style columns is exactly the dimming."""
+    b = np.array([15.0, 20.0, 40.0, 75.0])
+    gal_l = np.array([10.0, 120.0, 200.0, 300.0])
+    truth = dust.true_ebv(gal_l, b, seed=0)
+    mapped = dust.map_ebv(gal_l, b, seed=0, map_error=0.0)
+    np.testing.assert_allclose(mapped, truth, rtol=1e-12)
+    columns = catalogue_extinction(mapped)  # what SDSS writes: SFD98 x E(B-V)
+    dimming = extinction_mag(truth)  # what the pixels get: SF11 x E(B-V)
+    np.testing.assert_allclose(extinction_mag(ebv_from_extinction(columns)), dimming, rtol=1e-12)
+    # SDSS's dered_x over-correct by (R_SFD98 - R_SF11) E(B-V): 0.466 E(B-V) in r
+    over = columns - dimming
+    np.testing.assert_allclose(over, truth[:, None] * (SFD98_VECTOR - SF11_VECTOR), rtol=1e-12)
+    assert over[:, 2] / truth == pytest.approx(2.751 - 2.285)
 
 
 def test_default_region_straddles_the_latitude_cut():

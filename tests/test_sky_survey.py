@@ -8,10 +8,18 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from astropy.io import fits
 from conftest import TINY_SKY
 
+from ssl_photoz.extinction import (
+    EXTINCTION_COLUMNS,
+    SFD98_VECTOR,
+    ebv_from_extinction,
+    extinction_mag,
+)
 from ssl_photoz.sdss import unpack_objid
-from ssl_photoz.sky.survey import MockSky, build_survey
+from ssl_photoz.sky import dust
+from ssl_photoz.sky.survey import MockSky, SkySettings, build_survey
 
 
 def _tables(sky_dir):
@@ -106,10 +114,52 @@ def test_photoz_has_scatter_and_outliers(tiny_sky, tables):
     assert (np.abs(dz) > 0.15).mean() > 0.003
 
 
-def test_extinction_columns_follow_sf11(tables):
+def test_extinction_columns_are_written_as_sdss_writes_them(tables, real_data):
+    """SFD98 coefficients x the dust map's E(B-V), as on the real photoObj rows."""
     photo = tables["PhotoObjAll"]
-    ratio = photo["extinction_g"] / photo["extinction_r"]
-    np.testing.assert_allclose(ratio, 3.303 / 2.285, rtol=1e-9)
+    ext = photo[EXTINCTION_COLUMNS].to_numpy()
+    sfd98 = np.broadcast_to(SFD98_VECTOR / 2.751, ext.shape)
+    np.testing.assert_allclose(ext / ext[:, [2]], sfd98, rtol=1e-12)
+    real = fits.getdata(real_data / "celeste" / "photoObj-003900-6-0269.fits", 1)["EXTINCTION"]
+    real_ratio = np.median(np.asarray(real, dtype=np.float64) / real[:, [2]], axis=0)
+    np.testing.assert_allclose(ext[0] / ext[0, 2], real_ratio, rtol=1e-6)
+    # the E(B-V) the survey used, recovered by the pipeline's one function
+    settings = SkySettings.from_config(TINY_SKY)
+    m = settings.model
+    used = dust.map_ebv(
+        photo["l"], photo["b"], settings.seed, m.ebv_pole, m.dust_clumpiness, m.dust_map_error
+    )
+    np.testing.assert_allclose(ebv_from_extinction(photo), used, rtol=1e-12)
+    for b in "ugriz":  # SDSS's own dered_x
+        np.testing.assert_allclose(
+            photo[f"dered_{b}"], photo[f"modelMag_{b}"] - photo[f"extinction_{b}"]
+        )
+    # galSpecInfo.e_bv_sfd is that same E(B-V)
+    spec, gal = tables["SpecObjAll"], tables["galSpecInfo"]
+    rows = gal.merge(spec[["specObjID", "bestObjID"]], on="specObjID").merge(
+        photo, left_on="bestObjID", right_on="objID"
+    )
+    assert len(rows) == len(gal) > 20
+    np.testing.assert_allclose(rows["e_bv_sfd"], ebv_from_extinction(rows), rtol=1e-12)
+
+
+def test_sf11_times_the_catalogue_ebv_undoes_the_true_dimming(tiny_sky, tables):
+    """Pixels are dimmed by SF11 x true E(B-V); the catalogue's E(B-V) x SF11 removes it up to the
+    map's error, while SDSS's dered_x (SFD98) over-corrects, as on the real sky."""
+    truth = pd.read_parquet(tiny_sky / "truth.parquet")
+    dimming = (
+        truth[[f"mag_{b}" for b in "ugriz"]].to_numpy()
+        - truth[[f"mag_intrinsic_{b}" for b in "ugriz"]].to_numpy()
+    )
+    np.testing.assert_allclose(dimming, extinction_mag(truth["ebv_true"]), atol=1e-9)
+    photo = tables["PhotoObjAll"]
+    rows = photo[photo["mode"] == 1].merge(truth[["objID", "ebv_true"]], on="objID")
+    ebv = ebv_from_extinction(rows)
+    ratio = ebv / rows["ebv_true"].to_numpy()
+    assert 0.7 < ratio.min() and ratio.max() < 1.4 and 0.9 < np.median(ratio) < 1.1
+    a_r_sdss = rows["extinction_r"].to_numpy()
+    a_r_true = extinction_mag(rows["ebv_true"])[:, 2]
+    assert np.median(a_r_sdss / a_r_true) > 1.15  # 2.751 / 2.285 = 1.204 up to the map error
 
 
 def test_build_is_deterministic_and_atomic(tmp_path, tiny_sky):

@@ -3,10 +3,10 @@
 From the truth (``population``) this module makes what the SDSS pipelines would have measured:
 PhotoObjAll (with secondary detections in the overlaps of neighbouring frames, photometric noise,
 per-field calibration errors, Petrosian magnitudes that miss part of a de Vaucouleurs profile,
-extinction from an imperfect dust map), SpecObjAll (MGS targeting at dereddened Petrosian
-r <= 17.77 with fibre collisions and incompleteness, LRG and BOSS extras, star and QSO spectra,
-repeat spectra, redshift warnings), galSpecInfo and Photoz (a Beck et al. 2016-like photometric
-redshift with scatter and outliers).
+extinction from an imperfect dust map, written as SDSS writes it: the SFD98 coefficients times the
+map's E(B-V)), SpecObjAll (MGS targeting at dereddened Petrosian r <= 17.77 with fibre collisions
+and incompleteness, LRG and BOSS extras, star and QSO spectra, repeat spectra, redshift warnings),
+galSpecInfo and Photoz (a Beck et al. 2016-like photometric redshift with scatter and outliers).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..extinction import SF11_VECTOR
+from ..extinction import catalogue_extinction, ebv_from_extinction
 from ..sdss import BANDS, pack_objid, pack_specobjid
 from . import conditions, dust
 from .footprint import CAMCOLS, FIELD_STEP_DEG, FRAME_HEIGHT_DEG, FRAME_WIDTH_DEG, Footprint
@@ -149,7 +149,9 @@ def photo_obj_all(
     ebv_map = dust.map_ebv(
         gal_l, gal_b, footprint.seed, model.ebv_pole, model.dust_clumpiness, model.dust_map_error
     )
-    extinction = ebv_map[:, None] * SF11_VECTOR
+    # As SDSS writes them: the SFD98 coefficients times the map's E(B-V) (the pixels are dimmed
+    # by SF11 x the true E(B-V), population.py).
+    extinction = catalogue_extinction(ebv_map)
     r50 = t["r50_arcsec"].to_numpy()
     petro_r50 = np.sqrt(r50**2 + (0.5 * fwhm[:, BANDS.index("r")]) ** 2) * rng.lognormal(0, 0.05, n)
     # Positions: astrometric scatter of a few hundredths of an arcsec; secondaries re-measured.
@@ -340,7 +342,7 @@ def spectroscopy(
         }
     )
     gal_rows = spec["class"] == "GALAXY"
-    ebv_sfd = (prim["extinction_r"].to_numpy()[rows] / SF11_VECTOR[BANDS.index("r")])[gal_rows]
+    ebv_sfd = ebv_from_extinction(prim)[rows][gal_rows.to_numpy()]
     galspec = pd.DataFrame(
         {
             "specObjID": spec.loc[gal_rows, "specObjID"].to_numpy(),

@@ -6,6 +6,13 @@ that neighbouring fields differ as on the real sky. A second, independent modula
 role of the SFD map's own errors (about 10-16 %): the catalogue's ``extinction_x`` columns come
 from the "map", the pixels are dimmed by the "true" field, so dereddening is as imperfect as in
 SDSS.
+
+Both fields are on the SFD98 scale of E(B-V), and each is turned into magnitudes as on the real
+sky (``ssl_photoz.extinction``): the catalogue writes ``extinction_x`` = R_SFD98,x x map E(B-V),
+as SDSS does, while the true dimming is R_SF11,x x true E(B-V) (Schlafly & Finkbeiner 2011, whose
+coefficients absorb their recalibration of SFD). So SDSS's own ``dered_x`` over-corrects here as on
+the real sky (by (R_SFD98 - R_SF11) E(B-V), 0.47 E(B-V) in r), and E(B-V) recovered from the
+columns with the SFD98 coefficients times SF11 removes the true dimming up to the map error.
 """
 
 from __future__ import annotations

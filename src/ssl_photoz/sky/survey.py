@@ -4,7 +4,9 @@ Outputs, in one folder (``resources/sky`` by default):
 - ``sdss_mock.duckdb``: tables PhotoObjAll, SpecObjAll, Photoz, galSpecInfo named and typed as in
   SDSS DR12, plus an empty ``MyDB`` schema so that CasJobs' ``SELECT ... INTO MyDB.t`` works;
 - ``truth.parquet``: true redshift, type, E(B-V), intrinsic magnitudes and shapes of every
-  catalogued object, for evaluating the simulation and for rendering; no pipeline stage reads it;
+  catalogued object, for evaluating the simulation and for rendering; no pipeline stage reads it
+  (the catalogue's ``extinction_x`` are SDSS's SFD98 coefficients times the dust *map*'s E(B-V),
+  ``sky.dust.map_ebv``, not this true one);
 - ``sky.json``: the settings the survey was built with and its provenance.
 
 Each run (a stripe 6 camcols high) is drawn from its own random stream and written before the next
