@@ -158,3 +158,13 @@ def test_casjobs_without_a_token_fails_before_any_work(monkeypatch):
     # The endpoint (port 9) would refuse a connection: the auth error must come before any call.
     with pytest.raises(CasJobsAuthError, match="(?i)token"):
         run_query("labeled", cfg)
+
+
+def test_each_query_names_its_mydb_table_and_a_row_key(tmp_path):
+    labeled, unlabeled = load_query("labeled"), load_query("unlabeled")
+    assert labeled.into_table == "ssl_photoz_labeled" and labeled.row_key == "specObjID"
+    assert unlabeled.into_table == "ssl_photoz_unlabeled" and unlabeled.row_key == "objID"
+    keyless = tmp_path / "labeled.sql"
+    keyless.write_text("SELECT p.objID INTO MyDB.t FROM PhotoObjAll AS p")
+    with pytest.raises(ValueError, match="does not select specObjID"):
+        _ = load_query("labeled", keyless).row_key

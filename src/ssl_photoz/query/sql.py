@@ -22,6 +22,7 @@ from sqlglot import exp
 from .skyserver import RANGE_PLACEHOLDER
 
 SAMPLES = ("labeled", "unlabeled")
+ROW_KEYS = {"labeled": "specObjID", "unlabeled": "objID"}
 
 
 def packaged_query_path(sample: str) -> Path:
@@ -42,10 +43,24 @@ class CatalogQuery:
     @property
     def into_table(self) -> str:
         """The MyDB table the CasJobs query writes (e.g. ``ssl_photoz_labeled``)."""
-        into = _parse(self.text, self.path).find(exp.Into)
-        if into is None:
+        name = into_table(self.text, self.path)
+        if name is None:
             raise ValueError(f"{self.path}: the query has no INTO MyDB.<table> clause")
-        return into.this.name
+        return name
+
+    @property
+    def row_key(self) -> str:
+        """The output column that names one row of this sample's table, used to page a download.
+
+        One row per spectrum in the labeled table (an object with repeat spectra has several
+        rows, so objID repeats there), one row per object in the unlabeled one. CasJobs checks
+        that the column really is unique before it pages by it.
+        """
+        key = ROW_KEYS[self.sample]
+        columns = _parse(self.text, self.path).named_selects
+        if key not in columns:
+            raise ValueError(f"{self.path}: the query does not select {key}, its row key")
+        return key
 
     def for_duckdb(self) -> str:
         return transpile_to_duckdb(self.text, self.path)
@@ -62,6 +77,26 @@ def _parse(text: str, path: Path | str = "<sql>") -> exp.Expression:
     if len(statements) != 1:
         raise ValueError(f"{path}: expected exactly one statement, found {len(statements)}")
     return statements[0]
+
+
+def into_table(text: str, path: Path | str = "<sql>") -> str | None:
+    """The MyDB table a ``SELECT ... INTO MyDB.<table>`` query writes, or None without INTO.
+
+    Read from the parsed statement, so that comments and string literals never count (a comment
+    saying "paste it into CasJobs" names no table). ``MyDB.t``, ``MyDB.dbo.t`` and a bare ``t``
+    are MyDB tables; an INTO naming another database raises ValueError.
+    """
+    into = _parse(text, path).find(exp.Into)
+    if into is None:
+        return None
+    table = into.this
+    if not isinstance(table, exp.Table) or not table.name:
+        raise ValueError(f"{path}: cannot read the table after INTO")
+    database = (table.catalog or table.db).lower()
+    schema = table.db.lower() if table.catalog else ""
+    if database not in ("", "mydb") or schema not in ("", "dbo"):
+        raise ValueError(f"{path}: INTO {table.sql(dialect='tsql')} is not a MyDB table")
+    return table.name
 
 
 def load_query(sample: str, path: Path | str | None = None) -> CatalogQuery:
