@@ -167,3 +167,232 @@ class LoopbackServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# --- SciServer CasJobs, emulated ------------------------------------------------------------
+
+
+class CasJobsEmulator:
+    """Plays SciServer CasJobs' REST API on a `LoopbackServer`, with DuckDB as its SQL engine.
+
+    Enough of CasJobs that a client's mistakes show as they would on the real service:
+
+    - MyDB is a schema that keeps its tables between requests (and between runs of a client);
+      `tables` preloads it ({name: DataFrame}). A batch job (``PUT /contexts/<ctx>/jobs``) runs
+      its T-SQL (transpiled by sqlglot) against the context's tables, read-only from `sky_db`;
+      ``SELECT ... INTO MyDB.t`` creates ``t`` and, like SQL Server, fails with "There is already
+      an object named 't' in the database." when it exists. The job answers ``GET /jobs/<id>``
+      with Status 0 (ready), 1 (started) for `polls_before_done` polls, then 5 or 4 (failed,
+      with SQL Server's message in ``Message`` and ``Error``).
+    - Quick queries (``POST /contexts/MyDB/query``) run in MyDB: SELECT (COUNT_BIG, COUNT_BIG
+      DISTINCT, ORDER BY ... OFFSET ... FETCH), DROP TABLE (an absent table is an error), and
+      ``IF OBJECT_ID('t', 'U') IS NOT NULL <statement>``. A SELECT is answered in CasJobs'
+      text/plain CSV: a header line and the rows, no ``#Table1`` line, the last row ending with a
+      newline only if `final_newline`. SQL errors come back as HTTP 500 with CasJobs' JSON
+      (``"Error Type": "SqlException"``).
+    - ``GET /contexts/MyDB/Tables`` lists MyDB's tables as JSON.
+
+    With `token`, a request without that ``X-Auth-Token`` gets HTTP 401. `fault`, if set, is
+    called with (sql, reply) for every quick-query answer and may return another `Reply`.
+    `statements` records (context, sql) of every job and quick query, in order.
+    """
+
+    def __init__(
+        self,
+        server: LoopbackServer,
+        *,
+        sky_db: Path | None = None,
+        context: str = "DR12",
+        tables: dict | None = None,
+        token: str | None = None,
+        polls_before_done: int = 2,
+        final_newline: bool = False,
+        first_job_id: int = 7001,
+    ):
+        import duckdb
+
+        self.server = server
+        self.context = context
+        self.token = token
+        self.polls_before_done = polls_before_done
+        self.final_newline = final_newline
+        self.fault: Callable[[str, Reply], Reply | None] | None = None
+        self.statements: list[tuple[str, str]] = []
+        self.jobs: dict[int, dict] = {}
+        self._next_job = first_job_id
+        self._lock = threading.Lock()
+        self._con = duckdb.connect(":memory:")
+        self._con.execute("CREATE SCHEMA MyDB")
+        if sky_db is not None:
+            self._con.execute(f"ATTACH '{sky_db}' AS sky (READ_ONLY)")
+            names = self._con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_catalog = 'sky' AND table_schema = 'main'"
+            ).fetchall()
+            for (name,) in names:
+                self._con.execute(f'CREATE VIEW main."{name}" AS SELECT * FROM sky.main."{name}"')
+        for name, frame in (tables or {}).items():
+            self.put_table(name, frame)
+        server.route("GET", "/contexts/MyDB/Tables", self._tables)
+        server.route("PUT", f"/contexts/{context}/jobs", self._submit)
+        server.route("POST", "/contexts/MyDB/query", self._quick)
+
+    # --- what a test looks at -------------------------------------------------------------
+
+    def put_table(self, name: str, frame) -> None:
+        with self._lock:
+            self._con.register("_incoming", frame)
+            try:
+                self._con.execute(f'CREATE TABLE MyDB."{name}" AS SELECT * FROM _incoming')
+            finally:
+                self._con.unregister("_incoming")
+
+    def mydb_tables(self) -> list[str]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_catalog = 'memory' AND table_schema = 'MyDB' ORDER BY table_name"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def table(self, name: str):
+        with self._lock:
+            return self._con.execute(f'SELECT * FROM MyDB."{name}"').df()
+
+    def quick_queries(self) -> list[str]:
+        return [sql for context, sql in self.statements if context == "MyDB"]
+
+    # --- the service ----------------------------------------------------------------------
+
+    def _refused(self, request: Request) -> Reply | None:
+        if self.token is not None and request.headers.get("X-Auth-Token") != self.token:
+            return Reply(401, "Unauthorized: invalid or missing token")
+        return None
+
+    @staticmethod
+    def _sql_error(message: str) -> Reply:
+        body = {"Error Code": 500, "Error Type": "SqlException", "Error Message": message}
+        return Reply(500, json.dumps(body), content_type="application/json")
+
+    def _tables(self, request: Request) -> Reply:
+        if refused := self._refused(request):
+            return refused
+        listing = [{"Name": n, "Rows": 0, "Size": 0, "Date": 0} for n in self.mydb_tables()]
+        return Reply(200, json.dumps(listing), content_type="application/json")
+
+    def _submit(self, request: Request) -> Reply:
+        if refused := self._refused(request):
+            return refused
+        sql = request.json()["Query"]
+        try:
+            self._execute(self.context, sql)
+            outcome = {"Status": 5, "Message": "Query Complete", "Error": ""}
+        except _SqlServerError as err:
+            outcome = {"Status": 4, "Message": str(err), "Error": str(err)}
+        with self._lock:
+            job_id = self._next_job
+            self._next_job += 1
+            self.jobs[job_id] = {"JobID": job_id, "Query": sql, "polls": 0, **outcome}
+        self.server.route("GET", f"/jobs/{job_id}", self._status)
+        self.server.route("DELETE", f"/jobs/{job_id}", lambda _r: Reply(200, ""))
+        return Reply(200, str(job_id))
+
+    def _status(self, request: Request) -> Reply:
+        if refused := self._refused(request):
+            return refused
+        job_id = int(request.path.rsplit("/", 1)[1])
+        with self._lock:
+            job = self.jobs[job_id]
+            job["polls"] += 1
+            described = {k: v for k, v in job.items() if k != "polls"}
+            if job["polls"] <= self.polls_before_done:
+                early = 0 if job["polls"] == 1 else 1
+                described.update(Status=early, Message="", Error="")
+        return Reply(200, json.dumps(described), content_type="application/json")
+
+    def _quick(self, request: Request) -> Reply:
+        if refused := self._refused(request):
+            return refused
+        sql = request.json()["Query"]
+        try:
+            result = self._execute("MyDB", sql)
+        except _SqlServerError as err:
+            return self._sql_error(str(err))
+        reply = Reply(200, "" if result is None else self._csv(*result))
+        if self.fault is not None:
+            reply = self.fault(sql, reply) or reply
+        return reply
+
+    def _csv(self, columns: list[str], rows: list[tuple]) -> str:
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        text = out.getvalue()
+        return text if self.final_newline else text.removesuffix("\n")
+
+    def _execute(self, context: str, sql: str):
+        """Run one T-SQL statement in `context`; (columns, rows) for a SELECT, else None."""
+        import re
+
+        import duckdb
+        import sqlglot
+
+        self.statements.append((context, sql))
+        guarded = re.fullmatch(
+            r"\s*IF\s+OBJECT_ID\(\s*'([^']+)'\s*,\s*'U'\s*\)\s+IS\s+NOT\s+NULL\s+(.+)",
+            sql,
+            re.IGNORECASE | re.DOTALL,
+        )
+        with self._lock:
+            self._con.execute("SET schema = 'MyDB'" if context == "MyDB" else "SET schema = 'main'")
+            if guarded:
+                name = guarded.group(1).split(".")[-1]
+                exists = self._con.execute(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_catalog = "
+                    "'memory' AND table_schema = 'MyDB' AND lower(table_name) = lower(?)",
+                    [name],
+                ).fetchone()[0]
+                if not exists:
+                    return None
+                sql = guarded.group(2)
+            try:
+                statements = sqlglot.transpile(sql, read="tsql", write="duckdb")
+            except sqlglot.errors.ParseError as err:
+                raise _SqlServerError(f"Incorrect syntax: {err}") from None
+            if len(statements) != 1:
+                raise _SqlServerError("the emulator runs one statement at a time")
+            try:
+                cursor = self._con.execute(statements[0])
+                if not statements[0].lstrip().upper().startswith(("SELECT", "WITH")):
+                    return None  # DROP, or SELECT ... INTO (now CREATE TABLE ... AS)
+                columns = [d[0] for d in cursor.description]
+                return columns, cursor.fetchall()
+            except duckdb.Error as err:
+                raise _SqlServerError(_sql_server_message(str(err), sql)) from None
+
+
+class _SqlServerError(Exception):
+    """An error of the emulated SQL Server, with its message."""
+
+
+def _sql_server_message(duckdb_message: str, sql: str) -> str:
+    """DuckDB's error text in the words SQL Server uses for the same mistake."""
+    import re
+
+    first = duckdb_message.splitlines()[0]
+    if m := re.search(r'Table with name "?(\w+)"? already exists', first):
+        return f"There is already an object named '{m.group(1)}' in the database."
+    if m := re.search(r'Table with name "?(\w+)"? does not exist', first):
+        if sql.lstrip().upper().startswith("DROP"):
+            return (
+                f"Cannot drop the table '{m.group(1)}', because it does not exist or you do not "
+                "have permission."
+            )
+        return f"Invalid object name '{m.group(1)}'."
+    if m := re.search(r'Referenced column "?(\w+)"? not found', first):
+        return f"Invalid column name '{m.group(1)}'."
+    return first

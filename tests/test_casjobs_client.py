@@ -1,18 +1,20 @@
 """CasJobsClient against a loopback server that plays the CasJobs REST job lifecycle.
 
-No network, no real waiting (fake clock). The token must never leak: every test that can see
-logs, exceptions or reprs checks for it.
+MyDB is `loopback_server.CasJobsEmulator` (tables kept, quick queries run by DuckDB, answers in
+CasJobs' text/plain CSV: header and rows, no ``#Table1`` line, no final newline unless asked); job
+states and faults are scripted per test. No network, no real waiting (fake clock). The token
+must never leak: every test that can see logs, exceptions or reprs checks for it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 
 import pandas as pd
 import pytest
-from loopback_server import LoopbackServer, Reply, replies
+import requests
+from loopback_server import CasJobsEmulator, LoopbackServer, Reply, replies
 
 from ssl_photoz.query.casjobs import (
     CasJobsAuthError,
@@ -22,8 +24,9 @@ from ssl_photoz.query.casjobs import (
     CasJobsTimeoutError,
     JobStatus,
     into_table,
+    read_casjobs_csv,
 )
-from ssl_photoz.query.http_errors import QueryError
+from ssl_photoz.query.http_errors import QueryError, RetriesExhaustedError, TruncatedResponseError
 
 TOKEN = "s3cr3t-T0KEN-4f9a7c"
 JOB_ID = 4242
@@ -124,26 +127,20 @@ def serve_mydb(
     catalogue: pd.DataFrame = CATALOGUE,
     table: str = "mgs_labels",
     rows_served: int | None = None,
-):
-    """Answer quick queries on MyDB.<table>: COUNT_BIG, SELECT *, and OFFSET/FETCH pages."""
+) -> CasJobsEmulator:
+    """MyDB holding `catalogue` as MyDB.<table>, answering quick queries as CasJobs does.
 
-    def handler(request):
-        sql = request.json()["Query"]
-        if "COUNT_BIG" in sql:
-            return Reply(200, f"n\n{len(catalogue)}\n")
-        page = re.search(r"OFFSET (\d+) ROWS FETCH NEXT (\d+) ROWS ONLY", sql)
-        if page:
-            start, size = map(int, page.groups())
-            rows = catalogue.sort_values("objid").iloc[start : start + size]
-        elif sql.startswith("IF OBJECT_ID"):
-            return Reply(200, "")
-        else:
-            assert sql == f"SELECT * FROM {table}"
-            rows = catalogue.head(rows_served)
-        return Reply(200, "#Table1\n" + rows.to_csv(index=False, lineterminator="\n"))
+    With `rows_served`, every download (a SELECT of whole rows) answers only that many rows."""
+    emulator = CasJobsEmulator(server, tables={table: catalogue})
+    if rows_served is not None:
 
-    server.route("GET", TABLES, Reply(200, "[]", content_type="application/json"))
-    server.route("POST", QUERY, handler)
+        def short(sql, reply):
+            if sql.startswith("SELECT *"):
+                return Reply(200, "\n".join(reply.body.split("\n")[: rows_served + 1]))
+            return None
+
+        emulator.fault = short
+    return emulator
 
 
 # --- the whole flow ------------------------------------------------------------------------
@@ -270,8 +267,13 @@ def test_sql_error_from_submit_is_a_query_error(server, clock):
 
 
 def test_drop_existing_drops_the_table_before_submitting(server, clock):
-    serve_mydb(server)
-    server.route("PUT", SUBMIT, Reply(200, str(JOB_ID)))
+    emulator = serve_mydb(server)
+
+    def submit(_request):  # the scripted job recreates the table it writes
+        emulator.put_table("mgs_labels", CATALOGUE)
+        return Reply(200, str(JOB_ID))
+
+    server.route("PUT", SUBMIT, submit)
     server.route("GET", JOB, job(JobStatus.FINISHED))
     make_client(server, clock).query(SQL, drop_existing=True)
     first_quick = server.requests_to(QUERY)[0].json()["Query"]
@@ -299,10 +301,11 @@ def test_large_table_without_order_by_is_refused(server, clock):
         make_client(server, clock, page_rows=2).download_table("mgs_labels")
 
 
-def test_short_download_is_an_error(server, clock):
-    serve_mydb(server, rows_served=3)
-    with pytest.raises(CasJobsError, match="downloaded 3 rows, expected 5"):
+def test_short_download_is_asked_again_then_an_error(server, clock):
+    emulator = serve_mydb(server, rows_served=3)
+    with pytest.raises(RetriesExhaustedError, match="downloaded 3 rows, expected 5"):
         make_client(server, clock).download_table("mgs_labels")
+    assert len([q for q in emulator.quick_queries() if q.startswith("SELECT *")]) == 3
 
 
 # --- token handling ----------------------------------------------------------------------------
@@ -348,3 +351,128 @@ def test_into_table_finds_the_mydb_table():
     assert into_table(SQL) == "mgs_labels"
     assert into_table("select * into mydb.dbo.[t_1] from x") == "t_1"
     assert into_table("SELECT 1") is None
+
+
+def test_into_table_reads_the_statement_not_comments_or_strings():
+    sql = (
+        "-- a query as you would paste it into CasJobs\n"
+        "/* not into this_either */\n"
+        "SELECT p.objID, 'into nowhere' AS note INTO MyDB.mine FROM PhotoObj AS p"
+    )
+    assert into_table(sql) == "mine"
+    with pytest.raises(ValueError, match="not a MyDB table"):
+        into_table("SELECT 1 AS a INTO OtherDB.dbo.t FROM x")
+
+
+def test_query_refuses_a_table_other_than_the_one_the_sql_writes(server, clock):
+    emulator = serve_mydb(server)
+    with pytest.raises(ValueError, match="INTO MyDB.mgs_labels"):
+        make_client(server, clock).query(SQL, "other_table", drop_existing=True)
+    assert server.requests == [] and emulator.statements == []  # nothing dropped, nothing sent
+
+
+# --- CasJobs' CSV and truncation -------------------------------------------------------------
+
+
+def test_casjobs_csv_shape_of_the_official_client_tests():
+    """SciScript-Python's tests expect "Column1,Column2\\n4,5\\n" for `select 4 as Column1, 5 as
+    Column2`: no '#Table1' line. With or without the final newline it is one whole row."""
+    for body in ("Column1,Column2\n4,5\n", "Column1,Column2\n4,5"):
+        response = requests.Response()
+        response.status_code = 200
+        response._content = body.encode()
+        response.headers["Content-Length"] = str(len(body))
+        frame = read_casjobs_csv(response)
+        assert frame.to_dict("list") == {"Column1": [4], "Column2": [5]}
+
+
+def test_body_shorter_than_its_content_length_is_truncated():
+    response = requests.Response()
+    response.status_code = 200
+    response._content = b"Column1,Column2\n4,5"
+    response.headers["Content-Length"] = "40"
+    with pytest.raises(TruncatedResponseError, match="Content-Length said 40"):
+        read_casjobs_csv(response)
+
+
+@pytest.mark.parametrize("final_newline", [False, True])
+def test_download_needs_no_final_newline(server, clock, final_newline):
+    emulator = serve_mydb(server)
+    emulator.final_newline = final_newline
+    frame = make_client(server, clock).download_table("mgs_labels")
+    pd.testing.assert_frame_equal(frame, CATALOGUE)
+    assert clock.sleeps == []  # accepted at once, never retried
+    assert frame["objid"].dtype == "int64"
+
+
+def cut_once(emulator, cut, prefix="SELECT *"):
+    """The first answer to a query starting with `prefix` is cut by `cut(body) -> Reply`."""
+    state = {"cut": False}
+
+    def fault(sql, reply):
+        if sql.startswith(prefix) and not state["cut"]:
+            state["cut"] = True
+            return cut(reply.body)
+        return None
+
+    emulator.fault = fault
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        # mid-row, no Content-Length: the row has too few fields
+        lambda body: Reply(200, body, cut_at=len(body) - 8),
+        # just before the end column's value: the row is whole in fields, its end column empty
+        lambda body: Reply(200, body, cut_at=len(body) - 1),
+        # an honest Content-Length: the transport notices
+        lambda body: Reply(200, body, cut_at=len(body) // 2, honest_length=True),
+        # a row garbled in the middle of the body
+        lambda body: Reply(200, body.replace("0.2,", "0.2", 1)),
+    ],
+    ids=["mid-row", "end-column-lost", "content-length", "garbled-row"],
+)
+def test_cut_answers_are_detected_and_asked_again(server, clock, cut):
+    emulator = serve_mydb(server)
+    cut_once(emulator, cut)
+    frame = make_client(server, clock).download_table("mgs_labels")
+    pd.testing.assert_frame_equal(frame, CATALOGUE)
+    downloads = [q for q in emulator.quick_queries() if q.startswith("SELECT *")]
+    assert len(downloads) == 2 and clock.sleeps == [1.0]
+
+
+@pytest.mark.parametrize("keep", [-1, -2], ids=["end-value-lost", "end-column-lost"])
+def test_a_cut_row_count_is_detected_and_asked_again(server, clock, keep):
+    """'n_rows,ssl_photoz_end\n5,1' cut short must not read as a count of 5 (or of 0)."""
+    emulator = serve_mydb(server)
+    cut_once(emulator, lambda body: Reply(200, body, cut_at=len(body) + keep), "SELECT COUNT")
+    frame = make_client(server, clock).download_table("mgs_labels")
+    pd.testing.assert_frame_equal(frame, CATALOGUE)
+    assert len([q for q in emulator.quick_queries() if q.startswith("SELECT COUNT")]) == 2
+
+
+def test_answers_cut_every_time_exhaust_the_retries(server, clock):
+    emulator = serve_mydb(server)
+    emulator.fault = lambda sql, reply: (
+        Reply(200, reply.body, cut_at=len(reply.body) - 8) if sql.startswith("SELECT *") else None
+    )
+    with pytest.raises(RetriesExhaustedError, match="field"):
+        make_client(server, clock).download_table("mgs_labels")
+
+
+def test_paging_by_a_key_that_repeats_is_refused_before_any_page(server, clock):
+    repeated = CATALOGUE.copy()
+    repeated.loc[1, "objid"] = repeated.loc[0, "objid"]  # two spectra of one object
+    emulator = serve_mydb(server, repeated)
+    client = make_client(server, clock, page_rows=2)
+    with pytest.raises(CasJobsError, match="cannot page MyDB.mgs_labels by objid: 4 distinct"):
+        client.download_table("mgs_labels", order_by="objid")
+    assert not [q for q in emulator.quick_queries() if "OFFSET" in q]
+    frame = client.download_table("mgs_labels", order_by="specObjID")  # unique: pages fine
+    pd.testing.assert_frame_equal(frame, repeated)
+
+
+def test_order_by_must_be_one_column(server, clock):
+    serve_mydb(server)
+    with pytest.raises(ValueError, match="one column"):
+        make_client(server, clock).download_table("mgs_labels", order_by="objid; DROP TABLE x")

@@ -11,6 +11,18 @@ REST flow (SciServer CasJobs REST API, as used by SciServer's own SciScript-Pyth
 4. ``POST {base}/contexts/MyDB/query`` with ``SELECT ... FROM <table>`` and ``Accept: text/plain``
    (CasJobs' CSV) to download the result table, in pages of ``page_rows`` rows when it is large.
 
+The MyDB table is read from the parsed SQL (`ssl_photoz.query.sql.into_table`, sqlglot), never by
+searching the text, so a comment that says "into" names nothing. A table larger than one page is
+paged by a key column that the server is first asked to prove unique (COUNT vs COUNT DISTINCT).
+
+CasJobs' text/plain answer is a header line and the rows, comma-separated, with no ``#Table1``
+line (SciScript-Python's own tests expect ``"Column1,Column2\n4,5\n"``); nothing says the last
+row ends with a newline, so a missing one is not taken for truncation. Truncation is judged by
+what can be known: a body shorter than its Content-Length, a row with the wrong number of fields,
+and a constant last column (``ssl_photoz_end``, value 1) that every download asks for: a row cut
+anywhere loses it or its value. A body cut exactly between rows gives too few rows, which the row
+count asked first exposes.
+
 The token travels only in the ``X-Auth-Token`` header. It is kept in a wrapper whose repr is
 ``<redacted>``, scrubbed from every message built from server text, and never logged; exceptions
 from `requests` (which hold the request and so the header) are not chained onto ours.
@@ -29,6 +41,7 @@ import re
 import time
 from collections.abc import Callable
 from enum import IntEnum
+from typing import Any
 
 import pandas as pd
 import requests
@@ -37,6 +50,7 @@ from .http_errors import (
     QueryError,
     RemoteQueryError,
     TransientError,
+    TruncatedResponseError,
     call_with_retries,
     looks_like_sql_error,
     readable_message,
@@ -45,6 +59,7 @@ from .http_errors import (
     transient_from_requests,
 )
 from .skyserver import parse_skyserver_csv
+from .sql import into_table
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +71,7 @@ __all__ = [
     "CasJobsJobError",
     "CasJobsTimeoutError",
     "JobStatus",
+    "into_table",
 ]
 
 DEFAULT_BASE_URL = "https://skyserver.sdss.org/CasJobs/RestApi"
@@ -67,10 +83,11 @@ AUTH_HEADER = "X-Auth-Token"
 CSV_ACCEPT = "text/plain"  # CasJobs answers CSV for text/plain (SciScript's "csv" format)
 MYDB = "MyDB"
 
+END_COLUMN = "ssl_photoz_end"  # constant last column of every download: a cut row loses it
+
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _TABLE = re.compile(rf"(?:mydb\.(?:dbo\.)?)?({_NAME})", re.IGNORECASE)
-_INTO = re.compile(rf"\bINTO\s+(?:mydb\.(?:dbo\.)?)?\[?({_NAME})\]?", re.IGNORECASE)
-_ORDER_BY = re.compile(rf"{_NAME}(?:\s*,\s*{_NAME})*")
+_COLUMN = re.compile(_NAME)
 
 
 class JobStatus(IntEnum):
@@ -130,12 +147,6 @@ def _plain_table(table: str) -> str:
     if not match:
         raise ValueError(f"not a MyDB table name: {table!r}")
     return match.group(1)
-
-
-def into_table(sql: str) -> str | None:
-    """The MyDB table a ``SELECT ... INTO MyDB.t`` query writes, or None."""
-    match = _INTO.search(sql)
-    return match.group(1) if match else None
 
 
 class CasJobsClient:
@@ -217,19 +228,36 @@ class CasJobsClient:
     ) -> pd.DataFrame:
         """Run `sql` (which writes ``INTO MyDB.<table>``) as a batch job and download the table.
 
-        `table` defaults to the one named after INTO. With `drop_existing`, an old table of that
-        name is dropped first (CasJobs refuses to SELECT INTO an existing table). `order_by`
-        (unique column(s)) is needed only when the table has more than `page_rows` rows.
+        The table is the one the parsed SQL names after INTO; `table`, if given, must agree with
+        it (it is needed only when the SQL cannot be parsed). With `drop_existing`, an old table of
+        that name, and only that one, is dropped first (CasJobs refuses to SELECT INTO an
+        existing table). `order_by` (one column, unique in the table) is needed when the table has
+        more than `page_rows` rows; its uniqueness is checked on the server before paging.
         """
-        name = _plain_table(table) if table else into_table(sql)
-        if name is None:
-            raise ValueError("the query has no INTO MyDB.<table>; pass table=")
+        name = self._target_table(sql, table)
         self.check_auth()
         if drop_existing:
             self.drop_table(name)
         job_id = self.submit(sql)
         self.wait(job_id, sql=sql)
         return self.download_table(name, order_by=order_by)
+
+    @staticmethod
+    def _target_table(sql: str, table: str | None) -> str:
+        try:
+            parsed = into_table(sql)
+        except ValueError:
+            if table is None:
+                raise
+            parsed = None  # not sqlglot-readable T-SQL: trust the caller's table
+            log.warning("could not parse the query to check its INTO table; using %s", table)
+        else:
+            if parsed is None:
+                raise ValueError("the query has no INTO MyDB.<table> clause")
+        name = _plain_table(table) if table else parsed
+        if parsed is not None and name.lower() != parsed.lower():
+            raise ValueError(f"table={table!r} but the query writes INTO MyDB.{parsed}")
+        return name
 
     # --- single steps ---------------------------------------------------------------------
 
@@ -309,16 +337,19 @@ class CasJobsClient:
         self._call("DELETE", JOB_PATH.format(job_id=int(job_id)), what="cancel job")
 
     def quick_query(self, sql: str, context: str = MYDB) -> pd.DataFrame:
-        """A synchronous query (CasJobs "quick" query, short time limit); returns its table."""
-        response = self._call(
+        """A synchronous query (CasJobs "quick" query, short time limit); returns its table.
+
+        A truncated answer (see the module docstring) is asked again, like a transient error.
+        """
+        return self._call(
             "POST",
             QUICK_QUERY_PATH.format(context=context),
             what="quick query",
             json_body={"Query": sql, "TaskName": self.task_name},
             accept=CSV_ACCEPT,
             sql=sql,
+            read=lambda response: read_casjobs_csv(response, sql=sql),
         )
-        return parse_skyserver_csv(response.text, sql=sql)
 
     def drop_table(self, table: str) -> None:
         """Drop a MyDB table if it exists."""
@@ -337,36 +368,75 @@ class CasJobsClient:
     def download_table(self, table: str, *, order_by: str | None = None) -> pd.DataFrame:
         """Download a MyDB table; pages of `page_rows` rows (ordered by `order_by`) when large.
 
-        The row count is asked first and every page, and the total, are checked against it.
+        The row count is asked first and every page, and the total, are checked against it (a
+        short answer is asked again, then fails). Before paging, the server counts the distinct
+        values of `order_by`: a key that is not unique (or has NULLs) would make the pages overlap
+        and miss rows, so it is refused. Every answer carries the constant column `END_COLUMN`,
+        which must arrive whole in every row.
         """
         name = _plain_table(table)
-        counted = self.quick_query(f"SELECT COUNT_BIG(*) AS n FROM {name}")
+        key = order_by.strip() if order_by else None
+        if key is not None and not _COLUMN.fullmatch(key):
+            raise ValueError(f"order_by must be one column name, got {order_by!r}")
+        distinct = f", COUNT_BIG(DISTINCT {key}) AS n_keys" if key else ""
+        counted = self._download(
+            f"SELECT COUNT_BIG(*) AS n_rows{distinct}, 1 AS {END_COLUMN} FROM {name}", rows=1
+        )
         expected = int(counted.iloc[0, 0])
         if expected <= self.page_rows:
-            frame = self.quick_query(f"SELECT * FROM {name}")
-            self._check_rows(name, len(frame), expected)
-            return frame
-        if order_by is None or not _ORDER_BY.fullmatch(order_by.strip()):
+            return self._download(f"SELECT *, 1 AS {END_COLUMN} FROM {name}", rows=expected)
+        if key is None:
             raise ValueError(
                 f"MyDB.{name} has {expected} rows, more than page_rows={self.page_rows}: pass "
-                "order_by=<unique column(s)> so that pages are well defined"
+                "order_by=<a unique column> so that pages are well defined"
+            )
+        keys = int(counted.iloc[0, 1])
+        if keys != expected:
+            raise CasJobsError(
+                f"cannot page MyDB.{name} by {key}: {keys} distinct non-NULL values in "
+                f"{expected} rows, so pages ordered by it would overlap and miss rows; "
+                "page by a column that is unique in this table"
             )
         pages = []
         for start in range(0, expected, self.page_rows):
             size = min(self.page_rows, expected - start)
-            page = self.quick_query(
-                f"SELECT * FROM {name} ORDER BY {order_by} "
-                f"OFFSET {start} ROWS FETCH NEXT {size} ROWS ONLY"
+            page = self._download(
+                f"SELECT *, 1 AS {END_COLUMN} FROM {name} ORDER BY {key} "
+                f"OFFSET {start} ROWS FETCH NEXT {size} ROWS ONLY",
+                rows=size,
             )
-            self._check_rows(f"{name} rows {start}..{start + size - 1}", len(page), size)
             pages.append(page)
             log.info("MyDB.%s: downloaded %d of %d rows", name, start + size, expected)
         frame = pd.concat(pages, ignore_index=True)
         self._check_rows(name, len(frame), expected)
-        keys = [c.strip() for c in order_by.split(",")]
-        if set(keys) <= set(frame.columns) and frame.duplicated(subset=keys).any():
-            raise CasJobsError(f"order_by={order_by!r} is not unique in MyDB.{name}: pages overlap")
+        if key not in frame.columns:
+            raise CasJobsError(f"MyDB.{name}: the download has no column {key}")
+        if frame[key].duplicated().any():  # the server said unique: the pages disagree
+            raise CasJobsError(f"MyDB.{name}: pages ordered by {key} overlap")
         return frame
+
+    def _download(self, sql: str, *, rows: int) -> pd.DataFrame:
+        """A quick query in MyDB whose last column is the constant END_COLUMN and which must
+        answer `rows` rows. Any answer that fails these checks is taken for a cut one and asked
+        again (a body cut exactly between rows shows only in the row count)."""
+
+        def read(response: requests.Response) -> pd.DataFrame:
+            frame = _strip_end_column(read_casjobs_csv(response, sql=sql))
+            if len(frame) != rows:
+                raise TruncatedResponseError(
+                    f"downloaded {len(frame)} rows, expected {rows}: {sql_head(sql, 120)}"
+                )
+            return frame
+
+        return self._call(
+            "POST",
+            QUICK_QUERY_PATH.format(context=MYDB),
+            what="download",
+            json_body={"Query": sql, "TaskName": self.task_name},
+            accept=CSV_ACCEPT,
+            sql=sql,
+            read=read,
+        )
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -404,10 +474,18 @@ class CasJobsClient:
         accept: str = "application/json",
         idempotent: bool = True,
         sql: str = "",
-    ) -> requests.Response:
-        """One REST call with retries; returns a 2xx response or raises one of our errors."""
+        read: Callable[[requests.Response], Any] | None = None,
+    ):
+        """One REST call with retries; returns a 2xx response, or what `read` makes of it, or
+        raises one of our errors. `read` runs inside the retries: a TransientError it raises
+        (a truncated body) asks again."""
+
+        def attempt():
+            response = self._attempt(method, path, what, json_body, accept, idempotent, sql)
+            return response if read is None else read(response)
+
         return call_with_retries(
-            lambda: self._attempt(method, path, what, json_body, accept, idempotent, sql),
+            attempt,
             what=f"CasJobs {what}",
             retries=self.retries,
             backoff_s=self.backoff_s,
@@ -443,7 +521,9 @@ class CasJobsClient:
         message = self._redact(readable_message(response.text)) or f"HTTP {status}"
         if status in (401, 403):
             raise CasJobsAuthError(f"CasJobs {what}: token rejected (HTTP {status}): {message}")
-        if looks_like_sql_error(message) or (status == 400 and sql):
+        # CasJobs reports SQL errors as JSON with "Error Type": "SqlException" (often HTTP 500).
+        sql_exception = "sqlexception" in response.text[:2000].lower()
+        if looks_like_sql_error(message) or sql_exception or (status == 400 and sql):
             raise QueryError(message, sql, status)
         retryable = status in (429, 503) or (idempotent and (status >= 500 or status == 408))
         if retryable:
@@ -451,3 +531,35 @@ class CasJobsClient:
                 f"CasJobs {what}: HTTP {status}: {message[:300]}", retry_after_seconds(response)
             )
         raise CasJobsError(f"CasJobs {what}: HTTP {status}: {message}")
+
+
+def read_casjobs_csv(response: requests.Response, *, sql: str = "") -> pd.DataFrame:
+    """Parse CasJobs' text/plain answer (header line, rows; no ``#Table1`` line needed).
+
+    Raises `TruncatedResponseError` when the body is shorter than an announced Content-Length or
+    a row has the wrong number of fields; a missing final newline is not an error.
+    """
+    announced = response.headers.get("Content-Length", "")
+    encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+    if announced.isdigit() and not encoded and int(announced) != len(response.content):
+        raise TruncatedResponseError(
+            f"body has {len(response.content)} bytes, Content-Length said {announced}"
+        )
+    try:
+        text = response.content.decode("utf-8")
+    except UnicodeDecodeError:
+        text = response.content.decode("latin-1")
+    if text.strip() and not text.endswith("\n"):
+        text += "\n"  # the parser below is SkyServer's, which wants every line ended
+    return parse_skyserver_csv(text, sql=sql)
+
+
+def _strip_end_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """Check the constant last column that every download asks for, then remove it."""
+    if len(frame.columns) == 0 or frame.columns[-1] != END_COLUMN:
+        raise TruncatedResponseError(f"the answer does not end with the column {END_COLUMN}")
+    end = frame.iloc[:, -1]
+    if len(frame) and not (end.notna().all() and (end == 1).all()):
+        bad = int((end.isna() | (end != 1)).to_numpy().argmax())
+        raise TruncatedResponseError(f"data row {bad + 1} was cut (its {END_COLUMN} is not 1)")
+    return frame.drop(columns=END_COLUMN)

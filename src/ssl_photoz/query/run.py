@@ -72,11 +72,18 @@ def objid_edges(runs_per_range: int, rerun: int = 301) -> list[int]:
 
 
 def run_query(
-    sample: str, query_cfg: dict, sky_db: Path | None = None, sql_path: Path | None = None
+    sample: str,
+    query_cfg: dict,
+    sky_db: Path | None = None,
+    sql_path: Path | None = None,
+    *,
+    client=None,
 ) -> tuple[pd.DataFrame, dict]:
     """Fetch one sample (``labeled`` or ``unlabeled``); returns the rows and their provenance.
 
-    ``sql_path`` is the query file (the rule's input); the packaged copy when omitted."""
+    ``sql_path`` is the query file (the rule's input); the packaged copy when omitted. ``client``
+    is a ready `SkyServerClient` or `CasJobsClient` for the network backends (tests pass one
+    pointed at a loopback server); by default one is built from ``query_cfg``."""
     query = load_query(sample, sql_path)
     backend = query_cfg["backend"]
     started = time.perf_counter()
@@ -92,7 +99,7 @@ def run_query(
     elif backend == "skyserver":
         from .skyserver import SkyServerClient
 
-        client = SkyServerClient(
+        client = client or SkyServerClient(
             base_url=query_cfg.get("skyserver_url"), data_release=query_cfg["data_release"]
         )
         frame = client.query_ranges(
@@ -102,13 +109,23 @@ def run_query(
     elif backend == "casjobs":
         from .casjobs import CasJobsClient
 
-        client = CasJobsClient(
+        client = client or CasJobsClient(
             base_url=query_cfg["casjobs_url"],
             token_env=query_cfg["casjobs_token_env"],
             context=f"DR{query_cfg['data_release']}",
         )
-        frame = client.query(query.text, order_by="objID", drop_existing=True)
-        details = client.provenance()
+        # The table and the paging key come from the parsed query: MyDB.ssl_photoz_<sample>,
+        # paged by a column unique in it (specObjID for the labeled sample, whose objIDs repeat
+        # for repeat spectra). Only that table is dropped before the job recreates it.
+        frame = client.query(
+            query.text, query.into_table, order_by=query.row_key, drop_existing=True
+        )
+        details = {
+            **client.provenance(),
+            "mydb_table": query.into_table,
+            "row_key": query.row_key,
+            "page_rows": client.page_rows,
+        }
     else:  # the schema forbids this; keep the error explicit anyway
         raise ValueError(f"query.backend: unknown backend {backend!r}")
     record = {

@@ -1,0 +1,248 @@
+"""Both catalogue queries, as packaged, through the CasJobs backend end to end.
+
+`run_query` drives `CasJobsClient` against `loopback_server.CasJobsEmulator`, which keeps MyDB
+between requests and runs the submitted T-SQL with DuckDB on a small synthetic SDSS (built here:
+galaxies, stars, repeat spectra, objects failing each cut). The labeled table holds repeat
+spectra, so objID repeats there, and it is several pages long (`PAGE_ROWS`). MyDB also holds two
+tables of the user's, one of them named ``CasJobs`` (the word a comment of labeled.sql puts
+after "into"), which must come through every run untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from loopback_server import CasJobsEmulator, LoopbackServer
+
+from ssl_photoz.query.casjobs import CasJobsClient, CasJobsError, CasJobsJobError
+from ssl_photoz.query.run import run_duckdb, run_query
+from ssl_photoz.query.sql import load_query
+
+TOKEN = "e2e-T0KEN-1d2c"
+PAGE_ROWS = 9
+CFG = {"backend": "casjobs", "data_release": 12}
+USER_TABLE = pd.DataFrame({"id": [1, 2, 3], "note": ["mine", "keep", "me"]})
+USER_TABLES = ("CasJobs", "ssl_photoz_notes")
+
+
+def synthetic_sdss(seed: int = 5) -> dict[str, pd.DataFrame]:
+    """PhotoObjAll, Photoz, SpecObjAll and galSpecInfo with the columns the queries read."""
+    rng = np.random.default_rng(seed)
+    n = 120
+    objid = 1237650000000000000 + rng.permutation(n).astype(np.int64) * 4099 + 7
+
+    def mags(base):
+        return np.round(base + rng.normal(0, 0.5, n), 5)
+
+    r = np.round(rng.uniform(14.0, 18.6, n), 5)
+    photo = {
+        "objID": objid,
+        "ra": np.round(rng.uniform(150, 151, n), 7),
+        "dec": np.round(rng.uniform(20, 21, n), 7),
+        "l": np.round(rng.uniform(0, 360, n), 7),
+        "b": np.round(rng.uniform(-90, 90, n), 7),
+        "run": np.full(n, 3900, np.int64),
+        "rerun": np.full(n, 301, np.int64),
+        "camcol": rng.integers(1, 7, n),
+        "field": rng.integers(11, 400, n),
+        "obj": rng.integers(1, 900, n),
+        "type": np.where(rng.random(n) < 0.85, 3, 6),
+        "mode": np.where(rng.random(n) < 0.92, 1, 2),
+        "clean": np.where(rng.random(n) < 0.93, 1, 0),
+        "insideMask": np.where(rng.random(n) < 0.95, 0, 4),
+        "flags": rng.integers(0, 2**40, n),
+    }
+    for band, offset in zip("ugriz", (1.8, 0.7, 0.0, -0.4, -0.7), strict=True):
+        photo[f"petroMag_{band}"] = r if band == "r" else mags(r + offset)
+    for band in "ugriz":
+        photo[f"petroMagErr_{band}"] = np.round(rng.uniform(0.005, 0.3, n), 6)
+    for band in "ugriz":
+        photo[f"modelMag_{band}"] = mags(photo[f"petroMag_{band}"])
+    for band in "ugriz":
+        photo[f"extinction_{band}"] = np.round(rng.uniform(0.0, 0.25, n), 6)
+    photo["petroR50_r"] = np.round(rng.uniform(0.8, 6.0, n), 5)
+    photo = pd.DataFrame(photo)
+
+    with_pz = np.arange(n) % 17 != 0  # a few objects without a photo-z
+    photoz = pd.DataFrame(
+        {
+            "objID": objid[with_pz],
+            "z": np.round(rng.uniform(0.0, 0.6, with_pz.sum()), 6),
+            "zErr": np.round(rng.uniform(0.005, 0.05, with_pz.sum()), 6),
+        }
+    )
+
+    # Spectra of the first 70 objects; 25 of them observed twice (repeat spectra).
+    first = np.arange(70)
+    repeat = rng.choice(first, 25, replace=False)
+    owner = np.concatenate([first, repeat])
+    m = len(owner)
+    spec = pd.DataFrame(
+        {
+            "specObjID": 2990000000000000000 + rng.permutation(m).astype(np.int64) * 8192,
+            "bestObjID": objid[owner],
+            "z": np.round(rng.uniform(-0.01, 0.45, m), 6),
+            "zErr": np.round(rng.uniform(1e-5, 1e-3, m), 8),
+            "zWarning": np.where(rng.random(m) < 0.92, 0, 4),
+            "sciencePrimary": np.r_[np.ones(len(first), np.int64), np.zeros(len(repeat), np.int64)],
+            "targetType": np.where(rng.random(m) < 0.95, "SCIENCE", "SKY"),
+            "survey": np.where(rng.random(m) < 0.93, "sdss", "boss"),
+            "class": np.where(rng.random(m) < 0.93, "GALAXY", "QSO"),
+        }
+    )
+    galspec = pd.DataFrame(
+        {
+            "specObjID": spec["specObjID"],
+            "primtarget": np.where(rng.random(m) < 0.92, 64, 0),
+            "e_bv_sfd": np.round(rng.uniform(0.0, 0.1, m), 6),
+        }
+    )
+    return {"PhotoObjAll": photo, "Photoz": photoz, "SpecObjAll": spec, "galSpecInfo": galspec}
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    tables = synthetic_sdss()
+    path = tmp_path_factory.mktemp("casjobs_sky") / "sdss.duckdb"
+    con = duckdb.connect(str(path))
+    for name, frame in tables.items():
+        con.register("incoming", frame)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming')
+        con.unregister("incoming")
+    con.close()
+    return path, tables
+
+
+@pytest.fixture
+def casjobs(sky):
+    with LoopbackServer() as server:
+        tables = {name: USER_TABLE for name in USER_TABLES}
+        yield CasJobsEmulator(server, sky_db=sky[0], token=TOKEN, tables=tables)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_client(emulator: CasJobsEmulator, page_rows: int = PAGE_ROWS) -> CasJobsClient:
+    clock = FakeClock()
+    client = CasJobsClient(
+        base_url=emulator.server.url,
+        token=TOKEN,
+        context="DR12",
+        page_rows=page_rows,
+        poll_interval_s=5.0,
+        retries=1,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    client._session.trust_env = False
+    return client
+
+
+def expected_specobjids(tables) -> list[int]:
+    """The labeled query's conditions applied with pandas, not SQL."""
+    m = (
+        tables["SpecObjAll"]
+        .merge(tables["PhotoObjAll"], left_on="bestObjID", right_on="objID")
+        .merge(tables["galSpecInfo"], on="specObjID")
+    )
+    m = m[m["objID"].isin(tables["Photoz"]["objID"])]
+    keep = (
+        (m["z"] > 0)
+        & (m["zWarning"] == 0)
+        & (m["targetType"] == "SCIENCE")
+        & (m["survey"] == "sdss")
+        & (m["class"] == "GALAXY")
+        & (m["primtarget"] >= 64)
+        & (m["clean"] == 1)
+        & (m["insideMask"] == 0)
+        & (m["petroMag_r"] - m["extinction_r"] <= 17.8)
+        & (m["z"] <= 0.4)
+    )
+    return sorted(m.loc[keep, "specObjID"])
+
+
+def drops(emulator: CasJobsEmulator) -> list[str]:
+    return [q for q in emulator.quick_queries() if "DROP" in q.upper()]
+
+
+def assert_user_tables_untouched(emulator: CasJobsEmulator) -> None:
+    for name in USER_TABLES:
+        pd.testing.assert_frame_equal(emulator.table(name), USER_TABLE)
+
+
+@pytest.mark.parametrize("sample", ["labeled", "unlabeled"])
+def test_packaged_query_end_to_end_in_pages(casjobs, sky, sample):
+    query = load_query(sample)
+    table, key = query.into_table, query.row_key
+    reference = run_duckdb(query, sky[0]).sort_values(key, ignore_index=True)
+    n = len(reference)
+    assert n > 2 * PAGE_ROWS  # several pages, the last one partial or not
+    if sample == "labeled":
+        assert reference["specObjID"].tolist() == expected_specobjids(sky[1])
+        assert reference["objID"].duplicated().sum() >= 2  # repeat spectra: objID repeats
+
+    client = make_client(casjobs)
+    frame, record = run_query(sample, CFG, client=client)
+
+    pd.testing.assert_frame_equal(frame, reference)
+    assert frame[key].is_unique and frame["objID"].dtype == np.int64
+    assert record["rows"] == n and record["mydb_table"] == table and record["row_key"] == key
+    quick = casjobs.quick_queries()
+    pages = [q for q in quick if "OFFSET" in q]
+    assert len(pages) == math.ceil(n / PAGE_ROWS)
+    assert all(f"FROM {table} ORDER BY {key} OFFSET" in q for q in pages)
+    assert any(f"COUNT_BIG(DISTINCT {key})" in q for q in quick)  # uniqueness asked, not assumed
+    assert [sql for context, sql in casjobs.statements if context == "DR12"] == [query.text]
+    assert drops(casjobs) == [f"IF OBJECT_ID('{table}', 'U') IS NOT NULL DROP TABLE {table}"]
+    assert set(casjobs.mydb_tables()) == {*USER_TABLES, table}  # the result stays in MyDB
+    assert len(casjobs.table(table)) == n
+    assert_user_tables_untouched(casjobs)
+
+
+def test_rerun_drops_only_its_own_table(casjobs):
+    first, _ = run_query("labeled", CFG, client=make_client(casjobs))
+    second, _ = run_query("labeled", CFG, client=make_client(casjobs))
+
+    pd.testing.assert_frame_equal(first, second)
+    assert [job["Status"] for job in casjobs.jobs.values()] == [5, 5]
+    own = "IF OBJECT_ID('ssl_photoz_labeled', 'U') IS NOT NULL DROP TABLE ssl_photoz_labeled"
+    assert drops(casjobs) == [own, own]
+    assert set(casjobs.mydb_tables()) == {*USER_TABLES, "ssl_photoz_labeled"}
+    assert_user_tables_untouched(casjobs)
+
+
+def test_the_emulator_answers_the_old_mistakes_as_casjobs_would(casjobs):
+    """What the two bugs did, step by step: the emulator makes each one fail or cost data."""
+    query = load_query("labeled")
+    client = make_client(casjobs)
+    # A SELECT INTO an existing table fails, as SQL Server's "object already exists".
+    client.wait(client.submit(query.text))
+    with pytest.raises(CasJobsJobError, match="already an object named 'ssl_photoz_labeled'"):
+        client.wait(client.submit(query.text))
+    # Paging the labeled table by objID is refused: it repeats there.
+    with pytest.raises(CasJobsError, match="cannot page MyDB.ssl_photoz_labeled by objID"):
+        client.download_table("ssl_photoz_labeled", order_by="objID")
+    # Dropping a wrongly read name costs the user's table of that name.
+    client.drop_table("CasJobs")
+    assert "CasJobs" not in casjobs.mydb_tables()
+
+
+def test_a_small_table_comes_in_one_answer(casjobs):
+    client = make_client(casjobs, page_rows=10_000)
+    frame, record = run_query("unlabeled", CFG, client=client)
+    downloads = [q for q in casjobs.quick_queries() if q.startswith("SELECT *")]
+    assert downloads == ["SELECT *, 1 AS ssl_photoz_end FROM ssl_photoz_unlabeled"]
+    assert len(frame) == record["rows"] > 2 * PAGE_ROWS
