@@ -21,12 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-# Real data shared by the project: Path(__file__).parents[1] is the project root.
-REAL_DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "real"
+# Real data vendored for the tests (tests/data/real/MANIFEST.md).
+REAL_DATA = Path(__file__).parent / "data" / "real"
 
 
 def real_file(*parts: str) -> str:
-    """Text of a file under shared/data/real (e.g. real_file("astroquery", "xid_im.txt"))."""
+    """Text of a file under tests/data/real (e.g. real_file("astroquery", "xid_im.txt"))."""
     return REAL_DATA.joinpath(*parts).read_text()
 
 

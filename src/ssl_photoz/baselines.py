@@ -1,7 +1,7 @@
 """Colours-only photo-z: k-nearest neighbours on standardised (r, u-g, g-r, r-i, i-z).
 
 The reference point every image model is compared with: on real MGS galaxies it gives
-sigma_MAD about 0.0136 (../shared/data/real/MANIFEST.md).
+sigma_MAD about 0.0136 (src/ssl_photoz/data/real/MANIFEST.md).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ PAPER_ROWS = [
 ]
 PAPER_SAMPLE = {"train": 399_984, "val": 102_993, "unlabeled": 1_194_779}
 PAPER_LABEL_EFFICIENCY = "2-4x fewer labels for the same sigma_MAD (Hayat et al. 2021)"
-# Our colours-only 10-NN on real SDSS (a held-back fifth of ../shared/data/real/mlz/SDSS_MGS.train),
+# Our colours-only 10-NN on real SDSS (a held-back fifth of the packaged real MGS sample),
 # measured by tests/test_evaluate.py: what colours alone give on real MGS galaxies.
 REAL_MGS_COLOURS_KNN = 0.0159
 

@@ -20,7 +20,7 @@ from . import conditions, dust
 from .footprint import CAMCOLS, FIELD_STEP_DEG, FRAME_HEIGHT_DEG, FRAME_WIDTH_DEG, Footprint
 
 # Effective 5-sigma depths for galaxy model magnitudes, from the errors of real MGS galaxies
-# (../shared/data/real/mlz/SDSS_MGS.train: e.g. 0.006 mag at r = 17.3, 0.064 at u = 19.7).
+# (ssl_photoz/data/real/mlz/SDSS_MGS.train.gz: e.g. 0.006 mag at r = 17.3, 0.064 at u = 19.7).
 GALAXY_DEPTH = np.array([21.0, 21.7, 21.2, 20.85, 19.65])
 # Point-source 5-sigma depths of SDSS imaging (u g r i z).
 PSF_DEPTH = np.array([22.0, 22.2, 22.2, 21.3, 20.5])

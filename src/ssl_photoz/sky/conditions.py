@@ -2,8 +2,9 @@
 
 One place for the numbers that both the catalogue (photometric errors, calibration offsets) and the
 frame renderer (PSF, noise, counts) use, so the two never disagree. Per-band reference values were
-measured on the real frames of field 4510-4-0030 (../shared/data/real/sdss_frames_004510-4-0030):
-robust background sigma in nanomaggies per pixel and the NMGY calibration keyword.
+measured on the whole real frames of field 4510-4-0030 (a strip of them is packaged in
+ssl_photoz/data/real/sdss_frames_004510-4-0030): robust background sigma in nanomaggies per
+pixel and the NMGY calibration keyword.
 """
 
 from __future__ import annotations
