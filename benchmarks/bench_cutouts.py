@@ -26,9 +26,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from MontagePy.main import mProjectPP
 
 from ssl_photoz.montage import BANDS, check_status, cutout, prepare_frame, write_header
-
-ROOT = Path(__file__).resolve().parents[1]
-FIELD_DIR = ROOT / ".." / "shared" / "data" / "real" / "sdss_frames_004510-4-0030"
+from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
 
 
 def pick_objects(frame: Path, catalogue: Path, n: int) -> list[tuple[float, float]]:
@@ -36,11 +34,13 @@ def pick_objects(frame: Path, catalogue: Path, n: int) -> list[tuple[float, floa
     table = fits.getdata(catalogue)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(fits.getheader(frame))
+        header = fits.getheader(frame)
+    wcs = WCS(header)
+    width, height = header["NAXIS1"], header["NAXIS2"]
     keep = np.asarray(table["FIELD"]) == 30
     ra, dec = np.asarray(table["RA"])[keep], np.asarray(table["DEC"])[keep]
     x, y = wcs.all_world2pix(ra, dec, 0)
-    inside = (x > 90) & (x < 2048 - 90) & (y > 90) & (y < 1489 - 90)
+    inside = (x > 90) & (x < width - 90) & (y > 90) & (y < height - 90)
     return list(zip(ra[inside][:n].tolist(), dec[inside][:n].tolist(), strict=True))
 
 
@@ -58,15 +58,24 @@ def naive_cutout(ra: float, dec: float, frames: dict[str, Path], work: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=30)
+    parser.add_argument(
+        "--field-dir",
+        type=Path,
+        help="folder with the five frame-*-004510-4-0030.fits.bz2 and the calibObj (default: the "
+        "packaged 896-column strip; the numbers in docs/benchmarks.md before 2026-11-29 used the "
+        "whole 2048-column frames)",
+    )
     args = parser.parse_args()
+    field_dir = args.field_dir or real_path(*FRAMES_4510_4_0030)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         raw = {}
         for band in BANDS:  # decompression is needed by both methods: not timed
             raw[band] = tmp / f"frame-{band}-004510-4-0030.fits"
-            with bz2.open(FIELD_DIR / f"{raw[band].name}.bz2") as fin, open(raw[band], "wb") as f:
+            with bz2.open(field_dir / f"{raw[band].name}.bz2") as fin, open(raw[band], "wb") as f:
                 shutil.copyfileobj(fin, f)
-        objects = pick_objects(raw["r"], FIELD_DIR / "calibObj-004510-4-star.fits.gz", args.objects)
+        calib = field_dir / "calibObj-004510-4-star.fits.gz"
+        objects = pick_objects(raw["r"], calib, args.objects)
         work = tmp / "work"
         work.mkdir()
 

@@ -3,11 +3,12 @@
     python benchmarks/bench_select.py                     # 0.55 M labeled + 1.2 M unlabeled rows
     python benchmarks/bench_select.py --labeled 55000 --unlabeled 120000
 
-The synthetic catalogue has every column of src/ssl_photoz/query/queries/{labeled,unlabeled}.sql, about 8 %
-repeat spectra, a third of the unlabeled rows also in the labeled query, positions over the
-whole sky (so the latitude cut bites) and a sprinkling of NaN / -9999 values. It is built and
-selected in a fresh child process, so ru_maxrss is that run's own peak; the peak before
-select_catalog (the inputs alone) is reported beside it. Results go to stdout as one table row.
+The synthetic catalogue has every column of the packaged queries (src/ssl_photoz/query/queries/
+{labeled,unlabeled}.sql), about 8 % repeat spectra, a third of the unlabeled rows also in the
+labeled query, positions over the whole sky (so the latitude cut bites) and a sprinkling of
+NaN / -9999 values. It is built and selected in a fresh child process, so ru_maxrss is that
+run's own peak; the peak before select_catalog (the inputs alone) is reported beside it.
+Results go to stdout as one table row.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def synthetic_catalog(n_labeled: int, n_unlabeled: int, seed: int = 0):
     }
     colour = np.array([1.8, 0.8, 0.0, -0.4, -0.7])
     for k, band in enumerate(BANDS):
-        ext = ext_r * (np.array([4.239, 3.303, 2.285, 1.698, 1.263])[k] / 2.285)
+        # SDSS's extinction_x: SFD98 coefficients times E(B-V) (ssl_photoz.extinction)
+        ext = ext_r * (np.array([5.155, 3.793, 2.751, 2.086, 1.479])[k] / 2.751)
         photo[f"petroMag_{band}"] = r0 + colour[k] + ext + rng.normal(0, 0.1, n_obj)
         photo[f"petroMagErr_{band}"] = rng.uniform(0.005, 0.1, n_obj)
         photo[f"modelMag_{band}"] = photo[f"petroMag_{band}"] - 0.1
