@@ -475,6 +475,15 @@ def _print_validation(sky_dir: Path, report: str | None) -> bool:
     return all(c.passed for c in checks)
 
 
+def cmd_gpu_run(args: argparse.Namespace) -> int:
+    """COMMAND on free GPUs of this machine, CUDA_VISIBLE_DEVICES set; its exit status."""
+    from .gpu_slots import gpu_run
+
+    return gpu_run(
+        args.command, args.gpus, args.ids, args.lock_dir, args.timeout, torchrun=args.torchrun
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssl-photoz",
@@ -670,6 +679,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "gpu-run",
+        help="run COMMAND on free GPUs of this machine, one card per job (the training rules)",
+        description="Take N free GPU ids (lock files, released when the job ends however it "
+        "ends), run COMMAND with CUDA_VISIBLE_DEVICES set to them, exit with its status. An "
+        "already set CUDA_VISIBLE_DEVICES (SLURM) is kept; with no GPU, COMMAND runs unchanged.",
+    )
+    p.add_argument("--gpus", type=int, default=1, help="cards for this job (default: 1)")
+    p.add_argument(
+        "--ids",
+        help="the pool, e.g. 0,1,2,3 (or none); default: $SSL_PHOTOZ_GPU_IDS, else nvidia-smi",
+    )
+    p.add_argument(
+        "--lock-dir",
+        help="lock files, shared by the jobs of the machine "
+        "(default: $SSL_PHOTOZ_GPU_LOCK_DIR, else .snakemake/gpu-slots)",
+    )
+    p.add_argument("--timeout", type=float, help="give up (exit 75) after this many seconds")
+    p.add_argument(
+        "--torchrun",
+        action="store_true",
+        help="given several cards, run COMMAND once per card under torchrun (DDP pretraining)",
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    p.set_defaults(func=cmd_gpu_run)
     return parser
 
 
