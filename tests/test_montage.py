@@ -315,20 +315,28 @@ def test_patch_off_the_footprint_is_incomplete_and_names_the_band(frames, tmp_pa
     with pytest.raises(IncompleteCutout, match="band g.*not covered"):
         cutout_band(ra, dec, [frames["g"]], tmp_path, objid=5, band="g")
     by_band = {band: [path] for band, path in frames.items()}
-    with pytest.raises(IncompleteCutout, match="band u"):  # the first band that fails
+    with pytest.raises(IncompleteCutout) as err:  # every band that fails, not just the first
         cutout(ra, dec, by_band, tmp_path, objid=5)
+    assert err.value.band == "u" and list(err.value.shortfall) == list(BANDS)
+    for band in BANDS:
+        short = err.value.shortfall[band]
+        # centre 10 rows from the edge: roughly 43 of the 107 rows have no data
+        assert 30 * 107 < short < 55 * 107, (band, short)
+        assert f"band {band}: {short} of 11449 pixels not covered" in err.value.reason
+    assert err.value.reason.startswith("patch not covered in 5 of 5 bands")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_nan_pixels_in_the_frame_make_the_cutout_incomplete(frames, tmp_path):
     with fits.open(frames["i"]) as hdul:
         header, data = hdul[0].header.copy(), hdul[0].data.copy()
-    data[700:720, MID_X - 10 : MID_X + 10] = np.nan  # an undefined patch of frame right under the object
+    data[700:720, MID_X - 10 : MID_X + 10] = np.nan  # undefined frame pixels under the object
     holed = tmp_path / "holed.fits"
     fits.PrimaryHDU(data=data, header=header).writeto(holed)
     ra, dec = (float(v) for v in _quiet_wcs(header).all_pix2world(MID_X, 710.0, 0))
-    with pytest.raises(IncompleteCutout, match="band i"):
+    with pytest.raises(IncompleteCutout, match="band i") as err:
         cutout_band(ra, dec, [holed], tmp_path / "work", objid=9, band="i")
+    assert 0 < err.value.shortfall["i"] < 30 * 30  # about the 20 x 20 frame pixels of the hole
 
 
 @pytest.mark.filterwarnings("ignore:File may have been truncated")
@@ -353,8 +361,9 @@ def test_corrupt_frames_raise_montage_error_naming_object_band_frame(frames, tmp
 
 def test_missing_band_is_incomplete(frames, tmp_path):
     by_band = {band: [path] for band, path in frames.items() if band != "z"}
-    with pytest.raises(IncompleteCutout, match="band.*z"):
+    with pytest.raises(IncompleteCutout, match="band.*z") as err:
         cutout(200.45, 36.81, by_band, tmp_path)
+    assert err.value.shortfall == {"z": 107 * 107}
 
 
 # ---------------------------------------------------------------- odd but valid headers

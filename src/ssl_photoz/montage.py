@@ -14,6 +14,11 @@ For each object and band:
    ``_cutout_band``). numpy rather than mAdd also because mAdd needs an ``mImgtbl`` table and two
    more FITS files per band, which here would cost more than the projection itself.
 
+Coverage decides whether there is a cut-out: an output pixel less than ``MIN_COVERAGE`` covered
+by frame data (or NaN) is never filled in; the object gets an ``IncompleteCutout`` that names
+every short band and how many of its pixels lack data. Which frames were passed does not matter,
+so a frame that does not exist (a neighbour past the end of a run) is simply not passed.
+
 Two Montage details matter:
 
 - ``mProjectPP`` leaves the outermost output rows/columns only partly covered even when the input
@@ -93,13 +98,35 @@ class MontageError(RuntimeError):
 
 
 class IncompleteCutout(Exception):
-    """The frames do not cover the whole patch (or leave NaN in it): no cut-out is made."""
+    """The frames do not cover the whole patch (or leave NaN in it): no cut-out is made.
 
-    def __init__(self, reason: str, objid=None, band=None):
+    ``shortfall`` maps every band that is short to the number of its output pixels without data
+    (covered less than ``MIN_COVERAGE``, or NaN), ``details`` to a phrase saying so and where;
+    ``band`` is the first short band. ``cutout`` raises one IncompleteCutout for the object that
+    names all its short bands, not just the first.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        objid=None,
+        band=None,
+        shortfall: Mapping | None = None,
+        details: Mapping | None = None,
+    ):
         self.reason = reason
         self.objid = objid
-        self.band = band
+        self.shortfall = dict(shortfall or {})
+        self.details = dict(details or {})
+        self.band = band if band is not None else next(iter(self.shortfall), None)
         super().__init__(f"object {objid}: {reason}")
+
+
+def _extent(mask: np.ndarray) -> str:
+    """Where the True pixels of a patch mask lie: its rows and columns (0-based, row 0 south)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return f"patch rows {rows[0]}-{rows[-1]}, columns {cols[0]}-{cols[-1]}"
 
 
 def check_status(status: Mapping, step: str, objid=None, band=None, frame=None) -> Mapping:
@@ -312,23 +339,32 @@ def _cutout_band(
         part_area += np.where(full, 0.0, area)
         used += 1
     if used == 0:
+        given = f"none of {len(frames)} frame(s) overlaps it" if frames else "no frame given"
+        detail = f"{size * size} of {size * size} pixels not covered ({given})"
         raise IncompleteCutout(
-            f"patch leaves the frames' footprint in band {band} (no frame overlaps it)",
+            f"patch leaves the frames' footprint in band {band}: {detail}",
             objid,
             band,
+            {band: size * size},
+            {band: detail},
         )
     inner = (slice(PAD, PAD + size), slice(PAD, PAD + size))
     full_sum, full_area = full_sum[inner], full_area[inner]
     part_sum, part_area = part_sum[inner], part_area[inner]
     has_full = full_area > 0
     fraction = np.where(has_full, 1.0, part_area / out_area_sr)
-    uncovered = int(np.count_nonzero(fraction < MIN_COVERAGE))
+    short = fraction < MIN_COVERAGE
+    uncovered = int(np.count_nonzero(short))
     if uncovered:
+        detail = (
+            f"{uncovered} of {size * size} pixels not covered by {used} frame(s) ({_extent(short)})"
+        )
         raise IncompleteCutout(
-            f"patch leaves the frames' footprint in band {band}: {uncovered} of {size * size} "
-            f"pixels not covered by {used} frame(s)",
+            f"patch leaves the frames' footprint in band {band}: {detail}",
             objid,
             band,
+            {band: uncovered},
+            {band: detail},
         )
     # Area-weighted mean, as mAdd does, except that frames covering a pixel completely are not
     # mixed with other frames' partial edge pixels: such a mix re-weights the sky inside the pixel
@@ -336,8 +372,16 @@ def _cutout_band(
     # them (abutting frames), the area-weighted mean of the parts is exactly the whole pixel.
     with np.errstate(invalid="ignore", divide="ignore"):
         image = np.where(has_full, full_sum / full_area, part_sum / part_area)
-    if not np.all(np.isfinite(image)):
-        raise IncompleteCutout(f"NaN pixels inside the patch in band {band}", objid, band)
+    bad = ~np.isfinite(image)
+    if bad.any():
+        detail = f"{int(np.count_nonzero(bad))} of {size * size} pixels NaN ({_extent(bad)})"
+        raise IncompleteCutout(
+            f"NaN pixels inside the patch in band {band}: {detail}",
+            objid,
+            band,
+            {band: int(np.count_nonzero(bad))},
+            {band: detail},
+        )
     return image.astype(np.float32)
 
 
@@ -379,30 +423,55 @@ def cutout(
     size: int = CUTOUT_SIZE,
     pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC,
 ) -> np.ndarray:
-    """(5, size, size) float32 cut-out in band order ugriz; errors as in cutout_band."""
+    """(5, size, size) float32 cut-out in band order ugriz.
+
+    Every band is tried even after one falls short, so that an IncompleteCutout names all the
+    short bands and how many pixels each lacks (``shortfall``). MontageError (an unreadable frame,
+    a failing Montage step) is raised at once, as in cutout_band.
+    """
     missing = [band for band in BANDS if band not in frames_by_band]
     if missing:
-        raise IncompleteCutout(f"no frames given for band(s) {', '.join(missing)}", objid)
+        raise IncompleteCutout(
+            f"no frames given for band(s) {', '.join(missing)}",
+            objid,
+            shortfall={band: size * size for band in missing},
+            details={band: "no frames given" for band in missing},
+        )
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="cutout-", dir=work_dir))
+    planes, short = [], []
     try:
         # One header serves all five bands: it depends only on the position.
         header = write_header(tmp / "patch.hdr", ra, dec, size + 2 * PAD, pixel_scale_arcsec)
-        planes = [
-            _cutout_band(
-                ra,
-                dec,
-                list(frames_by_band[band]),
-                header,
-                tmp,
-                size,
-                pixel_scale_arcsec,
-                objid,
-                band,
-            )
-            for band in BANDS
-        ]
+        for band in BANDS:
+            try:
+                planes.append(
+                    _cutout_band(
+                        ra,
+                        dec,
+                        list(frames_by_band[band]),
+                        header,
+                        tmp,
+                        size,
+                        pixel_scale_arcsec,
+                        objid,
+                        band,
+                    )
+                )
+            except IncompleteCutout as exc:
+                short.append(exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if short:
+        shortfall = {b: n for exc in short for b, n in exc.shortfall.items()}
+        details = {b: d for exc in short for b, d in exc.details.items()}
+        raise IncompleteCutout(
+            f"patch not covered in {len(short)} of {len(BANDS)} bands: "
+            + "; ".join(f"band {b}: {d}" for b, d in details.items()),
+            objid,
+            short[0].band,
+            shortfall,
+            details,
+        )
     return np.stack(planes)
