@@ -387,6 +387,12 @@ def test_dir_missing_frame_names_the_file(tmp_path):
     assert "frame-g-001000-1-0100.fits.bz2" in message
 
 
+def test_dir_missing_folder_is_an_error_not_absent_frames(tmp_path):
+    # Otherwise every frame would be "not found", i.e. absent, and every object a reject.
+    with pytest.raises(FileNotFoundError, match="cutouts.frame_dir"):
+        DirFrameSource(tmp_path / "no-such-folder", tmp_path / "work")
+
+
 def test_dir_corrupt_bz2_is_reported_and_leaves_nothing(tmp_path):
     folder = tmp_path / "frames"
     folder.mkdir()

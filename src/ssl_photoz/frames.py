@@ -15,6 +15,12 @@ Files a source writes into ``work_dir`` are reference-counted: fetching the same
 the same path, and the file goes when it has been released as many times as it was fetched (or
 when the source is closed). A source never deletes files it did not write (its cache, a user's
 folder).
+
+Two kinds of failure, which the cut-out stage treats differently: ``FrameNotFoundError`` says the
+frame does not exist at the source (no such file in ``dir``, HTTP 404 from the SAS, a field
+outside the mock sky), so the frame is absent and the cut-out's coverage decides; every other
+``FrameError`` (a corrupt or truncated file, HTTP 5xx after the retries, a time-out) says a frame
+that exists could not be read, and fails the job naming the frame.
 """
 
 from __future__ import annotations
@@ -571,8 +577,12 @@ class DirFrameSource(FrameSource):
     """
 
     def __init__(self, folder: str | os.PathLike, work_dir: str | os.PathLike):
+        folder = Path(folder)
+        if not folder.is_dir():
+            # Else every frame would be "not found", i.e. absent, and every object a reject.
+            raise FileNotFoundError(f"{folder}: the frame folder (cutouts.frame_dir) is missing")
         super().__init__(work_dir)
-        self.folder = Path(folder)
+        self.folder = folder
 
     def candidates(self, fid: FieldId, band: str) -> list[Path]:
         sub = self.folder / str(fid.run) / str(fid.camcol)
