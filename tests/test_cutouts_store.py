@@ -58,6 +58,26 @@ class FakeSource:
         self.held.discard(path)
 
 
+class PartialSource(FakeSource):
+    """Has the frames of even fields only; counts how often each frame is asked for."""
+
+    def __init__(self, broken: str | None = None):
+        super().__init__()
+        self.asked: dict[str, int] = {}
+        self.broken = broken
+
+    def fetch(self, fid, band, window=None):
+        from ssl_photoz.frames import CorruptFrameError, FrameNotFoundError
+
+        name = f"{fid.run}-{fid.camcol}-{fid.field}-{band}"
+        self.asked[name] = self.asked.get(name, 0) + 1
+        if name == self.broken:
+            raise CorruptFrameError(fid, band, "/frames", "bzip2 stream ends early")
+        if fid.field % 2:
+            raise FrameNotFoundError(fid, band, "/frames", "no file")
+        return super().fetch(fid, band, window)
+
+
 @pytest.fixture()
 def fake_montage(monkeypatch):
     """A stand-in for ssl_photoz.montage: deterministic images; objids ending in 7 fail."""
@@ -66,12 +86,15 @@ def fake_montage(monkeypatch):
         pass
 
     def cutout(ra, dec, frames_by_band, work_dir, objid=None):
+        module.calls.append(frames_by_band)
+        if not all(frames_by_band.values()):
+            raise IncompleteCutout(f"object {objid}: patch not covered in band u")
         if objid % 10 == 7:
             raise IncompleteCutout(f"object {objid}: patch leaves the footprint in band g")
         rng = np.random.default_rng(objid % (2**32))
         return rng.normal(size=(5, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
 
-    module = types.SimpleNamespace(cutout=cutout, IncompleteCutout=IncompleteCutout)
+    module = types.SimpleNamespace(cutout=cutout, IncompleteCutout=IncompleteCutout, calls=[])
     monkeypatch.setitem(sys.modules, "ssl_photoz.montage", module)
     return module
 
@@ -207,3 +230,70 @@ def test_write_zarr_shard_refuses_a_misfit_block(tmp_path):
     create_store(store, 40, 32)
     with pytest.raises(ValueError, match="does not fit"):
         write_zarr_shard(store, 1, np.zeros((32, 5, IMAGE_SIZE, IMAGE_SIZE), np.float32), 40, 32)
+
+
+def test_absent_frames_are_left_out_and_asked_for_once(tmp_path, fake_montage):
+    """A frame the source does not have is absent: the cut-out gets the others, coverage decides."""
+    objects = _objects(64)
+    plan = plan_shards(objects, shard_size=64, store_shard=32)
+    store = tmp_path / "cutouts.zarr"
+    create_store(store, len(objects), 32)
+    source = PartialSource()
+    statuses = cut_shard(plan["shards"][0], objects, store, 64, 32, source, tmp_path)
+    assert len(statuses) == 64 and not source.held
+    for obj, frames_by_band in zip(objects.itertuples(), fake_montage.calls, strict=True):
+        fields = {int(path.split("-")[2]) for paths in frames_by_band.values() for path in paths}
+        assert fields == {f for f in (obj.field - 1, obj.field, obj.field + 1) if f % 2 == 0}
+    assert all(n == 1 for name, n in source.asked.items() if int(name.split("-")[2]) % 2)
+    rejected = [s for s in statuses if not s["ok"]]
+    assert rejected and all("absent at the source: 5001-3-" in s["reason"] for s in rejected)
+
+
+def test_an_unreadable_frame_fails_the_job(tmp_path, fake_montage):
+    from ssl_photoz.frames import CorruptFrameError
+
+    objects = _objects(64)
+    plan = plan_shards(objects, shard_size=64, store_shard=32)
+    create_store(tmp_path / "cutouts.zarr", len(objects), 32)
+    broken = f"5001-3-{objects['field'].iloc[0] // 2 * 2 + 2}-g"  # an even field: it exists
+    with pytest.raises(CorruptFrameError, match=r"field=\d+ band=g"):
+        cut_shard(
+            plan["shards"][0],
+            objects,
+            tmp_path / "cutouts.zarr",
+            64,
+            32,
+            PartialSource(broken),
+            tmp_path,
+        )
+
+
+def test_mock_frames_still_cut_through_montage(tmp_path, tiny_sky):
+    """The simulated source: windows of the planned frames, real Montage, all objects cut."""
+    import zarr
+
+    from ssl_photoz.frames import MockFrameSource
+    from ssl_photoz.sky.survey import MockSky
+
+    fp = MockSky(tiny_sky).footprint
+    ra_c, dec_c = fp.field_centre(5001, 3, 15)
+    step = float(fp.field_ra_step(5001, 3))
+    ras = [float(ra_c) - step / 4, float(ra_c), float(ra_c) + step / 2 - 0.001]  # last: 2 fields
+    objects = pd.DataFrame(
+        {
+            "objid": pack_objid(5001, 3, 15, np.arange(1, 4)),
+            "ra": ras,
+            "dec": float(dec_c),
+            "run": 5001,
+            "camcol": 3,
+            "field": 15,
+        }
+    )
+    plan = plan_shards(objects, shard_size=4, store_shard=4, footprint=fp)
+    store = tmp_path / "cutouts.zarr"
+    create_store(store, len(objects), 4)
+    with MockFrameSource(tiny_sky, tmp_path / "frames") as source:
+        statuses = cut_shard(plan["shards"][0], objects, store, 3, 4, source, tmp_path / "w")
+    assert [s["ok"] for s in statuses] == [True] * 3, statuses
+    images = zarr.open_group(str(store), mode="r")["images"][:]
+    assert images.shape == (3, 5, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(images).all()

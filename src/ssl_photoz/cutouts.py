@@ -10,6 +10,17 @@ shard into a private temporary store with the same array metadata, and moves tha
 the real store with one ``os.replace``: a shard file is either complete or absent, so a job killed
 at any point and rerun leaves a store identical to an uninterrupted run. Unwritten images read as
 NaN (the array's fill value), never as zeros.
+
+Missing and broken frames. The plan lists the frames a patch *may* need; for real SDSS that is
+the object's field and its neighbours along the scan, and a neighbour may not exist (the first
+or last field of a run, a ``dir`` folder holding only some fields, HTTP 404 from the SAS). A
+frame the source reports as not there (``FrameNotFoundError``) is absent, whether it is a
+neighbour or the object's own field: it is asked for once per job, and the patch's coverage by
+the frames that are there decides. An object whose patch is not covered is a reject (status
+``ok: false``) whose reason names every short band, its pixels without data and the absent
+frames. A frame that exists but cannot be read (a corrupt or truncated file, HTTP 5xx after the
+retries, a time-out) fails the job loudly naming the frame, as does a shard none of whose frames
+exists at all (a wrong ``frame_dir`` or ``sas_url`` would otherwise reject every object).
 """
 
 from __future__ import annotations
@@ -42,7 +53,8 @@ def frames_for_objects(objects: pd.DataFrame, footprint=None) -> list[list[Field
     With a known footprint (the simulated survey) these are the fields owning the patch's
     corners and centre (frames reach beyond their primary areas, so these cover the patch).
     Otherwise (real SDSS) the object's own field and its neighbours along the scan, which
-    overlap it by 128 rows; the cut-out skips frames that do not touch the patch at no cost.
+    overlap it by 128 rows; the cut-out skips frames that do not touch the patch at no cost, and
+    frames that do not exist at the source (see the module docstring).
     """
     out = []
     if footprint is not None:
@@ -175,6 +187,8 @@ def cut_shard(
     """
     from .montage import IncompleteCutout, cutout
 
+    # One job: its status rows are returned only once every object is cut or rejected. An
+    # unreadable frame (FrameError other than FrameNotFoundError) or a Montage failure propagates.
     rows = objects.iloc[shard["start"] : shard["stop"]]
     # Recomputed here rather than stored in the plan, which stays small at survey scale.
     sky = getattr(frame_source, "sky", None)
@@ -182,6 +196,9 @@ def cut_shard(
     statuses = []
     block = []
     frames_cache: dict[tuple, Path] = {}
+    absent: dict[tuple, str] = {}  # (FieldId, band) -> why the source does not have it
+    found: set[tuple] = set()  # (FieldId, band) the source had
+    unwritten: list[tuple[int, int]] = []  # all-NaN Zarr shards held back: (index, rows)
     zarr_shard = shard["start"] // store_shard
     for k, obj in enumerate(
         progress(
@@ -195,15 +212,20 @@ def cut_shard(
         image, reason = None, ""
         fetched: list[Path] = []
         try:
-            frames_by_band = {
-                band: [_fetch(frame_source, fr, band, obj, frames_cache, fetched) for fr in needed]
-                for band in BANDS
-            }
+            frames_by_band = {}
+            for band in BANDS:
+                paths = []
+                for fr in needed:
+                    path = _fetch(frame_source, fr, band, obj, frames_cache, fetched, absent)
+                    if path is not None:
+                        found.add((fr, band))
+                        paths.append(path)
+                frames_by_band[band] = paths
             image = cutout(obj.ra, obj.dec, frames_by_band, work_dir, objid=int(obj.objid))
             if not np.isfinite(image).all():
                 image, reason = None, "non-finite pixels in the cut-out"
         except IncompleteCutout as exc:
-            reason = str(exc)
+            reason = str(exc) + _absent_note(needed, absent)
         finally:
             for path in fetched:  # per-object windows go at once; whole frames stay cached
                 frame_source.release(path)
@@ -214,31 +236,95 @@ def cut_shard(
             else np.full((len(BANDS), IMAGE_SIZE, IMAGE_SIZE), np.nan, np.float32)
         )
         if len(block) == store_shard or k == len(rows) - 1:
-            write_zarr_shard(store_path, zarr_shard, np.stack(block), n_objects, store_shard)
+            if not found:
+                # No frame yet, so an all-NaN block: written only once the job is known to be
+                # no configuration error (below), lest a misconfigured rerun erase good shards.
+                unwritten.append((zarr_shard, len(block)))
+            else:
+                for empty in unwritten:
+                    _write_empty(store_path, *empty, n_objects, store_shard)
+                unwritten = []
+                write_zarr_shard(store_path, zarr_shard, np.stack(block), n_objects, store_shard)
             zarr_shard += 1
             block = []
     for path in frames_cache.values():
         frame_source.release(path)
+    if absent and not found:
+        raise NoFramesError(
+            f"shard {shard['shard']}: none of the {len(absent)} frames its objects need exists "
+            f"at the source, e.g. {next(iter(absent.values()))}; check cutouts.frame_source and "
+            "frame_dir / sas_url / data_release"
+        )
+    for empty in unwritten:
+        _write_empty(store_path, *empty, n_objects, store_shard)
+    if absent:
+        log.warning(
+            "shard %s: %d frame(s) not at the source, treated as absent: %s",
+            shard["shard"],
+            len(absent),
+            _describe_absent(sorted({fid for fid, _ in absent}, key=_field_order), absent),
+        )
     return statuses
+
+
+def _write_empty(store_path: Path, zarr_shard: int, n_rows: int, n_objects: int, store_shard):
+    block = np.full((n_rows, len(BANDS), IMAGE_SIZE, IMAGE_SIZE), np.nan, np.float32)
+    write_zarr_shard(store_path, zarr_shard, block, n_objects, store_shard)
+
+
+class NoFramesError(RuntimeError):
+    """Not one of the frames a shard needs exists at the source: a configuration error."""
 
 
 FRAMES_KEPT = 40  # whole frames kept on disk: objects come in field order, so 8 fields suffice
 
 
-def _fetch(frame_source, fid: FieldId, band: str, obj, cache: dict, fetched: list) -> Path:
-    if getattr(frame_source, "supports_windows", False):
-        # Windows are rendered per object: only the pixels the patch needs.
-        path = frame_source.fetch(fid, band, window=_patch_window(frame_source, fid, band, obj))
-        fetched.append(path)
-        return path
+def _field_order(fid: FieldId) -> tuple[int, int, int]:
+    return (fid.run, fid.camcol, fid.field)
+
+
+def _fetch(
+    frame_source, fid: FieldId, band: str, obj, cache: dict, fetched: list, absent: dict
+) -> Path | None:
+    """The frame as a local file, or None when the source does not have it (asked once)."""
+    from .frames import FrameNotFoundError
+
     key = (fid, band)
-    if key in cache:
-        cache[key] = cache.pop(key)  # most recently used goes last
-    else:
-        if len(cache) >= FRAMES_KEPT:  # bound the disk a job uses, whatever the shard size
-            frame_source.release(cache.pop(next(iter(cache))))
-        cache[key] = frame_source.fetch(fid, band)
-    return cache[key]
+    if key in absent:
+        return None
+    try:
+        if getattr(frame_source, "supports_windows", False):
+            # Windows are rendered per object: only the pixels the patch needs.
+            window = _patch_window(frame_source, fid, band, obj)
+            path = frame_source.fetch(fid, band, window=window)
+            fetched.append(path)
+            return path
+        if key in cache:
+            cache[key] = cache.pop(key)  # most recently used goes last
+        else:
+            if len(cache) >= FRAMES_KEPT:  # bound the disk a job uses, whatever the shard size
+                frame_source.release(cache.pop(next(iter(cache))))
+            cache[key] = frame_source.fetch(fid, band)
+        return cache[key]
+    except FrameNotFoundError as exc:
+        log.info("%s; treated as absent", exc)
+        absent[key] = str(exc)
+        return None
+
+
+def _describe_absent(fields, absent: dict) -> str:
+    """'4510-4-29 (ugriz), 4510-4-31 (ugriz)': those of ``fields`` with absent frames."""
+    parts = []
+    for fid in fields:
+        bands = "".join(b for b in BANDS if (fid, b) in absent)
+        if bands:
+            parts.append(f"{fid.run}-{fid.camcol}-{fid.field} ({bands})")
+    return ", ".join(parts)
+
+
+def _absent_note(fields, absent: dict) -> str:
+    described = _describe_absent(fields, absent)
+    return f"; frames absent at the source: {described}" if described else ""
 
 
 def _patch_window(frame_source, fid, band: str, obj, margin_px: int = 12):
