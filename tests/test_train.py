@@ -13,7 +13,14 @@ import pytest
 import torch
 import zarr
 
-from ssl_photoz.train import Runtime, load_checkpoint, pretrain, train_classifier
+from ssl_photoz.precision import Precision
+from ssl_photoz.train import (
+    Runtime,
+    load_checkpoint,
+    pretrain,
+    setup_runtime,
+    train_classifier,
+)
 
 MODEL = {"arch": "resnet_small", "width": 16}
 PRETRAIN = {
@@ -107,6 +114,33 @@ def test_pretraining_trains_and_checkpoints_everything(tiny_store, tmp_path):
     assert last["optimizer"]["state"], "the optimiser state (momentum buffers) is saved"
     # the pretraining pool never contains validation images
     assert summary["n_images"] == int((np.arange(96) % 4 != 1).sum())
+    assert summary["precision"]["chosen"] == "fp32"  # a Runtime built without one: fp32
+
+
+def test_training_logs_and_records_its_precision(tiny_store, tmp_path, caplog):
+    store, stats = tiny_store
+    chosen = Precision("bf16", "cpu", "auto", "test: measured faster")
+    runtime = Runtime(torch.device("cpu"), precision=chosen)
+    caplog.set_level("INFO", logger="ssl_photoz")
+    summary = pretrain(
+        MODEL, {**PRETRAIN, "epochs": 1}, store, stats, tmp_path / "p" / "model.pt", runtime
+    )
+    assert summary["precision"] == {
+        "chosen": "bf16",
+        "device_type": "cpu",
+        "requested": "auto",
+        "reason": "test: measured faster",
+    }
+    assert "pretrain: precision bf16 on cpu (asked: auto): test: measured faster" in caplog.text
+    assert load_checkpoint(tmp_path / "p" / "checkpoint.pt")["precision"] == "bf16"
+
+
+def test_setup_runtime_honours_an_explicit_precision_and_names_a_bad_one():
+    assert setup_runtime("cpu", precision="fp32").precision.name == "fp32"
+    bf16 = setup_runtime("cpu", precision="bf16").precision
+    assert bf16.name == "bf16" and bf16.requested == "bf16"
+    with pytest.raises(ValueError, match="precision 'fp64' is not one of auto, fp32, bf16, fp16"):
+        setup_runtime("cpu", precision="fp64")
 
 
 def _weights(path):
@@ -134,6 +168,7 @@ def test_finetune_and_supervised_train_and_resume(tiny_store, tmp_path):
     straight = tmp_path / "ft" / "model.pt"
     s = train_classifier(MODEL, FINETUNE, store, straight, _cpu(), 1.0, 0, pretrained=pre)
     assert s["kind"] == "finetune" and s["n_val"] == 24
+    assert s["precision"]["chosen"] == "fp32"
     assert np.isfinite(s["history"][-1]["sigma_mad"])
     resumed = tmp_path / "ft2" / "model.pt"
     train_classifier(MODEL, FINETUNE, store, resumed, _cpu(), 1.0, 0, pretrained=pre, max_epochs=1)
@@ -187,6 +222,8 @@ def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
         str(tmp_path / "ddp" / "summary.json"),
         "--device",
         "cpu",
+        "--precision",
+        "bf16",  # rank 0 resolves it and broadcasts it to rank 1
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -195,3 +232,6 @@ def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
     # 72 pretraining images: 36 per rank, 2 batches of 16 per epoch, each step enqueues the keys
     # of both ranks (32): 2 epochs x 2 steps x 32 = 128 keys into a queue of 40 -> pointer 8.
     assert int(state["moco"]["queue_ptr"]) == 128 % 40
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["precision"]["chosen"] == "bf16"
+    assert "precision bf16 on cpu (asked: bf16)" in result.stderr

@@ -6,6 +6,7 @@ classifier's bins as float16 (180 values: 360 bytes per object, compact enough f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import pyarrow.parquet as pq
 from .atomic import atomic_path
 from .baselines import colour_features, knn_photoz
 from .sdss import BANDS
+
+log = logging.getLogger(__name__)
 
 
 def write_predictions(path: Path, objid, z_spec, z_phot, pdf: np.ndarray | None, meta: dict):
@@ -34,15 +37,24 @@ def write_predictions(path: Path, objid, z_spec, z_phot, pdf: np.ndarray | None,
         pq.write_table(table, tmp)
 
 
-def predict_classifier(checkpoint: Path, store_path: Path, out: Path, device: str = "cpu") -> int:
-    """z_p = E(z) and the PDF of every validation object (centre crops, dereddened)."""
+def predict_classifier(
+    checkpoint: Path, store_path: Path, out: Path, device: str = "cpu", precision: str = "fp32"
+) -> int:
+    """z_p = E(z) and the PDF of every validation object (centre crops, dereddened).
+
+    ``precision`` (auto | fp32 | bf16 | fp16, a machine setting) is resolved as for training: the
+    network runs under its autocast, the softmax, PDF and E(z) in fp32."""
     import torch
 
     from . import augment, data, models
-    from .train import load_checkpoint
+    from . import precision as precision_mod
+    from .train import _to_device, load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
+    dev = torch.device(device)
+    chosen = precision_mod.resolve(precision, dev, cfg["model"])
+    log.info("predict: %s", chosen.describe())
     net = models.RedshiftClassifier(
         models.build_backbone(cfg["model"]["arch"], width=cfg["model"].get("width", 64)),
         n_bins=cfg["finetune"]["n_bins"],
@@ -50,7 +62,7 @@ def predict_classifier(checkpoint: Path, store_path: Path, out: Path, device: st
         z_max=cfg["finetune"]["z_max"],
     )
     net.load_state_dict(state["model"])
-    net.eval().to(device)
+    net.eval().to(dev, memory_format=torch.channels_last)  # as in training
     store = data.open_store(store_path)
     indices = data.labeled_indices(store, "val")
     dataset = data.CutoutDataset(store_path, indices, deredden=True)
@@ -59,7 +71,8 @@ def predict_classifier(checkpoint: Path, store_path: Path, out: Path, device: st
     pdfs, z_phot, rows = [], [], []
     with torch.no_grad():
         for batch in loader:
-            logits = net(crop(batch["image"].to(device))).float()
+            with chosen.autocast():
+                logits = net(crop(_to_device(batch["image"], dev))).float()
             pdfs.append(net.pdf(logits).cpu().numpy())
             z_phot.append(net.expected_z(logits).cpu().numpy())
             rows.append(batch["index"].numpy())
@@ -70,7 +83,12 @@ def predict_classifier(checkpoint: Path, store_path: Path, out: Path, device: st
         store.z_spec[rows],
         np.concatenate(z_phot),
         np.concatenate(pdfs),
-        {"model": state["kind"], "checkpoint": str(checkpoint), **_run_keys(cfg)},
+        {
+            "model": state["kind"],
+            "checkpoint": str(checkpoint),
+            "precision": chosen.name,
+            **_run_keys(cfg),
+        },
     )
     return len(rows)
 

@@ -18,7 +18,6 @@ it: kind (flat or ivf), size, nlist, nprobe and, for IVF, the recall measured at
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -111,7 +110,7 @@ def compute_embeddings(
     out: Path,
     device: str = "cpu",
     batch_size: int = 256,
-    amp: bool = False,
+    precision: str = "fp32",
 ) -> int:
     """Embed every ok object of the store with the pretrained query encoder; return the row count.
 
@@ -121,20 +120,24 @@ def compute_embeddings(
     Pretraining never divides by the MAD statistics (they only set the views' noise level), so
     ``stats_path`` does not enter the embedding; when given it is checked and recorded.
 
-    ``amp`` runs the backbone under the training's autocast (bf16 on CPU, about 2x faster here);
-    the head and the normalisation stay fp32 either way. On the demo model it moves embeddings
-    by ~3e-4 (5 % of top-5 neighbours change); bf16 in the head too would move them by ~2.5e-3.
+    ``precision`` (auto | fp32 | bf16 | fp16, a machine setting) is resolved as for training; the
+    backbone runs under its autocast, the head and the normalisation stay fp32 either way. bf16 in
+    the backbone moved the demo model's embeddings by ~3e-4 (5 % of top-5 neighbours change);
+    bf16 in the head too would move them by ~2.5e-3.
     """
     import torch
 
     from . import augment, data
+    from . import precision as precision_mod
     from .provenance import provenance
-    from .train import _to_device, autocast, load_checkpoint
+    from .train import _to_device, load_checkpoint
 
     checkpoint, store_path, out = Path(checkpoint), Path(store_path), Path(out)
     state = load_checkpoint(checkpoint)
     model = _moco_from_checkpoint(state, checkpoint)
     dev = torch.device(device)
+    chosen = precision_mod.resolve(precision, dev, state["config"]["model"])
+    log.info("embed: %s", chosen.describe())
     model.eval().to(dev, memory_format=torch.channels_last)  # 4x faster convolutions on CPU
     mad = data.load_stats(stats_path).tolist() if stats_path is not None else None
 
@@ -150,7 +153,7 @@ def compute_embeddings(
     parts = []
     with torch.no_grad():
         for batch in loader:
-            with autocast(dev) if amp else contextlib.nullcontext():
+            with chosen.autocast():
                 features = model.encoder_q(crop(_to_device(batch["image"], dev)))
             # MoCo.embed with the head outside autocast: bf16's 3 significant digits on the 128
             # outputs are as large as the gaps between near neighbours.
@@ -179,7 +182,7 @@ def compute_embeddings(
         n_skipped_not_ok=skipped,
         dim=int(vectors.shape[1]),
         preprocessing="centre crop 64 x 64, dereddened (SF11), no normalisation",
-        backbone_precision=str(_autocast_dtype(dev)) if amp else "float32",
+        backbone_precision=str(chosen.dtype).removeprefix("torch."),
     )
     write_embeddings(out, table, vectors, meta)
     return len(rows)
@@ -199,13 +202,6 @@ def _moco_from_checkpoint(state: dict, path: Path):
     moco = models.build_moco(model_cfg, cfg)
     moco.load_state_dict(state["moco"])
     return moco
-
-
-def _autocast_dtype(device):
-    from .train import autocast
-
-    ctx = autocast(device)
-    return getattr(ctx, "fast_dtype", "float32")
 
 
 def _file_sha256(path: Path) -> str:

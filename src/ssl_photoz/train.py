@@ -6,9 +6,11 @@ fine-tuning from the pretrained backbone with the convolutional part's learning 
 than the head's; supervised training from scratch with the same recipe; 180-bin classifier over
 0 < z < 0.4, z_p = E(z) under the softmax.
 
-Machine settings (device, workers) are arguments, not science settings. On CPU the steps run under
-bf16 autocast with channels_last (about 6x faster than fp32 on this project's CPUs); on CUDA under
-fp16/bf16 autocast with a GradScaler.
+Machine settings (device, workers, precision) are arguments, not science settings. The steps run
+channels_last, in the precision that ``precision.resolve`` chooses for the machine (``auto``: bf16
+autocast on a CPU only where bf16 is native and measured faster, else fp32; bf16 on a GPU that
+supports it, else fp16 with a GradScaler). Each run logs its choice and why, and its summary
+records it.
 
 Resume. A checkpoint is written atomically after every epoch with the model, optimiser,
 scheduler, scaler, MoCo queue (a buffer of the model), epoch, config and every random state.
@@ -18,7 +20,6 @@ a run killed after epoch e and resumed continues exactly as an uninterrupted run
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import augment, data, models
+from . import precision as precision_mod
 from .atomic import atomic_path, write_json
 from .provenance import stable_hash
 
@@ -48,6 +50,13 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     num_workers: int = 0
+    precision: precision_mod.Precision | None = None  # None: fp32
+
+    def __post_init__(self):
+        if self.precision is None:
+            self.precision = precision_mod.Precision(
+                "fp32", self.device.type, "fp32", "default of a Runtime built without one"
+            )
 
     @property
     def distributed(self) -> bool:
@@ -58,8 +67,15 @@ class Runtime:
         return self.rank == 0
 
 
-def setup_runtime(device: str = "auto", num_workers: int = 0) -> Runtime:
-    """One process, or one rank of a torchrun launch (WORLD_SIZE > 1: gloo on CPU, NCCL on GPU)."""
+def setup_runtime(
+    device: str = "auto", num_workers: int = 0, precision: str = "auto", probe: dict | None = None
+) -> Runtime:
+    """One process, or one rank of a torchrun launch (WORLD_SIZE > 1: gloo on CPU, NCCL on GPU).
+
+    ``precision`` (auto | fp32 | bf16 | fp16) is resolved for the device; ``probe`` is the model
+    section that ``auto`` times on a CPU with native bf16. Under torchrun rank 0 decides and the
+    other ranks take its choice, so that all ranks compute alike."""
+    precision_mod.check_choice(precision)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device == "auto":
@@ -72,22 +88,10 @@ def setup_runtime(device: str = "auto", num_workers: int = 0) -> Runtime:
         dev = torch.device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(dev, rank, world_size, num_workers)
-
-
-def autocast(device: torch.device):
-    if device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
-def make_scaler(device: torch.device):
-    """fp16 on CUDA needs loss scaling; bf16 and CPU do not (the scaler is then disabled)."""
-    enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    return torch.amp.GradScaler(device.type, enabled=enabled)
+    chosen = [precision_mod.resolve(precision, dev, probe) if rank == 0 else None]
+    if world_size > 1:
+        dist.broadcast_object_list(chosen, src=0)
+    return Runtime(dev, rank, world_size, num_workers, chosen[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -155,7 +159,16 @@ class EpochLoop:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and scaler.is_enabled():  # empty when saved by a disabled scaler
+            scaler.load_state_dict(state["scaler"])
+        saved = state.get("precision")
+        if saved and saved != self.rt.precision.name:
+            log.warning(
+                "%s: saved in %s, resuming in %s (the run stays valid, not bit-identical)",
+                self.checkpoint,
+                saved,
+                self.rt.precision.name,
+            )
         self.history = state.get("history", [])
         log.info("%s: resuming after epoch %d", self.checkpoint, state["epoch"] + 1)
         return state["epoch"] + 1
@@ -176,6 +189,7 @@ class EpochLoop:
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "history": self.history,
+                "precision": self.rt.precision.name,
                 **(extra or {}),
             },
         )
@@ -222,6 +236,10 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 # -- pretraining -----------------------------------------------------------------------------------
+def _log_precision(what: str, runtime: Runtime) -> None:
+    log.info("%s: %s", what, runtime.precision.describe())
+
+
 def pretrain(
     model_cfg: dict,
     cfg: dict,
@@ -236,6 +254,7 @@ def pretrain(
     store = data.open_store(store_path)
     indices = data.pretrain_indices(store)
     dataset = data.CutoutDataset(store_path, indices, deredden=False)
+    _log_precision("pretrain", runtime)
     views = augment.MocoViews(data.load_stats(stats_path).to(runtime.device))
     batch_size = min(cfg["batch_size"], len(dataset))
 
@@ -248,7 +267,7 @@ def pretrain(
     )
     steps = max(1, len(dataset) // (batch_size * runtime.world_size))
     scheduler = _cosine(optimizer, cfg["epochs"], steps, cfg.get("warmup_epochs", 0))
-    scaler = make_scaler(runtime.device)
+    scaler = runtime.precision.grad_scaler()
     loop = EpochLoop("pretrain", {"model": model_cfg, "pretrain": cfg}, runtime, out_path.parent)
     start = loop.resume(model, optimizer, scheduler, scaler)
     last = cfg["epochs"] if max_epochs is None else min(cfg["epochs"], max_epochs)
@@ -260,7 +279,7 @@ def pretrain(
         for batch in loader:
             images = _to_device(batch["image"], runtime.device)
             im_q, im_k = views(images, gen)
-            with autocast(runtime.device):
+            with runtime.precision.autocast():
                 logits, labels = model(im_q, im_k)
                 loss = models.info_nce(logits.float(), labels)
             losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
@@ -278,7 +297,12 @@ def pretrain(
             record["images_per_s"],
         )
         loop.save(epoch, model, optimizer, scheduler, scaler)
-    summary = {"epochs_done": last, "history": loop.history, "n_images": len(dataset)}
+    summary = {
+        "epochs_done": last,
+        "history": loop.history,
+        "n_images": len(dataset),
+        "precision": runtime.precision.as_dict(),
+    }
     if runtime.is_main and last == cfg["epochs"]:
         save_checkpoint(
             out_path,
@@ -314,6 +338,7 @@ def train_classifier(
     val_idx = data.labeled_indices(store, "val")
     train_set = data.CutoutDataset(store_path, train_idx, deredden=True)
     val_set = data.CutoutDataset(store_path, val_idx, deredden=True)
+    _log_precision(kind, runtime)
     backbone = models.build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
     if pretrained is not None:
         state = load_checkpoint(pretrained)
@@ -336,7 +361,7 @@ def train_classifier(
     batch_size = min(cfg["batch_size"], len(train_set))
     steps = max(1, len(train_set) // (batch_size * runtime.world_size))
     scheduler = _cosine(optimizer, cfg["epochs"], steps)
-    scaler = make_scaler(runtime.device)
+    scaler = runtime.precision.grad_scaler()
     run_cfg = {
         "model": model_cfg,
         "finetune": cfg,
@@ -357,7 +382,7 @@ def train_classifier(
         for batch in loader:
             images = train_aug(_to_device(batch["image"], runtime.device), gen)
             target = net.z_to_bin(batch["z"].to(runtime.device))
-            with autocast(runtime.device):
+            with runtime.precision.autocast():
                 loss = nn.functional.cross_entropy(model(images).float(), target)
             losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
         val = evaluate_classifier(net, val_set, runtime, batch_size=cfg["batch_size"])
@@ -380,6 +405,7 @@ def train_classifier(
         "history": loop.history,
         "n_train": len(train_set),
         "n_val": len(val_set),
+        "precision": runtime.precision.as_dict(),
     }
     if runtime.is_main and last == cfg["epochs"]:
         save_checkpoint(
@@ -400,7 +426,7 @@ def evaluate_classifier(net, dataset, runtime: Runtime, batch_size: int = 256) -
     preds, truth = [], []
     for batch in loader:
         images = crop(_to_device(batch["image"], runtime.device))
-        with autocast(runtime.device):
+        with runtime.precision.autocast():
             logits = net(images).float()
         preds.append(net.expected_z(logits).cpu())
         truth.append(batch["z"])

@@ -17,12 +17,14 @@ rule predict:
         seed=r"\d+",
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        precision="auto",  # machine setting, as in learn.smk
     params:
         code=stage_code("ssl_photoz.predict"),
         store=STORE,
     shell:
         "ssl-photoz predict --model {input.model} --store {params.store}"
-        " --out {output.predictions} > {log} 2>&1"
+        " --out {output.predictions} --precision {resources.precision} > {log} 2>&1"
 
 
 rule baseline_colours:

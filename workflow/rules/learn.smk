@@ -1,5 +1,8 @@
 # Stage 3: MoCo v2 pretraining, then fine-tuning and supervised baselines per label fraction and
 # seed. Machine settings (device, loader workers, GPUs) come from the profile's resources.
+# Resource `precision` (auto | fp32 | bf16 | fp16; default auto, set per rule in the profile's
+# set-resources) reaches the command through {resources}, not params: a machine setting, so
+# changing it does not rerun finished stages.
 
 
 rule pretrain:
@@ -19,6 +22,7 @@ rule pretrain:
     resources:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=8000,
+        precision="auto",
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "pretrain"),
@@ -27,7 +31,7 @@ rule pretrain:
     shell:
         "ssl-photoz pretrain --sections-json {params.sections:q} --store {params.store}"
         " --stats {input.stats} --out {output.model} --summary {output.summary}"
-        " --device {params.device} > {log} 2>&1"
+        " --device {params.device} --precision {resources.precision} > {log} 2>&1"
 
 
 rule finetune:
@@ -50,6 +54,7 @@ rule finetune:
     resources:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
+        precision="auto",
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "finetune"),
@@ -59,7 +64,7 @@ rule finetune:
         "ssl-photoz finetune --sections-json {params.sections:q} --store {params.store}"
         " --pretrained {input.pretrained} --fraction {wildcards.fraction}"
         " --seed {wildcards.seed} --out {output.model} --summary {output.summary}"
-        " --device {params.device} > {log} 2>&1"
+        " --device {params.device} --precision {resources.precision} > {log} 2>&1"
 
 
 rule supervised:
@@ -81,6 +86,7 @@ rule supervised:
     resources:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
+        precision="auto",
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "finetune"),
@@ -89,4 +95,5 @@ rule supervised:
     shell:
         "ssl-photoz supervised --sections-json {params.sections:q} --store {params.store}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output.model}"
-        " --summary {output.summary} --device {params.device} > {log} 2>&1"
+        " --summary {output.summary} --device {params.device}"
+        " --precision {resources.precision} > {log} 2>&1"

@@ -20,6 +20,7 @@ rule embed:
     resources:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
+        precision="auto",  # machine setting, as in learn.smk
     params:
         code=stage_code("ssl_photoz.similarity"),
         store=STORE,
@@ -27,7 +28,7 @@ rule embed:
     shell:
         "ssl-photoz embed --checkpoint {input.checkpoint} --store {params.store}"
         " --stats {input.stats} --out {output.embeddings} --device {params.device}"
-        " > {log} 2>&1"
+        " --precision {resources.precision} > {log} 2>&1"
 
 
 rule similarity:
