@@ -16,6 +16,7 @@ import zarr
 from ssl_photoz.precision import Precision
 from ssl_photoz.train import (
     Runtime,
+    check_queue_fits_pool,
     load_checkpoint,
     pretrain,
     setup_runtime,
@@ -30,7 +31,7 @@ PRETRAIN = {
     "lr": 0.05,
     "weight_decay": 0.0001,
     "dim": 16,
-    "queue_size": 40,
+    "queue_size": 20,  # below the smallest pretraining pool of the tests (25 in test_similarity)
     "momentum": 0.9,
     "temperature": 0.2,
     "seed": 0,
@@ -115,6 +116,17 @@ def test_pretraining_trains_and_checkpoints_everything(tiny_store, tmp_path):
     # the pretraining pool never contains validation images
     assert summary["n_images"] == int((np.arange(96) % 4 != 1).sum())
     assert summary["precision"]["chosen"] == "fp32"  # a Runtime built without one: fp32
+
+
+def test_pretraining_refuses_a_queue_as_large_as_the_pool(tiny_store, tmp_path):
+    store, stats = tiny_store
+    pool = int((np.arange(96) % 4 != 1).sum())  # 72
+    out = tmp_path / "pretrain" / "model.pt"
+    for queue in (pool, pool + 1, 1024):
+        with pytest.raises(ValueError, match=rf"pretrain.queue_size {queue} .* {pool} images"):
+            pretrain(MODEL, {**PRETRAIN, "queue_size": queue}, store, stats, out, _cpu())
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+    check_queue_fits_pool(pool - 1, pool)  # one below the pool is allowed
 
 
 def test_training_logs_and_records_its_precision(tiny_store, tmp_path, caplog):
@@ -230,8 +242,8 @@ def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
     state = load_checkpoint(out)
     assert len(state["history"]) == 2
     # 72 pretraining images: 36 per rank, 2 batches of 16 per epoch, each step enqueues the keys
-    # of both ranks (32): 2 epochs x 2 steps x 32 = 128 keys into a queue of 40 -> pointer 8.
-    assert int(state["moco"]["queue_ptr"]) == 128 % 40
+    # of both ranks (32): 2 epochs x 2 steps x 32 = 128 keys into a queue of 20 -> pointer 8.
+    assert int(state["moco"]["queue_ptr"]) == 128 % 20
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["precision"]["chosen"] == "bf16"
     assert "precision bf16 on cpu (asked: bf16)" in result.stderr

@@ -236,6 +236,21 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 # -- pretraining -----------------------------------------------------------------------------------
+def check_queue_fits_pool(queue_size: int, pool: int) -> None:
+    """Refuse a MoCo queue that is not smaller than the pretraining pool.
+
+    Each epoch enqueues one key per pool image, so a queue of K >= N keys (N images) holds keys of
+    every image, and every query meets older keys of its own image among its negatives. Below N
+    the chance is K^2 / (2 N^2) with shuffled epochs (K = N/2: 1 query in 8)."""
+    if queue_size >= pool:
+        raise ValueError(
+            f"pretrain.queue_size {queue_size} is not smaller than the pretraining pool of "
+            f"{pool} images (train + unlabeled with good cut-outs): every query would meet "
+            f"older keys of its own image as negatives. Set pretrain.queue_size below {pool} "
+            f"(at most about {pool // 2} keeps that to 1 query in 8)"
+        )
+
+
 def _log_precision(what: str, runtime: Runtime) -> None:
     log.info("%s: %s", what, runtime.precision.describe())
 
@@ -254,6 +269,7 @@ def pretrain(
     store = data.open_store(store_path)
     indices = data.pretrain_indices(store)
     dataset = data.CutoutDataset(store_path, indices, deredden=False)
+    check_queue_fits_pool(cfg["queue_size"], len(dataset))
     _log_precision("pretrain", runtime)
     views = augment.MocoViews(data.load_stats(stats_path).to(runtime.device))
     batch_size = min(cfg["batch_size"], len(dataset))
