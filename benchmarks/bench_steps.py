@@ -5,6 +5,15 @@ so it should cost about (3 + 1) / 3 = 1.33x a supervised step per image (target:
 
     .venv/bin/python benchmarks/bench_steps.py                    # CPU: resnet_small and resnet50
     .venv/bin/python benchmarks/bench_steps.py --device cuda      # GPU: fp32, bf16 and fp16
+
+All precisions of one network are timed in alternation (with its MoCo and supervised steps), so
+the fp32 / bf16 rates stand side by side under the same load; every step runs channels_last, as
+the training does (`--fp32-contiguous` adds fp32 in the default layout). On CPU the header names
+the CPU and its bf16 flags, and the end says what `--precision auto` picks for each network and
+why (its timing is cached as in training: `SSL_PHOTOZ_CACHE_DIR`, default ~/.cache/ssl-photoz).
+
+    .venv/bin/python benchmarks/bench_steps.py --archs resnet_small --width 32 --batch 64 \
+        --queue-size 256                                           # the demo's network and batch
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ssl_photoz import precision as precision_mod
 from ssl_photoz.models import MoCo, RedshiftClassifier, build_backbone, info_nce
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,6 +54,12 @@ def parse_args() -> argparse.Namespace:
         "default: fp32 bf16 on CPU, fp32 bf16 fp16 on GPU",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    p.add_argument(
+        "--fp32-contiguous",
+        action="store_true",
+        help="also time fp32 in the default (NCHW) layout",
+    )
+    p.add_argument("--no-auto", action="store_true", help="do not report what auto picks")
     return p.parse_args()
 
 
@@ -74,12 +90,12 @@ def _optimiser(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
 
-def bench_one(
-    arch: str, precision: str, args, device: torch.device, batch: int, warmup: int, steps: int
-) -> dict:
-    amp_dtype = AMP_DTYPES.get(precision)
-    # Mixed precision runs channels_last, the layout its convolution kernels prefer.
-    fmt = torch.channels_last if amp_dtype is not None else torch.contiguous_format
+def _step_pair(arch: str, precision: str, args, device: torch.device, batch: int):
+    """The MoCo and the supervised step of one network in one precision ("fp32-nchw": fp32 in the
+    default layout; every other one runs channels_last, as the training does)."""
+    name = precision.removesuffix("-nchw")
+    amp_dtype = AMP_DTYPES.get(name)
+    fmt = torch.contiguous_format if precision.endswith("-nchw") else torch.channels_last
 
     def autocast():
         if amp_dtype is None:
@@ -112,7 +128,7 @@ def bench_one(
     def moco_step():
         with autocast():
             logits, labels = moco(x_q, x_k)
-            loss = info_nce(logits, labels)
+            loss = info_nce(logits.float(), labels)
         update(loss, moco_opt)
 
     def supervised_step():
@@ -120,17 +136,32 @@ def bench_one(
             loss = F.cross_entropy(clf(x_q).float(), z_bin)
         update(loss, clf_opt)
 
-    t = time_interleaved({"moco": moco_step, "sup": supervised_step}, device, warmup, steps)
-    t_moco, t_sup = t["moco"], t["sup"]
-    return {
-        "arch": arch,
-        "precision": precision + ("+cl" if fmt is torch.channels_last else ""),
-        "batch": batch,
-        "moco_ips": batch / t_moco,
-        "sup_ips": batch / t_sup,
-        "ratio": t_moco / t_sup,
-        "steps": f"{warmup}+{steps}",
-    }
+    label = "fp32 (NCHW)" if precision.endswith("-nchw") else f"{name}+cl"
+    return label, moco_step, supervised_step
+
+
+def bench_arch(
+    arch: str, precisions: list, args, device: torch.device, batch: int, warmup: int, steps: int
+) -> list[dict]:
+    """Rows for one network, all precisions and both step kinds timed in alternation."""
+    pairs = [_step_pair(arch, p, args, device, batch) for p in precisions]
+    fns = {}
+    for label, moco_step, supervised_step in pairs:
+        fns[(label, "moco")] = moco_step
+        fns[(label, "sup")] = supervised_step
+    t = time_interleaved(fns, device, warmup, steps)
+    return [
+        {
+            "arch": arch,
+            "precision": label,
+            "batch": batch,
+            "moco_ips": batch / t[(label, "moco")],
+            "sup_ips": batch / t[(label, "sup")],
+            "ratio": t[(label, "moco")] / t[(label, "sup")],
+            "steps": f"{warmup}+{steps}",
+        }
+        for label, _, _ in pairs
+    ]
 
 
 def main() -> None:
@@ -146,11 +177,19 @@ def main() -> None:
     for p in precisions:
         if p != "fp32" and p not in AMP_DTYPES:
             raise SystemExit(f"unknown precision {p!r}; expected fp32, bf16 or fp16")
+    if args.fp32_contiguous:
+        precisions = ["fp32-nchw", *precisions]
 
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"CPU, {torch.get_num_threads()} threads"
+        info = precision_mod.cpu_info()
+        bf16_flags = sorted(f for f in info["flags"] if "bf16" in f or f.startswith("amx"))
+        where = (
+            f"CPU {info['model']} ({info['machine']}, torch capability {info['capability']}, "
+            f"bf16-related flags: {', '.join(bf16_flags) or 'none'}), "
+            f"{torch.get_num_threads()} threads"
+        )
     warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 1)
     print(
         f"torch {torch.__version__} on {where}; inputs 5 x {args.size}^2, queue {args.queue_size}, "
@@ -167,8 +206,7 @@ def main() -> None:
         batch, steps = args.batch, args.steps
         if arch == "resnet50" and device.type == "cpu":
             batch, steps = args.cpu_resnet50_batch, args.cpu_resnet50_steps
-        for precision in precisions:
-            r = bench_one(arch, precision, args, device, batch, warmup, steps)
+        for r in bench_arch(arch, precisions, args, device, batch, warmup, steps):
             rows.append(r)
             print(
                 f"{r['arch']:<13} {r['precision']:<10} {r['batch']:>5} {r['steps']:>10} "
@@ -177,6 +215,18 @@ def main() -> None:
             )
     worst = max(r["ratio"] for r in rows)
     print(f"worst MoCo/supervised cost per image: {worst:.2f}x (target <= 1.7x)")
+    by = {(r["arch"], r["precision"]): r for r in rows}
+    for arch in args.archs:
+        fp32, bf16 = by.get((arch, "fp32+cl")), by.get((arch, "bf16+cl"))
+        if fp32 and bf16:
+            print(
+                f"{arch}: bf16 / fp32 step rate {bf16['moco_ips'] / fp32['moco_ips']:.2f}x (MoCo), "
+                f"{bf16['sup_ips'] / fp32['sup_ips']:.2f}x (supervised)"
+            )
+    if not args.no_auto:
+        for arch in args.archs:
+            probe = {"arch": arch, "width": args.width if arch == "resnet_small" else 64}
+            print(f"auto for {arch}: {precision_mod.resolve('auto', device, probe).describe()}")
 
 
 if __name__ == "__main__":
