@@ -2,7 +2,9 @@
 # seed. Machine settings (device, loader workers, GPUs) come from the profile's resources.
 # Resource `precision` (auto | fp32 | bf16 | fp16; default auto, set per rule in the profile's
 # set-resources) reaches the command through {resources}, not params: a machine setting, so
-# changing it does not rerun finished stages.
+# changing it does not rerun finished stages. Each network job runs under `ssl-photoz gpu-run`,
+# which gives it free cards of its own (CUDA_VISIBLE_DEVICES, a lock file per card) and takes
+# them back when it ends; with gpu=0 it runs the command unchanged.
 
 
 rule pretrain:
@@ -23,13 +25,15 @@ rule pretrain:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=8000,
         precision="auto",
+        gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "pretrain"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
-        "ssl-photoz pretrain --sections-json {params.sections:q} --store {params.store}"
+        "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --torchrun --"
+        " ssl-photoz pretrain --sections-json {params.sections:q} --store {params.store}"
         " --stats {input.stats} --out {output.model} --summary {output.summary}"
         " --device {params.device} --precision {resources.precision} > {log} 2>&1"
 
@@ -55,13 +59,15 @@ rule finetune:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
         precision="auto",
+        gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "finetune"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
-        "ssl-photoz finetune --sections-json {params.sections:q} --store {params.store}"
+        "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
+        " ssl-photoz finetune --sections-json {params.sections:q} --store {params.store}"
         " --pretrained {input.pretrained} --fraction {wildcards.fraction}"
         " --seed {wildcards.seed} --out {output.model} --summary {output.summary}"
         " --device {params.device} --precision {resources.precision} > {log} 2>&1"
@@ -87,13 +93,15 @@ rule supervised:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
         precision="auto",
+        gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "finetune"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
-        "ssl-photoz supervised --sections-json {params.sections:q} --store {params.store}"
+        "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
+        " ssl-photoz supervised --sections-json {params.sections:q} --store {params.store}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output.model}"
         " --summary {output.summary} --device {params.device}"
         " --precision {resources.precision} > {log} 2>&1"

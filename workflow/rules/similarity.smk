@@ -21,12 +21,14 @@ rule embed:
         gpu=lambda wildcards: gpus_per_training_job(),
         mem_mb=4000,
         precision="auto",  # machine setting, as in learn.smk
+        gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.similarity"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
-        "ssl-photoz embed --checkpoint {input.checkpoint} --store {params.store}"
+        "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
+        " ssl-photoz embed --checkpoint {input.checkpoint} --store {params.store}"
         " --stats {input.stats} --out {output.embeddings} --device {params.device}"
         " --precision {resources.precision} > {log} 2>&1"
 
