@@ -4,8 +4,9 @@ For each object and band:
 
 1. astropy decides which frames touch the patch (corners of the output grid mapped into each
    frame's pixels), so a frame that misses the patch costs no Montage call at all;
-2. ``mSubimage`` (pixel mode) copies the frame pixels under the patch's bounding box, clipped to
-   the frame;
+2. numpy copies the frame pixels under the patch's bounding box, clipped to the frame, into a
+   small FITS file whose header holds only the frame's WCS (what ``mSubimage`` did, without its
+   header parsing and file I/O: frames are read once, their headers by a small reader of our own);
 3. ``mProjectPP`` projects that piece onto the output header (``fullRegion`` so every piece lands
    on the same grid) and writes the value and the ``_area`` (coverage, steradians) images;
 4. the pieces of several frames are combined by an area-weighted mean done with numpy, which is
@@ -48,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
-from MontagePy.main import mProjectPP, mSubimage
+from MontagePy.main import mProjectPP
 
 log = logging.getLogger(__name__)
 
@@ -213,26 +214,165 @@ def prepare_frame(src: Path, dst_dir: Path) -> Path:
     return dst
 
 
+_BLOCK = 2880
+_CARD = 80
+_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+class _Frame:
+    """What the cut-out needs of a frame file, read without astropy's header machinery.
+
+    ``wcs_cards``: the frame's WCS cards (verbatim 80-character cards, CRPIX excepted), ``crpix``
+    its reference pixel, ``shape`` (nx, ny), ``offset``/``dtype`` where and how the pixels lie.
+    """
+
+    __slots__ = ("path", "wcs_cards", "crpix", "shape", "offset", "dtype", "scaled")
+
+    def __init__(self, path: str):
+        self.path = path
+        cards: dict[str, str] = {}
+        wcs_cards: list[str] = []
+        n_blocks = 0
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(_BLOCK)
+                if len(block) < _BLOCK:
+                    raise ValueError("not a FITS file: its header ends early")
+                n_blocks += 1
+                text = block.decode("ascii", errors="replace")
+                done = False
+                for k in range(0, _BLOCK, _CARD):
+                    card = text[k : k + _CARD]
+                    key = card[:8].rstrip()
+                    if key == "END":
+                        done = True
+                        break
+                    if card[8:10] != "= ":
+                        continue
+                    cards.setdefault(key, card)
+                    if key == "RADECSYS":  # deprecated spelling in SDSS frames
+                        key, card = "RADESYS", "RADESYS " + card[8:]
+                    if key in _WCS_EXACT or key.startswith(_KEEP_PREFIXES):
+                        if not key.startswith("CRPIX"):
+                            wcs_cards.append(card)
+                if done:
+                    break
+                if n_blocks == 1 and not text.startswith("SIMPLE  ="):
+                    raise ValueError("not a FITS file (no SIMPLE card)")
+        if n_blocks > 1000:
+            raise ValueError("FITS header has no END card")
+
+        def value(key: str, default=None) -> str | None:
+            card = cards.get(key)
+            if card is None:
+                return default
+            return card[10:].split("/", 1)[0].strip()
+
+        if value("NAXIS") != "2":
+            raise ValueError(f"primary HDU is not a 2-D image (NAXIS={value('NAXIS')})")
+        bitpix = int(value("BITPIX"))
+        self.shape = (int(value("NAXIS1")), int(value("NAXIS2")))
+        self.crpix = (float(value("CRPIX1", "0")), float(value("CRPIX2", "0")))
+        self.wcs_cards = tuple(sorted(wcs_cards))
+        self.offset = n_blocks * _BLOCK
+        self.dtype = np.dtype(_DTYPES[bitpix])
+        self.scaled = any(k in cards for k in ("BSCALE", "BZERO", "BLANK"))
+        expected = self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize
+        size = Path(path).stat().st_size
+        if size < expected:
+            raise ValueError(f"FITS data shorter than the header says ({size} < {expected} bytes)")
+
+    def rows(self, y0: int, y1: int, dtype=np.float32) -> np.ndarray:
+        """Rows y0..y1 (0-based, inclusive), every column, as ``dtype``."""
+        nx = self.shape[0]
+        if self.scaled:  # rare (not SDSS): let astropy apply BSCALE/BZERO/BLANK
+            data = fits.getdata(self.path, 0, memmap=False)
+            return np.asarray(data[y0 : y1 + 1], dtype=dtype)
+        count = (y1 - y0 + 1) * nx
+        offset = self.offset + y0 * nx * self.dtype.itemsize
+        flat = np.fromfile(self.path, dtype=self.dtype, count=count, offset=offset)
+        if flat.size != count:
+            raise ValueError("FITS data shorter than the header says")
+        return flat.reshape(y1 - y0 + 1, nx).astype(dtype)
+
+
+_WCS_EXACT = {"EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "MJD-OBS"}
+
+
+@functools.lru_cache(maxsize=64)
+def _frame(path: str, mtime_ns: int, file_size: int) -> _Frame:
+    return _Frame(path)
+
+
 @functools.lru_cache(maxsize=256)
-def _frame_geometry(path: str, mtime_ns: int, file_size: int) -> tuple[WCS, tuple[int, int], float]:
-    """WCS, (nx, ny) and pixel area (deg^2) of a frame; cached per file version."""
-    header = fits.getheader(path, 0)
+def _wcs_of(wcs_cards: tuple[str, ...], crpix: tuple[float, float]) -> tuple[WCS, float]:
+    """astropy WCS and pixel area (deg^2) of a set of WCS cards; windows of one frame share it."""
+    header = fits.Header.fromstring("".join(wcs_cards))
+    header["CRPIX1"], header["CRPIX2"] = crpix
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(header, naxis=2)
     if not wcs.has_celestial:
         raise ValueError("no celestial WCS in HDU 0")
-    shape = (int(header["NAXIS1"]), int(header["NAXIS2"]))
-    area = abs(float(np.linalg.det(wcs.pixel_scale_matrix)))
-    return wcs, shape, area
+    return wcs, abs(float(np.linalg.det(wcs.pixel_scale_matrix)))
+
+
+def _open_frame(frame: Path, objid=None, band=None) -> _Frame:
+    try:
+        stat = Path(frame).stat()
+        return _frame(str(frame), stat.st_mtime_ns, stat.st_size)
+    except Exception as exc:  # an unreadable frame is reported like a Montage failure
+        raise MontageError("read frame", repr(exc), objid, band, frame) from exc
+
+
+def _frame_pixels(info: _Frame, world: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """0-based frame pixel positions of sky positions, through the WCS shared by the frame's
+    windows: a window differs from its frame only by CRPIX, a pure pixel offset."""
+    wcs, _ = _wcs_of(info.wcs_cards, (0.0, 0.0))
+    with np.errstate(invalid="ignore"):
+        x, y = wcs.all_world2pix(world[0], world[1], 0)
+    return x + info.crpix[0], y + info.crpix[1]
 
 
 def frame_geometry(frame: Path, objid=None, band=None) -> tuple[WCS, tuple[int, int], float]:
+    """WCS, (nx, ny) and pixel area (deg^2) of a frame file."""
+    info = _open_frame(frame, objid, band)
     try:
-        stat = Path(frame).stat()
-        return _frame_geometry(str(frame), stat.st_mtime_ns, stat.st_size)
-    except Exception as exc:  # an unreadable frame is reported like a Montage failure
+        wcs, area = _wcs_of(info.wcs_cards, info.crpix)
+    except Exception as exc:
         raise MontageError("read frame header", repr(exc), objid, band, frame) from exc
+    return wcs, info.shape, area
+
+
+def _write_piece(path: Path, info: _Frame, box: tuple[int, int, int, int]) -> None:
+    """The frame pixels under ``box`` as a FITS file with only the WCS in its header: Montage's
+    header parser searches the header for each of hundreds of keywords, so short is fast."""
+    x0, x1, y0, y1 = box
+    data = info.rows(y0, y1)[:, x0 : x1 + 1]
+    cards = [
+        "SIMPLE  =                    T",
+        "BITPIX  =                  -32",
+        "NAXIS   =                    2",
+        f"NAXIS1  = {data.shape[1]:>20}",
+        f"NAXIS2  = {data.shape[0]:>20}",
+        *info.wcs_cards,
+        f"CRPIX1  = {info.crpix[0] - x0!r:>20}",
+        f"CRPIX2  = {info.crpix[1] - y0!r:>20}",
+        "END",
+    ]
+    text = "".join(card.ljust(_CARD)[:_CARD] for card in cards)
+    text += " " * (-len(text) % _BLOCK)
+    body = data.astype(">f4").tobytes()
+    with open(path, "wb") as fh:
+        fh.write(text.encode("ascii"))
+        fh.write(body)
+        fh.write(b"\0" * (-len(body) % _BLOCK))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """A 2-D image Montage wrote (plain, unscaled floats), as float64."""
+    info = _Frame(str(path))
+    return info.rows(0, info.shape[1] - 1, np.float64)
 
 
 def _patch_corners_world(
@@ -247,11 +387,10 @@ def _patch_corners_world(
 
 
 def _piece_box(
-    frame_wcs: WCS, shape: tuple[int, int], corners: tuple[np.ndarray, np.ndarray]
+    x: np.ndarray, y: np.ndarray, shape: tuple[int, int]
 ) -> tuple[int, int, int, int] | None:
-    """0-based inclusive frame-pixel box (x0, x1, y0, y1) under the patch, or None if disjoint."""
-    with np.errstate(invalid="ignore"):
-        x, y = frame_wcs.all_world2pix(corners[0], corners[1], 0)
+    """0-based inclusive frame-pixel box (x0, x1, y0, y1) under the patch whose outline lies at
+    frame pixels (x, y), or None if disjoint."""
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         return None
     nx, ny = shape
@@ -259,9 +398,9 @@ def _piece_box(
     x1 = min(math.ceil(x.max()) + MARGIN_PX, nx - 1)
     y0 = max(math.floor(y.min()) - MARGIN_PX, 0)
     y1 = min(math.ceil(y.max()) + MARGIN_PX, ny - 1)
-    # A sliver of one or two pixels makes mSubimage write a 1-D image that mProjectPP refuses;
-    # it can add at most a strip at the patch edge, which a neighbouring frame (frames overlap)
-    # covers, and otherwise the coverage check reports the gap.
+    # A sliver of one or two pixels would be a piece that mProjectPP refuses; it can add at most
+    # a strip at the patch edge, which a neighbouring frame (frames overlap) covers, and
+    # otherwise the coverage check reports the gap.
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
     return x0, x1, y0, y1
@@ -269,6 +408,7 @@ def _piece_box(
 
 def _project_frame(
     frame: Path,
+    info: _Frame,
     box: tuple[int, int, int, int],
     header_path: Path,
     tmp: Path,
@@ -276,13 +416,14 @@ def _project_frame(
     objid,
     band,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """mSubimage + mProjectPP of one frame; (values, area) on the padded grid."""
-    x0, x1, y0, y1 = box
+    """The frame pixels under ``box`` (cut with numpy), mProjectPP'd; (values, area) on the
+    padded grid."""
     piece = tmp / "piece.fits"
     projected = tmp / "proj.fits"
-    # Pixel mode: start pixel is 1-based and the size is inclusive (size n gives n + 1 pixels).
-    status = mSubimage(str(frame), str(piece), x0 + 1, y0 + 1, x1 - x0, y1 - y0, mode=1)
-    check_status(status, "mSubimage", objid, band, frame)
+    try:
+        _write_piece(piece, info, box)
+    except Exception as exc:  # a frame truncated or damaged after its header was read
+        raise MontageError("read frame", repr(exc), objid, band, frame) from exc
     status = mProjectPP(
         str(piece), str(projected), str(header_path), fluxScale=flux_scale, fullRegion=True
     )
@@ -292,8 +433,11 @@ def _project_frame(
         log.debug("object %s band %s: %s adds no pixels", objid, band, frame)
         return None
     check_status(status, "mProjectPP", objid, band, frame)
-    values = fits.getdata(projected, memmap=False)
-    area = fits.getdata(tmp / "proj_area.fits", memmap=False)
+    try:
+        values = _read_image(projected)
+        area = _read_image(tmp / "proj_area.fits")
+    except Exception as exc:
+        raise MontageError("read mProjectPP output", repr(exc), objid, band, frame) from exc
     for path in (piece, projected, tmp / "proj_area.fits"):
         path.unlink(missing_ok=True)
     return values, area
@@ -309,9 +453,11 @@ def _cutout_band(
     pixel_scale_arcsec: float,
     objid,
     band,
+    corners: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     padded = size + 2 * PAD
-    corners = _patch_corners_world(ra, dec, padded, pixel_scale_arcsec)
+    if corners is None:
+        corners = _patch_corners_world(ra, dec, padded, pixel_scale_arcsec)
     out_area_deg2 = (pixel_scale_arcsec / 3600.0) ** 2
     out_area_sr = out_area_deg2 * (math.pi / 180.0) ** 2
     # Sums of value x area and of area, kept apart for frames that cover a pixel completely and
@@ -320,12 +466,17 @@ def _cutout_band(
     part_sum, part_area = np.zeros((padded, padded)), np.zeros((padded, padded))
     used = 0
     for frame in frames:
-        frame_wcs, shape, in_area_deg2 = frame_geometry(frame, objid, band)
-        box = _piece_box(frame_wcs, shape, corners)
+        info = _open_frame(frame, objid, band)
+        try:
+            _, in_area_deg2 = _wcs_of(info.wcs_cards, info.crpix)
+            x, y = _frame_pixels(info, corners)
+        except Exception as exc:
+            raise MontageError("read frame header", repr(exc), objid, band, frame) from exc
+        box = _piece_box(x, y, info.shape)
         if box is None:
             continue
         result = _project_frame(
-            Path(frame), box, header_path, tmp, out_area_deg2 / in_area_deg2, objid, band
+            Path(frame), info, box, header_path, tmp, out_area_deg2 / in_area_deg2, objid, band
         )
         if result is None:
             continue
@@ -444,6 +595,7 @@ def cutout(
     try:
         # One header serves all five bands: it depends only on the position.
         header = write_header(tmp / "patch.hdr", ra, dec, size + 2 * PAD, pixel_scale_arcsec)
+        corners = _patch_corners_world(ra, dec, size + 2 * PAD, pixel_scale_arcsec)
         for band in BANDS:
             try:
                 planes.append(
@@ -457,6 +609,7 @@ def cutout(
                         pixel_scale_arcsec,
                         objid,
                         band,
+                        corners,
                     )
                 )
             except IncompleteCutout as exc:
