@@ -323,13 +323,11 @@ class MockFrameSource(FrameSource):
             if not self._in_footprint(fid):
                 raise FrameNotFoundError(fid, band, self.sky_dir, "not in the simulated footprint")
             try:
-                hdul = self.sky.render(fid, band, window)
+                # A window serves one cut-out: Montage reads only the image HDU, and making the
+                # calibration and sky tables costs more than rendering the pixels.
+                hdul = self.sky.render(fid, band, window, tables=window is None)
             except ValueError as exc:  # a window outside the frame
                 raise FrameError(fid, band, self.sky_dir, str(exc)) from exc
-            if window is not None:
-                # A window serves one cut-out: Montage reads only the image HDU, and writing the
-                # calibration and sky tables cost more than rendering the pixels.
-                hdul = fits.HDUList([hdul[0]])
             return self._publish(target, lambda out: hdul.writeto(out))
 
 

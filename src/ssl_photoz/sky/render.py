@@ -14,6 +14,7 @@ integer bounds, so GalSim coordinates equal 0-based frame coordinates.
 from __future__ import annotations
 
 import bz2
+import functools
 import os
 import tempfile
 import warnings
@@ -185,6 +186,112 @@ def _check_window(window) -> tuple[int, int, int, int]:
     return x0, x1, y0, y1
 
 
+class _Moffat(galsim.Moffat):
+    """A Moffat that keeps its maxk and stepk: GalSim asks the C++ layer again for every
+    Transform and Convolve that wraps it (0.5 ms each for a truncated Moffat). Same pixels."""
+
+    @galsim.utilities.lazy_property
+    def _maxk(self):
+        return self._sbp.maxK()
+
+    @galsim.utilities.lazy_property
+    def _stepk(self):
+        return self._sbp.stepK()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_psf(fwhm_arcsec: float) -> galsim.GSObject:
+    return _Moffat(
+        beta=PSF_BETA, fwhm=fwhm_arcsec, trunc=PSF_TRUNC_FWHM * fwhm_arcsec, gsparams=_GSPARAMS
+    )
+
+
+class FrameModel:
+    """The sources of one frame and band, placed once; ``draw(window)`` renders any window.
+
+    Sorting, projecting and sizing the sources costs more than drawing a small window, so a
+    cut-out job that renders many windows of one frame keeps one FrameModel per frame and band.
+    The pixels equal ``render_model``'s (it is a thin wrapper around this).
+    """
+
+    def __init__(
+        self,
+        sources: pd.DataFrame,
+        footprint: Footprint,
+        fid: FieldId,
+        band: str,
+        psf_fwhm_arcsec: float,
+    ):
+        missing = [c for c in SOURCE_COLUMNS if c not in sources.columns]
+        if missing:
+            raise ValueError(f"sources lack columns {missing}")
+        self.psf_fwhm = float(psf_fwhm_arcsec)
+        self.empty = len(sources) == 0
+        if self.empty:
+            return
+        # A fixed drawing order makes the float sums independent of the input row order (faint,
+        # uncatalogued sources share objID -1, hence the position tie-breakers).
+        sources = sources.sort_values(["objID", "ra", "dec"], kind="stable")
+        self.src, self.pl = _place(sources, footprint.frame_wcs(fid, band))
+        self.flux = nanomaggies(self.src[f"mag_{band}"])
+        self.psf = _cached_psf(self.psf_fwhm)
+        self.psf_radius = _stamp_radius(0.0, self.psf_fwhm)
+        self.is_star = self.src["is_star"].to_numpy(dtype=bool)
+        extents = np.where(self.is_star, 0.0, _galaxy_extents(self.src))
+        self.reach = np.minimum(
+            np.ceil((extents + PSF_TRUNC_FWHM * self.psf_fwhm) / PIXEL_SCALE_ARCSEC + 1.0),
+            MAX_STAMP_RADIUS,
+        )
+
+    def draw(self, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Noise-free image (nanomaggies per pixel, float64) of the window (default: frame)."""
+        x0, x1, y0, y1 = _check_window(window)
+        canvas = np.zeros((y1 - y0, x1 - x0), dtype=np.float64)
+        if self.empty:
+            return canvas
+        pl, flux, reach = self.pl, self.flux, self.reach
+        # Cull before building any GalSim object: a small window touches few of the sources.
+        with np.errstate(invalid="ignore"):
+            touches = (
+                (pl.x + reach + 0.5 >= x0)
+                & (pl.x - reach - 0.5 < x1)
+                & (pl.y + reach + 0.5 >= y0)
+                & (pl.y - reach - 0.5 < y1)
+            )
+        picked = np.flatnonzero(touches)
+        for k, row in zip(picked, self.src.iloc[picked].itertuples(index=False), strict=True):
+            if not (np.isfinite(flux[k]) and flux[k] > 0 and np.isfinite(pl.x[k] + pl.y[k])):
+                continue
+            if self.is_star[k]:
+                # Transform keeps the one Moffat instance: withFlux would build a new Moffat and
+                # recompute its truncated Fourier table for every star.
+                obj, radius = galsim.Transform(self.psf, flux_ratio=float(flux[k])), self.psf_radius
+            else:
+                obj, extent = _galaxy(row, float(flux[k]), self.psf)
+                radius = _stamp_radius(extent, self.psf_fwhm)
+            ix, iy = int(np.floor(pl.x[k] + 0.5)), int(np.floor(pl.y[k] + 0.5))
+            sx0, sx1 = max(ix - radius, x0), min(ix + radius + 1, x1)
+            sy0, sy1 = max(iy - radius, y0), min(iy + radius + 1, y1)
+            if sx0 >= sx1 or sy0 >= sy1:
+                continue
+            # The whole stamp is drawn even when only part of it is kept, so its pixels never
+            # depend on the window.
+            wcs = galsim.JacobianWCS(pl.dedx[k], pl.dedy[k], pl.dndx[k], pl.dndy[k])
+            stamp = galsim.ImageD(
+                galsim.BoundsI(ix - radius, ix + radius, iy - radius, iy + radius), wcs=wcs
+            )
+            with warnings.catch_warnings():
+                # FFT on purpose: GalSim suggests (slow) real-space integration of the truncated
+                # Moffat x pixel; the FFT result is accurate to well under 1 %.
+                warnings.filterwarnings("ignore", message="Doing convolution", category=UserWarning)
+                obj.drawImage(image=stamp, offset=(pl.x[k] - ix, pl.y[k] - iy), method="fft")
+            canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += stamp.array[
+                sy0 - (iy - radius) : sy1 - (iy - radius),
+                sx0 - (ix - radius) : sx1 - (ix - radius),
+            ]
+        return canvas
+
+
 def render_model(
     sources: pd.DataFrame,
     footprint: Footprint,
@@ -194,65 +301,8 @@ def render_model(
     window: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Noise-free image (nanomaggies per pixel, float64) of the window (default: whole frame)."""
-    x0, x1, y0, y1 = _check_window(window)
-    canvas = np.zeros((y1 - y0, x1 - x0), dtype=np.float64)
-    missing = [c for c in SOURCE_COLUMNS if c not in sources.columns]
-    if missing:
-        raise ValueError(f"sources lack columns {missing}")
-    if len(sources) == 0:
-        return canvas
-    # A fixed drawing order makes the float sums independent of the input row order (faint,
-    # uncatalogued sources share objID -1, hence the position tie-breakers).
-    sources = sources.sort_values(["objID", "ra", "dec"], kind="stable")
-    src, pl = _place(sources, footprint.frame_wcs(fid, band))
-    flux = nanomaggies(src[f"mag_{band}"])
-    psf = _psf(psf_fwhm_arcsec)
-    psf_radius = _stamp_radius(0.0, psf_fwhm_arcsec)
-    # Cull before building any GalSim object: a small window touches few of the sources.
-    is_star = src["is_star"].to_numpy(dtype=bool)
-    extents = np.where(is_star, 0.0, _galaxy_extents(src))
-    reach = np.minimum(
-        np.ceil((extents + PSF_TRUNC_FWHM * psf_fwhm_arcsec) / PIXEL_SCALE_ARCSEC + 1.0),
-        MAX_STAMP_RADIUS,
-    )
-    with np.errstate(invalid="ignore"):
-        touches = (
-            (pl.x + reach + 0.5 >= x0)
-            & (pl.x - reach - 0.5 < x1)
-            & (pl.y + reach + 0.5 >= y0)
-            & (pl.y - reach - 0.5 < y1)
-        )
-
-    for k, row in zip(np.flatnonzero(touches), src[touches].itertuples(index=False), strict=True):
-        if not (np.isfinite(flux[k]) and flux[k] > 0 and np.isfinite(pl.x[k] + pl.y[k])):
-            continue
-        if bool(row.is_star):
-            # Transform keeps the one Moffat instance: withFlux would build a new Moffat and
-            # recompute its truncated Fourier table for every star.
-            obj, radius = galsim.Transform(psf, flux_ratio=float(flux[k])), psf_radius
-        else:
-            obj, extent = _galaxy(row, float(flux[k]), psf)
-            radius = _stamp_radius(extent, psf_fwhm_arcsec)
-        ix, iy = int(np.floor(pl.x[k] + 0.5)), int(np.floor(pl.y[k] + 0.5))
-        sx0, sx1 = max(ix - radius, x0), min(ix + radius + 1, x1)
-        sy0, sy1 = max(iy - radius, y0), min(iy + radius + 1, y1)
-        if sx0 >= sx1 or sy0 >= sy1:
-            continue
-        # The whole stamp is drawn even when only part of it is kept, so its pixels never
-        # depend on the window.
-        wcs = galsim.JacobianWCS(pl.dedx[k], pl.dedy[k], pl.dndx[k], pl.dndy[k])
-        stamp = galsim.ImageD(
-            galsim.BoundsI(ix - radius, ix + radius, iy - radius, iy + radius), wcs=wcs
-        )
-        with warnings.catch_warnings():
-            # FFT on purpose: GalSim suggests (slow) real-space integration of the truncated
-            # Moffat x pixel; the FFT result is accurate to well under 1 %.
-            warnings.filterwarnings("ignore", message="Doing convolution", category=UserWarning)
-            obj.drawImage(image=stamp, offset=(pl.x[k] - ix, pl.y[k] - iy), method="fft")
-        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += stamp.array[
-            sy0 - (iy - radius) : sy1 - (iy - radius), sx0 - (ix - radius) : sx1 - (ix - radius)
-        ]
-    return canvas
+    _check_window(window)
+    return FrameModel(sources, footprint, fid, band, psf_fwhm_arcsec).draw(window)
 
 
 def _noise_normals(
@@ -310,12 +360,29 @@ def _primary_header(
     window: tuple[int, int, int, int],
 ) -> fits.Header:
     x0, x1, y0, y1 = window
+    hdr = _frame_header(footprint, fid, band, int(seed), cond).copy()
+    hdr["NAXIS1"] = x1 - x0
+    hdr["NAXIS2"] = y1 - y0
+    # A window keeps the frame's WCS by moving the reference pixel.
+    hdr["CRPIX1"] = float(hdr["CRPIX1"]) - x0
+    hdr["CRPIX2"] = float(hdr["CRPIX2"]) - y0
+    if window != (0, FRAME_COLUMNS, 0, FRAME_ROWS):
+        hdr.insert("NMGY", ("WINX0", x0, "0-based frame column of pixel 0"))
+        hdr.insert("NMGY", ("WINY0", y0, "0-based frame row of pixel 0"))
+    return hdr
+
+
+@functools.lru_cache(maxsize=128)
+def _frame_header(
+    footprint: Footprint, fid: FieldId, band: str, seed: int, cond: FieldBandConditions
+) -> fits.Header:
+    """The whole frame's primary header (built once per frame: astropy cards are slow)."""
     hdr = fits.Header()
     hdr["SIMPLE"] = True
     hdr["BITPIX"] = -32
     hdr["NAXIS"] = 2
-    hdr["NAXIS1"] = x1 - x0
-    hdr["NAXIS2"] = y1 - y0
+    hdr["NAXIS1"] = FRAME_COLUMNS
+    hdr["NAXIS2"] = FRAME_ROWS
     hdr["EXTEND"] = True
     hdr["SIMULATD"] = (True, "simulated frame (ssl_photoz mock survey)")
     hdr["SIMSEED"] = (int(seed), "seed of the pixel noise")
@@ -336,12 +403,6 @@ def _primary_header(
     hdr["RADECSYS"] = ("ICRS", "International Celestial Ref. System")
     for key, value in footprint.frame_header_cards(fid, band).items():
         hdr[key] = float(value) if isinstance(value, float | np.floating) else value
-    # A window keeps the frame's WCS by moving the reference pixel.
-    hdr["CRPIX1"] = float(hdr["CRPIX1"]) - x0
-    hdr["CRPIX2"] = float(hdr["CRPIX2"]) - y0
-    if window != (0, FRAME_COLUMNS, 0, FRAME_ROWS):
-        hdr["WINX0"] = (x0, "0-based frame column of pixel 0")
-        hdr["WINY0"] = (y0, "0-based frame row of pixel 0")
     hdr["NMGY"] = (cond.nmgy_per_count, "Calibration factor [nMgy per count]")
     # 1 % calibration uncertainty, the SDSS photometric calibration goal.
     hdr["NMGYIVAR"] = (
@@ -381,29 +442,39 @@ def _astrometry_table(fid: FieldId, band: str) -> fits.BinTableHDU:
 
 
 def render_frame(
-    sources: pd.DataFrame,
+    sources: pd.DataFrame | None,
     footprint: Footprint,
     fid: FieldId,
     band: str,
     seed: int,
     window: tuple[int, int, int, int] | None = None,
+    *,
+    model: FrameModel | None = None,
+    tables: bool = True,
 ) -> fits.HDUList:
     """Simulated SDSS corrected frame (or a window of it) as an HDUList shaped like the real ones.
 
     The field's conditions (PSF, sky noise, calibration) come from ``field_conditions`` with
     ``footprint.seed``, as the catalogue's do; ``seed`` sets the noise. ``window=(x0, x1, y0, y1)``
     are 0-based, half-open column/row bounds; the window's pixels equal that slice of the full
-    frame exactly.
+    frame exactly. ``model``: the frame's ``FrameModel`` (built from ``sources`` when None), so
+    that the windows of one frame share the placing of its sources. ``tables=False`` leaves out
+    the calibration, sky and astrometry HDUs (Montage reads only the image).
     """
     if band not in BANDS:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
     win = _check_window(window)
     cond = field_conditions(footprint.seed, fid.run, fid.camcol, fid.field, band)
-    model = render_model(sources, footprint, fid, band, cond.psf_fwhm_arcsec, win)
-    image = _truncate_mantissa(add_noise(model, cond, seed, fid, band, win).astype(np.float32))
+    if model is None:
+        model = FrameModel(sources, footprint, fid, band, cond.psf_fwhm_arcsec)
+    image = _truncate_mantissa(
+        add_noise(model.draw(win), cond, seed, fid, band, win).astype(np.float32)
+    )
     primary = fits.PrimaryHDU(
         data=image, header=_primary_header(footprint, fid, band, seed, cond, win)
     )
+    if not tables:
+        return fits.HDUList([primary])
     calib = fits.ImageHDU(data=np.full(FRAME_COLUMNS, cond.nmgy_per_count, dtype=np.float32))
     return fits.HDUList([primary, calib, _sky_table(cond), _astrometry_table(fid, band)])
 

@@ -219,6 +219,7 @@ class MockSky:
         self._truth: pd.DataFrame | None = None
         self._frame_sources: dict[FieldId, pd.DataFrame] = {}
         self._faint: dict[FieldId, pd.DataFrame] = {}
+        self._models: dict[tuple[FieldId, str], object] = {}  # (field, band) -> FrameModel
 
     @property
     def db_path(self) -> Path:
@@ -284,16 +285,34 @@ class MockSky:
         faint = [self.faint_sources(n) for n in neighbours if self._field_exists(n)]
         return pd.concat([near, *faint], ignore_index=True)
 
-    def render(self, fid: FieldId, band: str, window=None):
-        """The frame (or a window of it) as the Science Archive Server would serve it."""
-        from .render import render_frame
+    def render(self, fid: FieldId, band: str, window=None, tables: bool = True):
+        """The frame (or a window of it) as the Science Archive Server would serve it
+        (``tables=False``: the image HDU only)."""
+        from .conditions import field_conditions
+        from .render import FrameModel, render_frame
 
-        if fid not in self._frame_sources:
-            if len(self._frame_sources) >= FRAME_SOURCE_CACHE:  # drop the oldest field
-                self._frame_sources.pop(next(iter(self._frame_sources)))
-            self._frame_sources[fid] = self.sources_for_frame(fid)
+        key = (fid, band)
+        if key not in self._models:
+            if fid not in self._frame_sources:
+                if len(self._frame_sources) >= FRAME_SOURCE_CACHE:  # drop the oldest field
+                    self._frame_sources.pop(next(iter(self._frame_sources)))
+                self._frame_sources[fid] = self.sources_for_frame(fid)
+            if len(self._models) >= FRAME_SOURCE_CACHE * 5:
+                self._models.pop(next(iter(self._models)))
+            cond = field_conditions(self.footprint.seed, fid.run, fid.camcol, fid.field, band)
+            fwhm = cond.psf_fwhm_arcsec
+            self._models[key] = FrameModel(
+                self._frame_sources[fid], self.footprint, fid, band, fwhm
+            )
         return render_frame(
-            self._frame_sources[fid], self.footprint, fid, band, self.settings.seed, window
+            None,
+            self.footprint,
+            fid,
+            band,
+            self.settings.seed,
+            window,
+            model=self._models[key],
+            tables=tables,
         )
 
     def _field_exists(self, fid: FieldId) -> bool:
