@@ -1,4 +1,5 @@
-"""Similarity search: FAISS against brute force, lookups, pools, anomalies, embeddings, figures."""
+"""Similarity search: FAISS against brute force, lookups, pools, anomalies, embeddings, figures
+(ssl_photoz.embeddings, .faiss_index, .search, .similarity_figures) and the gri pictures."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from matplotlib.image import imread
 from test_data import write_store
 from test_train import MODEL, PRETRAIN
 
-from ssl_photoz import similarity as sim
+from ssl_photoz import embeddings as emb_mod
+from ssl_photoz import faiss_index as fi
+from ssl_photoz import search as srch
+from ssl_photoz import similarity_figures as figs
 from ssl_photoz.train import Runtime, load_checkpoint, pretrain
 
 
@@ -35,7 +39,7 @@ def write_synthetic(path, vectors, seed: int = 0):
             "split": np.array(["train", "val", "unlabeled"])[np.arange(n) % 3],
         }
     )
-    sim.write_embeddings(path, table, vectors, {"kind": "test"})
+    emb_mod.write_embeddings(path, table, vectors, {"kind": "test"})
     return table
 
 
@@ -44,8 +48,8 @@ def write_synthetic(path, vectors, seed: int = 0):
 
 def test_faiss_equals_numpy_brute_force():
     database, queries = unit_vectors(3000, 32, seed=1), unit_vectors(64, 32, seed=2)
-    d_faiss, i_faiss = sim.search(sim.build_index(database), queries, 10)
-    d_np, i_np = sim.search_numpy(database, queries, 10)
+    d_faiss, i_faiss = fi.search(fi.build_index(database), queries, 10)
+    d_np, i_np = fi.search_numpy(database, queries, 10)
     np.testing.assert_array_equal(i_faiss, i_np)
     np.testing.assert_allclose(d_faiss, d_np, atol=1e-5)
     # ... and both are the true Euclidean distances, nearest first
@@ -59,9 +63,9 @@ def test_faiss_equals_numpy_brute_force():
 def test_search_within_a_pool_only_returns_pool_rows():
     database, queries = unit_vectors(500, 16, seed=3), unit_vectors(5, 16, seed=4)
     rows = np.arange(0, 500, 7)
-    dist, idx = sim.search(sim.build_index(database), queries, 5, rows)
+    dist, idx = fi.search(fi.build_index(database), queries, 5, rows)
     assert np.isin(idx, rows).all()
-    d_np, i_np = sim.search_numpy(database[rows], queries, 5)
+    d_np, i_np = fi.search_numpy(database[rows], queries, 5)
     np.testing.assert_array_equal(idx, rows[i_np])
     np.testing.assert_allclose(dist, d_np, atol=1e-5)
 
@@ -69,13 +73,13 @@ def test_search_within_a_pool_only_returns_pool_rows():
 def test_non_unit_vectors_and_bad_k_are_refused():
     vectors = unit_vectors(20, 8)
     with pytest.raises(ValueError, match="not unit vectors"):
-        sim.build_index(vectors * 2)
+        fi.build_index(vectors * 2)
     with pytest.raises(ValueError, match="float32"):
-        sim.build_index(vectors.astype(np.float64))
+        fi.build_index(vectors.astype(np.float64))
     with pytest.raises(ValueError, match="k must be in 1..20"):
-        sim.search(sim.build_index(vectors), vectors[:1], 21)
+        fi.search(fi.build_index(vectors), vectors[:1], 21)
     with pytest.raises(ValueError, match="8 dimensions, expected 4"):
-        sim.search(sim.build_index(unit_vectors(20, 4)), vectors[:1], 3)
+        fi.search(fi.build_index(unit_vectors(20, 4)), vectors[:1], 3)
 
 
 # --- embeddings files and lookups ---------------------------------------------------------------
@@ -85,14 +89,14 @@ def test_embeddings_file_round_trip_and_checks(tmp_path):
     vectors = unit_vectors(30, 8)
     path = tmp_path / "emb.parquet"
     table = write_synthetic(path, vectors)
-    emb = sim.load_embeddings(path)
+    emb = emb_mod.load_embeddings(path)
     np.testing.assert_array_equal(emb.vectors, vectors)
     assert emb.vectors.dtype == np.float32 and emb.metadata == {"kind": "test"}
     pd.testing.assert_frame_equal(emb.table, table, check_dtype=False)
     bad = tmp_path / "bad.parquet"
     write_synthetic(bad, vectors * 1.5)
     with pytest.raises(ValueError, match="bad.parquet.*not unit vectors"):
-        sim.load_embeddings(bad)
+        emb_mod.load_embeddings(bad)
 
 
 def test_query_by_objid_excludes_itself_and_draws_from_the_pool(tmp_path):
@@ -101,54 +105,54 @@ def test_query_by_objid_excludes_itself_and_draws_from_the_pool(tmp_path):
     table = write_synthetic(path, vectors)
     for row in (1, 3):  # a validation object, then a training object (which is in the pool)
         query = int(table["objid"][row])
-        found = sim.query_neighbours(path, objid=query, k=5, pool="train")
+        found = srch.query_neighbours(path, objid=query, k=5, pool="train")
         assert len(found) == 5 and query not in found["objid"].to_list()
         assert (found["split"] == "train").all()
         assert found["distance"].is_monotonic_increasing
         train = np.flatnonzero((table["split"] == "train").to_numpy() & (np.arange(300) != row))
-        _, idx = sim.search_numpy(vectors[train], vectors[row], 5)
+        _, idx = fi.search_numpy(vectors[train], vectors[row], 5)
         np.testing.assert_array_equal(found["objid"], table["objid"].to_numpy()[train[idx[0]]])
         assert found.attrs["query"]["objid"] == query
-    wide = sim.query_neighbours(path, objid=5001, k=8, pool="train+unlabeled")
+    wide = srch.query_neighbours(path, objid=5001, k=8, pool="train+unlabeled")
     assert set(wide["split"]) <= {"train", "unlabeled"} and 5001 not in wide["objid"].to_list()
-    assert sim.query_neighbours(path, objid=5001, k=299, pool="all")["objid"].nunique() == 299
+    assert srch.query_neighbours(path, objid=5001, k=299, pool="all")["objid"].nunique() == 299
 
 
 def test_query_errors_name_the_objid_and_the_nearest_object(tmp_path):
     path = tmp_path / "emb.parquet"
     table = write_synthetic(path, unit_vectors(30, 8))
     with pytest.raises(ValueError, match="objid 424242 is not among the 30"):
-        sim.query_neighbours(path, objid=424242)
+        srch.query_neighbours(path, objid=424242)
     ra, dec = table["ra"][7], table["dec"][7]
-    found = sim.query_neighbours(path, ra=ra + 1.0 / 3600, dec=dec, k=3, pool="all")
+    found = srch.query_neighbours(path, ra=ra + 1.0 / 3600, dec=dec, k=3, pool="all")
     assert found.attrs["query"]["objid"] == table["objid"][7]
     far_dec = table["dec"].max() + 10.0 / 3600  # 10 arcsec north of the northernmost object
     nearest = int(table["objid"][table["dec"].idxmax()])
     with pytest.raises(ValueError, match=rf"nearest, objid {nearest}, is \d+\.\d arcsec away"):
-        sim.query_neighbours(path, ra=table["ra"][table["dec"].idxmax()], dec=far_dec)
+        srch.query_neighbours(path, ra=table["ra"][table["dec"].idxmax()], dec=far_dec)
     with pytest.raises(ValueError, match="either objid or both ra and dec"):
-        sim.query_neighbours(path, ra=ra)
+        srch.query_neighbours(path, ra=ra)
     with pytest.raises(ValueError, match="unknown pool"):
-        sim.query_neighbours(path, objid=5000, pool="val")
+        srch.query_neighbours(path, objid=5000, pool="val")
 
 
 def test_saved_index_is_used_and_a_stale_one_refused(tmp_path):
     path = tmp_path / "emb.parquet"
     write_synthetic(path, unit_vectors(50, 8, seed=1))
-    saved = sim.write_index(path)
+    saved = fi.write_index(path)
     assert saved == tmp_path / "emb.faiss" and saved.exists()
-    before = sim.query_neighbours(path, objid=5001, k=4)
+    before = srch.query_neighbours(path, objid=5001, k=4)
     write_synthetic(path, unit_vectors(50, 8, seed=2))  # the embeddings change, the index not
     with pytest.raises(ValueError, match="emb.faiss: the index does not match"):
-        sim.query_neighbours(path, objid=5001, k=4)
+        srch.query_neighbours(path, objid=5001, k=4)
     write_synthetic(path, unit_vectors(40, 8, seed=1))
     with pytest.raises(ValueError, match="emb.faiss: the index holds 50 vectors"):
-        sim.query_neighbours(path, objid=5001, k=4)
+        srch.query_neighbours(path, objid=5001, k=4)
     write_synthetic(path, unit_vectors(50, 8, seed=1))
-    pd.testing.assert_frame_equal(sim.query_neighbours(path, objid=5001, k=4), before)
+    pd.testing.assert_frame_equal(srch.query_neighbours(path, objid=5001, k=4), before)
     saved.write_bytes(b"not an index")
     with pytest.raises(ValueError, match="emb.faiss: not a FAISS index"):
-        sim.query_neighbours(path, objid=5001, k=4)
+        srch.query_neighbours(path, objid=5001, k=4)
 
 
 # --- anomalies ----------------------------------------------------------------------------------
@@ -162,16 +166,16 @@ def test_anomalies_rank_a_planted_outlier_first():
     vectors = np.vstack([members[:200], outlier, members[200:]]).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors[300] = vectors[301]  # an exact duplicate must not hide behind its own copy
-    found = sim.anomalies(vectors, k=5, n=10)
+    found = srch.anomalies(vectors, k=5, n=10)
     assert found["row"].iloc[0] == 200
     assert found["kth_distance"].is_monotonic_decreasing and len(found) == 10
     # the scores are the brute-force distance to the 5th neighbour other than the object itself
-    dist, idx = sim.search_numpy(vectors, vectors, 6)
+    dist, idx = fi.search_numpy(vectors, vectors, 6)
     not_self = idx != np.arange(len(vectors))[:, None]
     kth = np.array([d[m][4] for d, m in zip(dist, not_self, strict=True)])
     np.testing.assert_allclose(found["kth_distance"], np.sort(kth)[::-1][:10], atol=1e-5)
     catalog = pd.DataFrame({"objid": np.arange(len(vectors)) + 100})
-    assert sim.anomalies(vectors, k=5, n=3, catalog=catalog)["objid"].iloc[0] == 300
+    assert srch.anomalies(vectors, k=5, n=3, catalog=catalog)["objid"].iloc[0] == 300
 
 
 # --- embeddings from a pretrained model ---------------------------------------------------------
@@ -197,7 +201,7 @@ def embedded(pretrained, tmp_path_factory):
     """The embeddings file of the pretrained model on its store, and its row count."""
     store, stats, model = pretrained
     path = tmp_path_factory.mktemp("embedded") / "embeddings.parquet"
-    return path, sim.compute_embeddings(model, store, stats, path, batch_size=16)
+    return path, emb_mod.compute_embeddings(model, store, stats, path, batch_size=16)
 
 
 def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp_path, caplog):
@@ -205,10 +209,10 @@ def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp
     first, n_rows = embedded
     assert n_rows == 38
     second = tmp_path / "again.parquet"
-    with caplog.at_level(logging.INFO, logger="ssl_photoz.similarity"):
-        assert sim.compute_embeddings(model, store, None, second, batch_size=16) == 38
+    with caplog.at_level(logging.INFO, logger="ssl_photoz.embeddings"):
+        assert emb_mod.compute_embeddings(model, store, None, second, batch_size=16) == 38
     assert "embedding 38 objects, skipping 2 with ok == False" in caplog.text
-    a, b = sim.load_embeddings(first), sim.load_embeddings(second)
+    a, b = emb_mod.load_embeddings(first), emb_mod.load_embeddings(second)
     assert a.vectors.shape == (38, PRETRAIN["dim"])
     np.testing.assert_allclose(np.linalg.norm(a.vectors, axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(a.vectors, b.vectors)  # deterministic
@@ -220,7 +224,7 @@ def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp
     # The preprocessing is the dereddened centre crop through the query encoder and head.
     from ssl_photoz import augment, data
 
-    moco = sim._moco_from_checkpoint(load_checkpoint(model), model).eval()
+    moco = emb_mod._moco_from_checkpoint(load_checkpoint(model), model).eval()
     item = data.CutoutDataset(store, [5], deredden=False)[0]["image"][None]
     ebv = data.open_store(store).ebv[5]
     with torch.no_grad():
@@ -233,7 +237,7 @@ def test_compute_embeddings_refuses_a_classifier_checkpoint(pretrained, tmp_path
     fake = tmp_path / "finetune.pt"
     torch.save({"kind": "finetune", "model": {}}, fake)
     with pytest.raises(ValueError, match="finetune.pt: not a MoCo pretraining checkpoint"):
-        sim.compute_embeddings(fake, store, stats, tmp_path / "out.parquet")
+        emb_mod.compute_embeddings(fake, store, stats, tmp_path / "out.parquet")
 
 
 def _png_size(path):
@@ -242,16 +246,16 @@ def _png_size(path):
 
 
 def _expected_px(n_rows, n_cols):
-    width, height = sim._figure_inches(n_rows, n_cols)
-    return width * sim.DPI, height * sim.DPI
+    width, height = figs._figure_inches(n_rows, n_cols)
+    return width * figs.DPI, height * figs.DPI
 
 
 def test_figures_write_pngs_of_the_expected_size(pretrained, embedded, tmp_path):
     store = pretrained[0]
-    emb = sim.load_embeddings(embedded[0])
+    emb = emb_mod.load_embeddings(embedded[0])
 
     fig1 = tmp_path / "fig1.png"
-    plotted = sim.plot_similarity_search(emb, store, fig1, n_queries=3, k=4, seed=1)
+    plotted = figs.plot_similarity_search(emb, store, fig1, n_queries=3, k=4, seed=1)
     assert len(plotted) == 3 * 5 and (plotted["rank"] == 0).sum() == 3
     queries = plotted[plotted["rank"] == 0]["objid"]
     assert (emb.table.set_index("objid").loc[queries, "split"] == "val").all()
@@ -262,7 +266,7 @@ def test_figures_write_pngs_of_the_expected_size(pretrained, embedded, tmp_path)
     assert abs(width - want_w) <= 1 and abs(height - want_h) <= 1
 
     odd = tmp_path / "anomalies.png"
-    sim.plot_anomalies(sim.anomalies(emb.vectors, k=3, n=7, catalog=emb.table), store, odd)
+    figs.plot_anomalies(srch.anomalies(emb.vectors, k=3, n=7, catalog=emb.table), store, odd)
     width, height = _png_size(odd)
     want_w, want_h = _expected_px(2, 5)
     assert abs(width - want_w) <= 1 and abs(height - want_h) <= 1
@@ -285,7 +289,7 @@ def clustered_unit_vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def ivf_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(sim, "EXACT_MAX", 1000)
+    monkeypatch.setattr(fi, "EXACT_MAX", 1000)
     vectors = clustered_unit_vectors(5000, seed=11)
     path = tmp_path / "emb.parquet"
     table = write_synthetic(path, vectors)
@@ -294,8 +298,8 @@ def ivf_file(tmp_path, monkeypatch):
 
 def _recall_by_numpy(index, vectors, rows, k):
     """recall@k of index on data rows as queries, self excluded, against search_numpy."""
-    _, exact = sim.search_numpy(vectors, vectors[rows], k + 1)
-    _, found = sim.search(index, vectors[rows], k + 1)
+    _, exact = fi.search_numpy(vectors, vectors[rows], k + 1)
+    _, found = fi.search(index, vectors[rows], k + 1)
     hits = []
     for e, f, row in zip(exact, found, rows, strict=True):
         e, f = e[e != row][:k], f[(f != row) & (f >= 0)][:k]
@@ -305,21 +309,21 @@ def _recall_by_numpy(index, vectors, rows, k):
 
 def test_large_index_is_ivf_with_its_recall_recorded(ivf_file, caplog):
     path, vectors, _ = ivf_file
-    with caplog.at_level(logging.INFO, logger="ssl_photoz.similarity"):
-        saved = sim.write_index(path)
+    with caplog.at_level(logging.INFO, logger="ssl_photoz.faiss_index"):
+        saved = fi.write_index(path)
     assert "recall@5" in caplog.text
-    info = json.loads(sim.index_info_path(saved).read_text())
+    info = json.loads(fi.index_info_path(saved).read_text())
     assert saved.with_name("emb.faiss.json").exists()
     assert info["kind"] == "ivf" and info["ntotal"] == 5000
-    assert info["nlist"] == sim.ivf_nlist(5000) == 128  # 4 sqrt(5000) -> 256, halved for training
-    assert info["nprobe"] == sim.IVF_NPROBE and info["recall_queries"] == 500
+    assert info["nlist"] == fi.ivf_nlist(5000) == 128  # 4 sqrt(5000) -> 256, halved for training
+    assert info["nprobe"] == fi.IVF_NPROBE and info["recall_queries"] == 500
     assert info["recall"] >= 0.95
-    index = sim.load_index(saved, vectors)
+    index = fi.load_index(saved, vectors)
     ivf = faiss_ivf(index)
     assert ivf is not None and ivf.nprobe == info["nprobe"] and ivf.nlist == 128
     with pytest.raises(ValueError, match="emb.faiss: the index does not match"):
-        sim.load_index(saved, vectors[::-1].copy())  # the IVF keeps its vectors readable
-    rows = sim.recall_rows(5000)
+        fi.load_index(saved, vectors[::-1].copy())  # the IVF keeps its vectors readable
+    rows = fi.recall_rows(5000)
     assert len(rows) == 500 and len(np.unique(rows)) == 500
     assert _recall_by_numpy(index, vectors, rows, 5) == pytest.approx(info["recall"], abs=1e-9)
     # ... and an approximate index it is: one list per query misses neighbours
@@ -329,60 +333,105 @@ def test_large_index_is_ivf_with_its_recall_recorded(ivf_file, caplog):
 
 def test_ivf_nprobe_rises_until_the_recall_is_reached(ivf_file, monkeypatch):
     path, vectors, _ = ivf_file
-    monkeypatch.setattr(sim, "IVF_NPROBE", 1)
-    saved = sim.write_index(path)
-    info = sim.load_index_info(saved)
+    monkeypatch.setattr(fi, "IVF_NPROBE", 1)
+    saved = fi.write_index(path)
+    info = fi.load_index_info(saved)
     assert info["nprobe"] > 1 and info["recall"] >= 0.95
-    index = sim.load_index(saved, vectors)
+    index = fi.load_index(saved, vectors)
     assert faiss_ivf(index).nprobe == info["nprobe"]  # restored from the sidecar, not the default
-    rows = sim.recall_rows(5000)
+    rows = fi.recall_rows(5000)
     assert _recall_by_numpy(index, vectors, rows, 5) == pytest.approx(info["recall"], abs=1e-9)
     faiss_ivf(index).nprobe = info["nprobe"] // 2  # the previous step fell short
     assert _recall_by_numpy(index, vectors, rows, 5) < 0.95
     # FAISS keeps nprobe in the file too; the sidecar's value is the one load_index applies
-    sim.index_info_path(saved).write_text(json.dumps(info | {"nprobe": 16}))
-    assert faiss_ivf(sim.load_index(saved, vectors)).nprobe == 16
+    fi.index_info_path(saved).write_text(json.dumps(info | {"nprobe": 16}))
+    assert faiss_ivf(fi.load_index(saved, vectors)).nprobe == 16
 
 
 def test_pool_search_and_anomalies_work_with_ivf(ivf_file):
     path, vectors, table = ivf_file
-    sim.write_index(path)
-    emb = sim.load_embeddings(path)
-    index = sim.open_index(emb)
+    fi.write_index(path)
+    emb = emb_mod.load_embeddings(path)
+    index = fi.open_index(emb)
     assert faiss_ivf(index) is not None
     rows = np.flatnonzero((table["split"] == "train").to_numpy())
     queries = vectors[[1, 4, 7, 10]]
-    dist, idx = sim.search(index, queries, 10, rows)
+    dist, idx = fi.search(index, queries, 10, rows)
     assert np.isin(idx[idx >= 0], rows).all() and (idx >= 0).mean() > 0.9
     # with every list probed the pool search is exact (so the params carry nprobe)
     faiss_ivf(index).nprobe = faiss_ivf(index).nlist
-    dist, idx = sim.search(index, queries, 10, rows)
-    d_np, i_np = sim.search_numpy(vectors[rows], queries, 10)
+    dist, idx = fi.search(index, queries, 10, rows)
+    d_np, i_np = fi.search_numpy(vectors[rows], queries, 10)
     np.testing.assert_array_equal(idx, rows[i_np])
     np.testing.assert_allclose(dist, d_np, atol=1e-5)
-    found = sim.query_neighbours(path, objid=5001, k=5, pool="train")
+    found = srch.query_neighbours(path, objid=5001, k=5, pool="train")
     assert len(found) == 5 and (found["split"] == "train").all() and 5001 not in found["objid"]
-    odd = sim.anomalies(vectors[:2000], k=5, n=5, index=sim.build_ivf_index(vectors[:2000]))
-    exact = sim.anomalies(vectors[:2000], k=5, n=5)
+    odd = srch.anomalies(vectors[:2000], k=5, n=5, index=fi.build_ivf_index(vectors[:2000]))
+    exact = srch.anomalies(vectors[:2000], k=5, n=5)
     assert np.isfinite(odd["kth_distance"]).all()
     assert len(set(odd["row"]) & set(exact["row"])) >= 3
 
 
 def test_small_index_stays_flat_and_a_mismatched_sidecar_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sim, "EXACT_MAX", 1000)
+    monkeypatch.setattr(fi, "EXACT_MAX", 1000)
     path = tmp_path / "emb.parquet"
     vectors = clustered_unit_vectors(1000, seed=3)
     write_synthetic(path, vectors)
-    saved = sim.write_index(path)
-    info = sim.load_index_info(saved)
+    saved = fi.write_index(path)
+    info = fi.load_index_info(saved)
     assert info["kind"] == "flat" and info["recall"] == 1.0 and "nprobe" not in info
-    assert faiss_ivf(sim.load_index(saved, vectors)) is None
-    sim.index_info_path(saved).write_text(json.dumps(info | {"kind": "ivf", "nlist": 64}))
+    assert faiss_ivf(fi.load_index(saved, vectors)) is None
+    fi.index_info_path(saved).write_text(json.dumps(info | {"kind": "ivf", "nlist": 64}))
     with pytest.raises(ValueError, match="emb.faiss.json: the sidecar says kind 'ivf'"):
-        sim.load_index(saved, vectors)
+        fi.load_index(saved, vectors)
 
 
 def faiss_ivf(index):
     import faiss
 
     return faiss.try_extract_index_ivf(index)
+
+
+# --- gri pictures: the Lupton et al. (2004) stretch against astropy's --------------------------
+
+
+def _galaxy_planes(noise: float = 0.01):
+    """i, r, g planes (nanomaggies) of a red-ish galaxy on a sky with Gaussian noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    profile = np.exp(-((yy - 32) ** 2 + (xx - 30) ** 2) / 40.0)
+    return [a * 20 * profile + rng.normal(0, noise, profile.shape) for a in (1.0, 0.8, 0.5)]
+
+
+def test_lupton_stretch_equals_astropys_wherever_the_intensity_is_positive():
+    from astropy.visualization import make_lupton_rgb
+
+    from ssl_photoz.images import astropy_lupton_args, lupton_asinh
+
+    planes = _galaxy_planes()
+    ours = lupton_asinh(*planes)
+    args = astropy_lupton_args()
+    theirs = make_lupton_rgb(*planes, **args, output_dtype=np.float64)
+    eight_bit = make_lupton_rgb(*planes, **args)  # astropy's default: uint8, truncated
+    positive = np.mean(planes, axis=0) > 0
+    assert (ours[positive] > 0.99).any()  # the core saturates: the hue-keeping cap is tested too
+    np.testing.assert_allclose(ours[positive], theirs[positive], rtol=0, atol=1e-12)
+    assert np.abs(ours[positive] * 255 - eight_bit[positive]).max() < 1.0  # within rounding
+    # ... but astropy paints every pixel of mean intensity <= 0 black (a third of this sky);
+    # the paper's f(I)/I is positive there and ours keeps their positive channels linear.
+    assert 0.2 < (~positive).mean() < 0.5
+    assert (theirs[~positive] == 0).all() and ours[~positive].max() > 0.1
+
+
+def test_gri_image_is_north_up_in_0_1_and_blank_where_not_finite():
+    from ssl_photoz.images import gri_image, lupton_asinh
+
+    i, r, g = _galaxy_planes()
+    r[0, 0] = np.nan  # row 0 is south: it ends up at the bottom
+    cutout = np.zeros((5, 64, 64))
+    cutout[1], cutout[2], cutout[3] = g, r, i
+    rgb = gri_image(cutout)
+    assert rgb.shape == (64, 64, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    want = lupton_asinh(i * 1.0, np.nan_to_num(r, nan=0.0) * 1.1, g * 1.8)[::-1]
+    np.testing.assert_allclose(rgb, want)
+    assert np.isfinite(rgb).all()

@@ -164,7 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """128-d unit embeddings of every usable object from the MoCo encoder, and their index."""
-    from .similarity import compute_embeddings, write_index
+    from .embeddings import compute_embeddings
+    from .faiss_index import write_index
 
     n = compute_embeddings(
         Path(args.checkpoint),
@@ -181,7 +182,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_similar(args: argparse.Namespace) -> int:
     """Nearest neighbours of one object (by objid or by ra/dec) in the embedding space."""
-    from .similarity import query_neighbours
+    from .search import query_neighbours
 
     if (args.objid is None) == (args.ra is None or args.dec is None):
         raise ValueError("give either --objid or both --ra and --dec")
@@ -200,13 +201,10 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_similarity(args: argparse.Namespace) -> int:
     """Fig. 1 (validation queries beside their training neighbours) and the anomaly list."""
     from .atomic import atomic_path
-    from .similarity import (
-        anomalies,
-        load_embeddings,
-        open_index,
-        plot_anomalies,
-        plot_similarity_search,
-    )
+    from .embeddings import load_embeddings
+    from .faiss_index import open_index
+    from .search import anomalies
+    from .similarity_figures import plot_anomalies, plot_similarity_search
 
     emb = load_embeddings(Path(args.embeddings))
     index = open_index(emb)

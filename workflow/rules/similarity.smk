@@ -23,7 +23,7 @@ rule embed:
         precision="auto",  # machine setting, as in learn.smk
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
-        code=stage_code("ssl_photoz.similarity"),
+        code=stage_code("ssl_photoz.embeddings", "ssl_photoz.faiss_index"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
@@ -60,7 +60,7 @@ rule similarity:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.similarity"),
+        code=stage_code("ssl_photoz.search", "ssl_photoz.similarity_figures"),
         store=STORE,
     shell:
         "ssl-photoz similarity --embeddings {input.embeddings} --store {params.store}"
