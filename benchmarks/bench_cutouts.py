@@ -1,4 +1,4 @@
-"""Five-band cut-outs per core-second: mSubimage + mProjectPP pieces vs mProjectPP of whole frames.
+"""Five-band cut-outs per core-second: numpy piece + mProjectPP vs mProjectPP of whole frames.
 
     python benchmarks/bench_cutouts.py [--objects 30]
 
@@ -104,7 +104,7 @@ def main() -> None:
     print("| method | CPU s | cut-outs per core-second |")
     print("|---|---|---|")
     print(
-        f"| mSubimage + mProjectPP (incl. {prep:.2f} s prepare_frame) | {fast_s:.2f} | "
+        f"| numpy piece + mProjectPP (incl. {prep:.2f} s prepare_frame) | {fast_s:.2f} | "
         f"{n / fast_s:.2f} |"
     )
     print(f"| mProjectPP of whole frames (naive) | {naive_s:.2f} | {n / naive_s:.2f} |")

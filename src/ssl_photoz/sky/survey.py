@@ -297,7 +297,7 @@ class MockSky:
                 if len(self._frame_sources) >= FRAME_SOURCE_CACHE:  # drop the oldest field
                     self._frame_sources.pop(next(iter(self._frame_sources)))
                 self._frame_sources[fid] = self.sources_for_frame(fid)
-            if len(self._models) >= FRAME_SOURCE_CACHE * 5:
+            if len(self._models) >= 40:  # 8 fields x 5 bands: objects come in field order
                 self._models.pop(next(iter(self._models)))
             cond = field_conditions(self.footprint.seed, fid.run, fid.camcol, fid.field, band)
             fwhm = cond.psf_fwhm_arcsec
