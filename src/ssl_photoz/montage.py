@@ -6,7 +6,7 @@ For each object and band:
    frame's pixels), so a frame that misses the patch costs no Montage call at all;
 2. numpy copies the frame pixels under the patch's bounding box, clipped to the frame, into a
    small FITS file whose header holds only the frame's WCS (what ``mSubimage`` did, without its
-   header parsing and file I/O: frames are read once, their headers by a small reader of our own);
+   header parsing: a frame's header is read once, by a small reader of our own, its rows per piece);
 3. ``mProjectPP`` projects that piece onto the output header (``fullRegion`` so every piece lands
    on the same grid) and writes the value and the ``_area`` (coverage, steradians) images;
 4. the pieces of several frames are combined by an area-weighted mean done with numpy, which is
