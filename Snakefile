@@ -19,6 +19,7 @@ include: "workflow/rules/cutouts.smk"
 include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/similarity.smk"
+include: "workflow/rules/explore.smk"
 include: "workflow/rules/report.smk"
 
 

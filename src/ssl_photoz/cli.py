@@ -217,6 +217,33 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    """The galaxy explorer: one static HTML page of the validation galaxies (rule explore)."""
+    from .explore import DEFAULTS, build_site
+
+    if args.sections_json:
+        sections = _sections(args, ("explore", "finetune"))
+    else:
+        config = load_config(args.config)
+        sections = {"explore": config.get("explore", {}), "finetune": config["finetune"]}
+    settings = {**DEFAULTS, **sections["explore"]}
+    bins = sections["finetune"]
+    summary = build_site(
+        Path(args.embeddings),
+        Path(args.store),
+        [Path(p) for p in args.predictions],
+        Path(args.out),
+        z_min=bins["z_min"],
+        z_max=bins["z_max"],
+        **settings,
+    )
+    print(
+        f"{args.out}: {summary['galaxies']} of {summary['validation']} validation galaxies, "
+        f"{summary['pictures']} pictures, {summary['bytes'] / 1e6:.1f} MB"
+    )
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     """Fig. 2 (sigma_MAD and label efficiency vs fraction), dz vs z_s, the augmentation gallery."""
     from .figures import make_all_figures
@@ -655,6 +682,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-anomalies", type=int, default=20)
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("explore", help="the galaxy explorer, one static HTML page (rule explore)")
+    p.add_argument("--embeddings", required=True, help="results/similarity/embeddings.parquet")
+    p.add_argument("--store", required=True, help="the cut-out store (the pictures)")
+    p.add_argument("--predictions", nargs="+", required=True, help="results/predictions/*.parquet")
+    p.add_argument("--out", required=True, help="the page (HTML)")
+    p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    p.add_argument(
+        "--sections-json", help="the explore and finetune sections as JSON (used by the rule)"
+    )
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("figures", help="the paper's figures for this run (rule figures)")
     p.add_argument("--metrics", required=True, help="metrics.tsv")

@@ -23,6 +23,7 @@ __all__ = [
     "POOLS",
     "anomalies",
     "find_row",
+    "kth_distances",
     "neighbours",
     "query_neighbours",
 ]
@@ -127,6 +128,35 @@ def query_neighbours(
     return out
 
 
+def kth_distances(
+    embeddings: np.ndarray,
+    k: int,
+    index: faiss.Index | None = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each row's distance to its k-th nearest object (all of ``embeddings``, itself excluded).
+
+    ``rows`` (default: every row) are the objects scored; the neighbours are always all objects.
+    This is the anomaly score of :func:`anomalies`; with an approximate ``index`` it can come out
+    a little large (inf when fewer than k + 1 are found).
+    """
+    vectors = check_unit(embeddings, "anomalies")
+    total = len(vectors)
+    if not 1 <= k < total:
+        raise ValueError(f"k must be in 1..{total - 1} (objects other than the query), got {k}")
+    rows = np.arange(total) if rows is None else np.asarray(rows, dtype=np.int64)
+    index = build_index(vectors) if index is None else index
+    kth = np.empty(len(rows), np.float32)
+    step = 4096
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        dist, idx = search(index, vectors[chunk], k + 1)
+        # Move each row's own entry (if found) to the end; an exact duplicate may displace it.
+        order = np.argsort(idx == chunk[:, None], axis=1, kind="stable")
+        kth[start : start + len(chunk)] = np.take_along_axis(dist, order, axis=1)[:, k - 1]
+    return kth
+
+
 def anomalies(
     embeddings: np.ndarray,
     k: int = 10,
@@ -144,19 +174,9 @@ def anomalies(
     """
     vectors = check_unit(embeddings, "anomalies")
     total = len(vectors)
-    if not 1 <= k < total:
-        raise ValueError(f"k must be in 1..{total - 1} (objects other than the query), got {k}")
     if catalog is not None and len(catalog) != total:
         raise ValueError(f"catalog has {len(catalog)} rows, embeddings {total}")
-    index = build_index(vectors) if index is None else index
-    kth = np.empty(total, np.float32)
-    step = 4096
-    for start in range(0, total, step):
-        dist, idx = search(index, vectors[start : start + step], k + 1)
-        self_ = np.arange(start, start + len(idx))[:, None]
-        # Move each row's own entry (if found) to the end; an exact duplicate may displace it.
-        order = np.argsort(idx == self_, axis=1, kind="stable")
-        kth[start : start + len(idx)] = np.take_along_axis(dist, order, axis=1)[:, k - 1]
+    kth = kth_distances(vectors, k, index=index)
     top = np.argsort(-kth, kind="stable")[: min(n, total)]
     out = pd.DataFrame({"row": top})
     if catalog is not None:

@@ -102,6 +102,7 @@ def final_targets(wildcards):
     targets += shard_statuses(wildcards)
     targets += [f"{RESULTS}/metrics.tsv", f"{RESULTS}/summary.md"]
     targets.append(f"{RESULTS}/figures/fig1_similarity_search.png")
+    targets.append(f"{RESULTS}/explore/index.html")
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets

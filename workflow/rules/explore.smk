@@ -1,0 +1,36 @@
+# Stage 5: the galaxy explorer, one static HTML page of the validation galaxies (no server).
+from ssl_photoz import explore_assets
+
+
+rule explore:
+    input:
+        embeddings=rules.embed.output.embeddings,
+        index=rules.embed.output.index,
+        manifest=rules.gather.output.manifest,
+        predictions=prediction_files,
+    output:
+        site=report(
+            f"{RESULTS}/explore/index.html",
+            caption="../report/explore.rst",
+            category="Galaxy explorer",
+        ),
+    log:
+        f"{RESULTS}/logs/explore.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/explore.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        code=stage_code("ssl_photoz.explore"),
+        # The page's template, script and style: package data that stage_code does not read.
+        assets=explore_assets.digest(),
+        # An absent explore section means its defaults; finetune's bins place the PDFs.
+        sections=json.dumps(
+            {"explore": config.get("explore", {}), "finetune": config["finetune"]},
+            sort_keys=True,
+        ),
+        store=STORE,
+    shell:
+        "ssl-photoz explore --sections-json {params.sections:q}"
+        " --embeddings {input.embeddings} --store {params.store}"
+        " --predictions {input.predictions} --out {output.site} > {log} 2>&1"
