@@ -12,7 +12,7 @@ localrules:
 rule query_labeled:
     input:
         unpack(query_inputs),
-        sql="src/ssl_photoz/query/queries/labeled.sql",
+        sql=f"{QUERIES}/labeled.sql",
     output:
         rows=f"{RESULTS}/catalog/labeled.parquet",
         provenance=f"{RESULTS}/catalog/labeled.provenance.json",
@@ -37,7 +37,7 @@ rule query_labeled:
 rule query_unlabeled:
     input:
         unpack(query_inputs),
-        sql="src/ssl_photoz/query/queries/unlabeled.sql",
+        sql=f"{QUERIES}/unlabeled.sql",
     output:
         rows=f"{RESULTS}/catalog/unlabeled.parquet",
         provenance=f"{RESULTS}/catalog/unlabeled.provenance.json",

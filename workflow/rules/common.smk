@@ -12,6 +12,9 @@ RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
 SKY_DIR = f"{RESOURCES}/sky"
 STORE = f"{RESULTS}/cutouts.zarr"  # written by plan_shards (empty), cutouts (shards), gather
+# The catalogue queries are package data (the pip-installed CLI reads the same files); the rules
+# name them from the checkout, whatever the working directory.
+QUERIES = os.path.join(workflow.basedir, "src", "ssl_photoz", "query", "queries")
 
 
 def stage_code(*modules):
