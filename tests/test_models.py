@@ -18,9 +18,11 @@ from ssl_photoz.models import (
     ARCHS,
     MoCo,
     RedshiftClassifier,
+    SplitBatchNorm,
     build_backbone,
     info_nce,
     load_authors_checkpoint,
+    split_batch_norm,
 )
 
 
@@ -255,6 +257,89 @@ def test_ddp_two_ranks_shuffle_bn_and_gathered_keys(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Photo-z classifier
+
+
+# ---------------------------------------------------------------------------------------------
+# Split BN: MoCo's shuffled BN in a single process
+
+
+def test_split_batch_norm_normalises_each_sub_batch_on_its_own():
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, 5, 5) * torch.arange(1, 13.0).view(12, 1, 1, 1)  # scale varies
+    split = SplitBatchNorm(4, num_splits=3).train()
+    with torch.no_grad():
+        split.weight.uniform_(0.5, 2.0)
+        split.bias.uniform_(-1.0, 1.0)
+    plain = nn.BatchNorm2d(4).train()
+    plain.load_state_dict(split.state_dict())
+    out = split(x)
+    # Each sub-batch of 4 equals plain BN run on that sub-batch alone...
+    for k, part in enumerate(x.chunk(3)):
+        alone = nn.BatchNorm2d(4).train()
+        alone.load_state_dict({**split.state_dict(), "num_batches_tracked": torch.tensor(0)})
+        torch.testing.assert_close(out[4 * k : 4 * k + 4], alone(part))
+        per_channel = out[4 * k : 4 * k + 4].permute(1, 0, 2, 3).reshape(4, -1)
+        torch.testing.assert_close(
+            (per_channel.mean(1) - split.bias) / split.weight, torch.zeros(4), atol=1e-5, rtol=0
+        )
+    # ... and differs from plain BN over the whole batch.
+    assert (out - plain(x)).abs().max() > 0.1
+    # Running statistics: the mean of the sub-batches' updates; eval mode is plain BN.
+    means = torch.stack([0.1 * p.mean((0, 2, 3)) for p in x.chunk(3)]).mean(0)
+    torch.testing.assert_close(split.running_mean, means)
+    split.eval(), plain.eval()
+    plain.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split(x), plain(x))
+    with pytest.raises(ValueError, match="does not split into 3 equal sub-batches"):
+        split.train()(x[:10])
+
+
+def test_split_batch_norm_swaps_every_bn_and_keeps_the_state_dict():
+    net = small_backbone()
+    keys = net.state_dict().keys()
+    split = split_batch_norm(small_backbone(), 4)
+    bns = [m for m in split.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, SplitBatchNorm) and m.num_splits == 4 for m in bns)
+    assert split.state_dict().keys() == keys
+    net.load_state_dict(split.state_dict())  # fine-tuning loads it into a plain backbone
+
+
+def _keys(moco, im_k, generator=None):
+    """The keys MoCo enqueues for im_k (read back from the queue)."""
+    moco.queue_ptr.zero_()
+    moco.train()
+    moco(im_k.clone(), im_k, generator=generator)
+    return moco.queue[:, : im_k.shape[0]].T.clone()
+
+
+def test_single_process_moco_shuffles_keys_across_split_bn():
+    torch.manual_seed(0)
+    images = torch.randn(8, 5, 32, 32) * torch.linspace(0.5, 3, 8).view(8, 1, 1, 1)
+    plain = MoCo(small_backbone, dim=16, queue_size=64, momentum=1.0)
+    split = MoCo(small_backbone, dim=16, queue_size=64, momentum=1.0, bn_splits=2)
+    split.load_state_dict(plain.state_dict())  # the same weights, momentum 1: keys frozen
+    assert split.encoder_k.bn1.num_splits == 2 and split.encoder_q.bn1.num_splits == 2
+    k_plain = _keys(plain, images)
+    gen = torch.Generator().manual_seed(3)
+    k_split = _keys(split, images, gen)
+    # Split BN changes the keys (statistics of 4 shuffled images, not of the whole batch) ...
+    assert (k_split - k_plain).abs().max() > 1e-3
+    # ... and they are exactly the keys of the shuffled sub-batches, unshuffled to image order.
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    encoder = MoCo(small_backbone, dim=16, queue_size=64).train()
+    encoder.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        parts = [
+            nn.functional.normalize(encoder.head_k(encoder.encoder_k(images[perm[s]])), dim=1)
+            for s in (slice(0, 4), slice(4, 8))
+        ]
+    expected = torch.empty_like(k_split)
+    expected[perm] = torch.cat(parts)
+    torch.testing.assert_close(k_split, expected, atol=1e-5, rtol=1e-4)
+    # A query and its own key never share BN statistics: some positive left its sub-batch.
+    assert ((perm[:4] >= 4).any() or (perm[4:] < 4).any()).item()
+    # The same generator state replays the same keys (resumed runs stay exact).
+    torch.testing.assert_close(_keys(split, images, torch.Generator().manual_seed(3)), k_split)
 
 
 def test_classifier_expected_z_and_bins():

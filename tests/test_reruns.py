@@ -37,11 +37,22 @@ def test_a_finetune_setting_reruns_only_finetuning_and_what_follows(tiny_run, tm
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(tiny_run, "--configfile", str(changed))
-    # The supervised baselines follow the same recipe (config section finetune), so they
-    # rerun too: two label fractions x one seed each, and their predictions.
-    assert jobs["finetune"] == 2 and jobs["supervised"] == 2
-    assert jobs["predict"] == 4 and "evaluate" in jobs
-    assert not (UPSTREAM_OF_TRAINING | CUTOUT_STAGE | {"pretrain"}) & set(jobs), jobs
+    # The supervised baselines have their own recipe (config section supervised), so they stay:
+    # two label fractions x one seed of fine-tuning rerun, and their predictions.
+    assert jobs["finetune"] == 2 and "supervised" not in jobs
+    assert jobs["predict"] == 2 and "evaluate" in jobs
+    assert not (UPSTREAM_OF_TRAINING | CUTOUT_STAGE | {"pretrain", "probe"}) & set(jobs), jobs
+
+
+def test_a_supervised_setting_reruns_only_the_supervised_baselines(tiny_run, tmp_path):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    config["supervised"]["lr"] = config["supervised"]["lr"] * 2
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(tiny_run, "--configfile", str(changed))
+    assert jobs["supervised"] == 2 and jobs["predict"] == 2 and "evaluate" in jobs
+    assert not {"finetune", "pretrain", "probe", "baseline_colours"} & set(jobs), jobs
+    assert not (UPSTREAM_OF_TRAINING | CUTOUT_STAGE) & set(jobs), jobs
 
 
 def test_a_pretraining_setting_leaves_the_cutouts_alone(tiny_run, tmp_path):

@@ -46,6 +46,8 @@ FINETUNE = {
     "z_min": 0.0,
     "z_max": 0.4,
 }
+# The supervised baselines' own recipe: one learning rate for every layer.
+SUPERVISED = {k: v for k, v in FINETUNE.items() if k != "backbone_lr_factor"}
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +189,41 @@ def test_finetune_and_supervised_train_and_resume(tiny_store, tmp_path):
     train_classifier(MODEL, FINETUNE, store, resumed, _cpu(), 1.0, 0, pretrained=pre)
     for key, value in _weights(straight).items():
         torch.testing.assert_close(value, _weights(resumed)[key], rtol=0, atol=0, msg=key)
-    sup = train_classifier(MODEL, FINETUNE, store, tmp_path / "sup" / "model.pt", _cpu(), 0.5, 1)
+    sup = train_classifier(MODEL, SUPERVISED, store, tmp_path / "sup" / "model.pt", _cpu(), 0.5, 1)
     assert sup["kind"] == "supervised" and sup["n_train"] < s["n_train"]
+    # The summaries record the recipe as run: optimiser, rates, batch and the steps taken.
+    assert s["recipe"]["lr"] == {"backbone": pytest.approx(0.0003), "head": 0.003}
+    assert s["recipe"]["steps_done"] == 2 * s["recipe"]["steps_per_epoch"] > 0
+    assert sup["recipe"]["optimizer"] == "Adam" and sup["recipe"]["batch_size"] == 16
+
+
+def _param_group_lrs(checkpoint):
+    return {
+        g["name"]: g["initial_lr"] for g in load_checkpoint(checkpoint)["optimizer"]["param_groups"]
+    }
+
+
+def test_supervised_runs_train_every_layer_at_one_learning_rate(tiny_store, tmp_path):
+    """The authors' supervised baseline has one rate for all layers: a random backbone trained at
+    a tenth of the head's rate would handicap it (and bias the label efficiency towards SSL)."""
+    store, stats = tiny_store
+    cfg = {**SUPERVISED, "epochs": 1}
+    s = train_classifier(MODEL, cfg, store, tmp_path / "sup" / "model.pt", _cpu(), 1.0, 0)
+    lrs = _param_group_lrs(tmp_path / "sup" / "checkpoint.pt")
+    assert set(lrs) == {"backbone", "head"} and set(lrs.values()) == {cfg["lr"]}
+    assert s["recipe"]["lr"] == lrs
+    # The schedule moved every group alike: the rates stay equal after the steps.
+    state = load_checkpoint(tmp_path / "sup" / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert len({g["lr"] for g in state}) == 1
+    with pytest.raises(ValueError, match="one learning rate"):
+        train_classifier(MODEL, FINETUNE, store, tmp_path / "x" / "model.pt", _cpu(), 1.0, 0)
+    # Fine-tuning keeps the paper's slower convolutions.
+    pre = tmp_path / "pre" / "model.pt"
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
+    ft = {**FINETUNE, "epochs": 1}
+    train_classifier(MODEL, ft, store, tmp_path / "ft" / "model.pt", _cpu(), 1.0, 0, pretrained=pre)
+    lrs = _param_group_lrs(tmp_path / "ft" / "checkpoint.pt")
+    assert lrs == {"backbone": pytest.approx(0.1 * ft["lr"]), "head": ft["lr"]}
 
 
 def test_finetune_refuses_a_mismatched_backbone(tiny_store, tmp_path):

@@ -73,12 +73,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def _classifier(args: argparse.Namespace, pretrained: Path | None) -> int:
     from .train import train_classifier, write_summary
 
-    cfg = _sections(args, ("model", "finetune"))
+    recipe = "finetune" if pretrained is not None else "supervised"
+    cfg = _sections(args, ("model", recipe))
     if not 0.0 < args.fraction <= 1.0:
         raise ValueError(f"--fraction {args.fraction}: must lie in (0, 1]")
     summary = train_classifier(
         cfg["model"],
-        cfg["finetune"],
+        cfg[recipe],
         Path(args.store),
         Path(args.out),
         _training_runtime(args, cfg["model"]),
@@ -97,7 +98,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_supervised(args: argparse.Namespace) -> int:
-    """The supervised baseline: the same network and recipe, from scratch."""
+    """The supervised baseline: the same network from scratch, its own recipe (section
+    ``supervised``: one learning rate for every layer)."""
     return _classifier(args, None)
 
 
@@ -543,9 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb, help=f"run the {sample} catalogue query (rule {verb.replace('-', '_')})"
         )
         add_common(p)
-        p.add_argument(
-            "--sql", help=f"the query file (default: the packaged queries/{sample}.sql)"
-        )
+        p.add_argument("--sql", help=f"the query file (default: the packaged queries/{sample}.sql)")
         p.add_argument("--sky-db", help="the simulated survey's DuckDB file (backend duckdb)")
         p.add_argument("--out", required=True, help="output Parquet file")
         p.set_defaults(func=func)

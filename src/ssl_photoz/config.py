@@ -69,6 +69,14 @@ def validate_config(config: dict, source: str = "config") -> dict:
             f"{source} is invalid:\n  - key 'cutouts.frame_source': {frame_source!r} does not "
             f"fit source {config['source']!r}; choose one of {sorted(wanted)}"
         )
+    finetune, supervised = config.get("finetune", {}), config.get("supervised", {})
+    for key in ("n_bins", "z_min", "z_max"):
+        if key in finetune and key in supervised and finetune[key] != supervised[key]:
+            raise ConfigError(
+                f"{source} is invalid:\n  - key 'supervised.{key}': {supervised[key]!r} differs "
+                f"from finetune.{key} ({finetune[key]!r}); both kinds must predict over the same "
+                f"redshift bins to be compared"
+            )
     region = config.get("sky", {}).get("region", {})
     if region and not region["ra_max"] > region["ra_min"]:
         raise ConfigError(

@@ -5,7 +5,11 @@ The paper network is torchvision's ResNet50 with the stem the authors use in the
 stride=1, padding=3, bias=False) and no max-pool, so a 64 x 64 crop keeps full resolution into
 layer1. MoCo v2 follows the reference implementation (github.com/facebookresearch/moco,
 moco/builder.py): momentum key encoder, queue of negatives, batch-shuffle BN and keys gathered
-across ranks under DDP. Nothing here moves tensors to a fixed device; everything follows the inputs.
+across ranks under DDP. A single process has no ranks to shuffle across, so there (``bn_splits`` >
+1) both encoders normalise over sub-batches (``SplitBatchNorm``) and the keys are shuffled across
+the sub-batches, as in the MoCo authors' single-GPU demo (facebookresearch/moco, colab/moco_cifar10_
+demo.ipynb): a query and its key never share batch statistics. Nothing here moves tensors to a
+fixed device; everything follows the inputs.
 """
 
 from __future__ import annotations
@@ -81,6 +85,67 @@ def build_backbone(arch: str, in_channels: int = 5, width: int = 64) -> nn.Modul
 # MoCo v2
 
 
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises each of ``num_splits`` consecutive sub-batches
+    with its own statistics (what BN does on one of ``num_splits`` GPUs); in eval mode it is plain
+    BN. The running statistics are the mean of the sub-batches' updates. Same parameters and
+    buffers as BatchNorm2d, so state_dicts load into a plain backbone and back."""
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be positive, got {num_splits}")
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.num_splits == 1:
+            return super().forward(x)
+        n = x.shape[0]
+        if n % self.num_splits:
+            raise ValueError(
+                f"batch of {n} does not split into {self.num_splits} equal sub-batches for "
+                f"split batch norm (pretrain.bn_splits): use a batch size that is a multiple"
+            )
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        means, variances, outs = [], [], []
+        for part in x.chunk(self.num_splits):
+            mean = self.running_mean.clone() if self.track_running_stats else None
+            var = self.running_var.clone() if self.track_running_stats else None
+            outs.append(
+                F.batch_norm(part, mean, var, self.weight, self.bias, True, momentum, self.eps)
+            )
+            means.append(mean)
+            variances.append(var)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.copy_(torch.stack(means).mean(0))
+                self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(outs)
+
+
+def split_batch_norm(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm2d of ``module`` by a SplitBatchNorm with the same state."""
+    if num_splits == 1:
+        return module
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
+            split = SplitBatchNorm(
+                child.num_features,
+                num_splits,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split)
+        else:
+            split_batch_norm(child, num_splits)
+    return module
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -129,16 +194,22 @@ class MoCo(nn.Module):
         momentum: float = 0.999,
         temperature: float = 0.2,
         mlp: bool = True,
+        bn_splits: int = 1,
     ):
         super().__init__()
         if queue_size < 1:
             raise ValueError(f"queue_size must be positive, got {queue_size}")
+        if bn_splits < 1:
+            raise ValueError(f"bn_splits must be positive, got {bn_splits}")
         self.dim = dim
         self.queue_size = queue_size
         self.momentum = momentum
         self.temperature = temperature
+        # Sub-batches of split BN in a single process (1: plain BN); ignored under DDP, where
+        # each rank normalises its own part and the keys are shuffled across ranks.
+        self.bn_splits = bn_splits
 
-        self.encoder_q = backbone_fn()
+        self.encoder_q = split_batch_norm(backbone_fn(), bn_splits)
         self.head_q = _projection_head(self.encoder_q.feature_dim, dim, mlp)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         self.head_k = copy.deepcopy(self.head_q)
@@ -183,11 +254,20 @@ class MoCo(nn.Module):
         self.queue_ptr.add_(n).remainder_(size)
 
     @torch.no_grad()
-    def _shuffle(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Shuffle the batch across ranks so key-encoder BN statistics cannot leak the positive."""
+    def _shuffle(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shuffle the batch across ranks so key-encoder BN statistics cannot leak the positive.
+
+        In one process with split BN the keys are shuffled across the sub-batches instead (drawn
+        from ``generator`` when given, so a resumed run replays them); with plain BN and one
+        process there is nothing to shuffle across."""
         world = _world_size()
         if world == 1:
-            return x, None
+            if self.bn_splits == 1:
+                return x, None
+            perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
+            return x[perm], torch.argsort(perm)
         x_all = concat_all_gather(x)
         perm = torch.randperm(x_all.shape[0], device=x.device)
         dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
@@ -198,6 +278,8 @@ class MoCo(nn.Module):
     def _unshuffle(self, x: torch.Tensor, inverse: torch.Tensor | None) -> torch.Tensor:
         if inverse is None:
             return x
+        if _world_size() == 1:
+            return x[inverse]
         x_all = concat_all_gather(x)
         return x_all[inverse.view(_world_size(), -1)[dist.get_rank()]]
 
@@ -205,12 +287,16 @@ class MoCo(nn.Module):
         """L2-normalised query embeddings (the 128-d vectors of the similarity search)."""
         return F.normalize(self.head_q(self.encoder_q(x)), dim=1)
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, labels): logits (B, 1 + K) = [l_pos, l_neg] / T, labels all zero."""
+    def forward(
+        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits, labels): logits (B, 1 + K) = [l_pos, l_neg] / T, labels all zero.
+
+        ``generator`` draws the single-process key shuffle of split BN."""
         q = self.embed(im_q)
         with torch.no_grad():
             self.momentum_update()
-            im_k, inverse = self._shuffle(im_k)
+            im_k, inverse = self._shuffle(im_k, generator)
             k = F.normalize(self.head_k(self.encoder_k(im_k)), dim=1)
             k = self._unshuffle(k, inverse)
         # Similarities in fp32 even under autocast: with T = 0.2 bf16 rounding is not negligible.
@@ -228,8 +314,9 @@ class MoCo(nn.Module):
 # Photo-z classifier
 
 
-def build_moco(model_cfg: dict, pretrain_cfg: dict) -> MoCo:
-    """The MoCo v2 model of the config sections ``model`` and ``pretrain``."""
+def build_moco(model_cfg: dict, pretrain_cfg: dict, bn_splits: int = 1) -> MoCo:
+    """The MoCo v2 model of the config sections ``model`` and ``pretrain``; ``bn_splits`` > 1
+    gives single-process training split BN (pretraining passes ``pretrain.bn_splits``)."""
 
     def backbone():
         return build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
@@ -240,6 +327,7 @@ def build_moco(model_cfg: dict, pretrain_cfg: dict) -> MoCo:
         queue_size=pretrain_cfg["queue_size"],
         momentum=pretrain_cfg["momentum"],
         temperature=pretrain_cfg["temperature"],
+        bn_splits=bn_splits,
     )
 
 

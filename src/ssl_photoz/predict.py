@@ -55,11 +55,12 @@ def predict_classifier(
     dev = torch.device(device)
     chosen = precision_mod.resolve(precision, dev, cfg["model"])
     log.info("predict: %s", chosen.describe())
+    recipe = cfg.get(cfg.get("kind"), cfg.get("finetune"))  # the run's section: its bins
     net = models.RedshiftClassifier(
         models.build_backbone(cfg["model"]["arch"], width=cfg["model"].get("width", 64)),
-        n_bins=cfg["finetune"]["n_bins"],
-        z_min=cfg["finetune"]["z_min"],
-        z_max=cfg["finetune"]["z_max"],
+        n_bins=recipe["n_bins"],
+        z_min=recipe["z_min"],
+        z_max=recipe["z_max"],
     )
     net.load_state_dict(state["model"])
     net.eval().to(dev, memory_format=torch.channels_last)  # as in training

@@ -3,8 +3,11 @@
 Recipes (Hayat et al. 2021): pretraining on the unlabeled pool plus the training images (never the
 validation images) with two augmented views per image (reddening, rotation, jitter-crop, noise);
 fine-tuning from the pretrained backbone with the convolutional part's learning rate 10x smaller
-than the head's; supervised training from scratch with the same recipe; 180-bin classifier over
-0 < z < 0.4, z_p = E(z) under the softmax.
+than the head's (config section ``finetune``); supervised training from scratch with one learning
+rate for every layer, as the authors' supervised baseline (section ``supervised``); 180-bin
+classifier over 0 < z < 0.4, z_p = E(z) under the softmax. A single-process pretraining normalises
+over ``pretrain.bn_splits`` sub-batches with the keys shuffled across them (``models.MoCo``), the
+equivalent of DDP's shuffled BN.
 
 Machine settings (device, workers, precision) are arguments, not science settings. The steps run
 channels_last, in the precision that ``precision.resolve`` chooses for the machine (``auto``: bf16
@@ -251,6 +254,20 @@ def check_queue_fits_pool(queue_size: int, pool: int) -> None:
         )
 
 
+def pretrain_bn_splits(cfg: dict, batch_size: int, runtime: Runtime) -> int:
+    """Sub-batches of split BN: ``pretrain.bn_splits`` in one process, 1 under DDP (each rank is
+    a sub-batch there, with the keys shuffled across ranks). The batch must divide evenly."""
+    if runtime.distributed:
+        return 1
+    splits = int(cfg.get("bn_splits", 1))
+    if batch_size % splits:
+        raise ValueError(
+            f"pretrain.bn_splits {splits} does not divide the batch of {batch_size} images "
+            f"(pretrain.batch_size, or the pool when smaller): choose a divisor"
+        )
+    return splits
+
+
 def _log_precision(what: str, runtime: Runtime) -> None:
     log.info("%s: %s", what, runtime.precision.describe())
 
@@ -273,8 +290,10 @@ def pretrain(
     _log_precision("pretrain", runtime)
     views = augment.MocoViews(data.load_stats(stats_path).to(runtime.device))
     batch_size = min(cfg["batch_size"], len(dataset))
+    bn_splits = pretrain_bn_splits(cfg, batch_size, runtime)
 
-    moco = models.build_moco(model_cfg, cfg).to(runtime.device, memory_format=torch.channels_last)
+    moco = models.build_moco(model_cfg, cfg, bn_splits=bn_splits)
+    moco = moco.to(runtime.device, memory_format=torch.channels_last)
     model = moco
     if runtime.distributed:
         model = nn.parallel.DistributedDataParallel(moco)
@@ -296,7 +315,7 @@ def pretrain(
             images = _to_device(batch["image"], runtime.device)
             im_q, im_k = views(images, gen)
             with runtime.precision.autocast():
-                logits, labels = model(im_q, im_k)
+                logits, labels = model(im_q, im_k, generator=gen)
                 loss = models.info_nce(logits.float(), labels)
             losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
             seen += len(images)
@@ -318,6 +337,22 @@ def pretrain(
         "history": loop.history,
         "n_images": len(dataset),
         "precision": runtime.precision.as_dict(),
+        "recipe": {
+            "optimizer": "SGD (momentum 0.9)",
+            "lr": {"all": cfg["lr"]},
+            "schedule": f"cosine per step, {cfg.get('warmup_epochs', 0)} warm-up epoch(s)",
+            "batch_size": batch_size,
+            "world_size": runtime.world_size,
+            "bn": (
+                "shuffled BN across ranks"
+                if runtime.distributed
+                else f"split BN over {bn_splits} sub-batches, keys shuffled across them"
+                if bn_splits > 1
+                else "plain BN (no shuffle: one process)"
+            ),
+            "steps_per_epoch": steps,
+            "steps_done": steps * last,
+        },
     }
     if runtime.is_main and last == cfg["epochs"]:
         save_checkpoint(
@@ -346,8 +381,22 @@ def train_classifier(
     max_epochs: int | None = None,
 ) -> dict:
     """Fine-tune (from ``pretrained``) or train from scratch (supervised) the redshift classifier
-    on the training objects with ``fraction_rank < fraction``; validate on the val split."""
+    on the training objects with ``fraction_rank < fraction``; validate on the val split.
+
+    ``cfg`` is the run's recipe: the ``finetune`` section (head at ``lr``, convolutions at
+    ``lr * backbone_lr_factor``) or the ``supervised`` one (every layer at ``lr``; a
+    ``backbone_lr_factor`` other than 1 is refused)."""
     kind = "finetune" if pretrained is not None else "supervised"
+    if kind == "finetune":
+        backbone_lr_factor = cfg["backbone_lr_factor"]
+    else:
+        backbone_lr_factor = cfg.get("backbone_lr_factor", 1.0)
+        if backbone_lr_factor != 1.0:
+            raise ValueError(
+                f"a supervised run trains every layer at one learning rate (the authors' "
+                f"baseline); got backbone_lr_factor {backbone_lr_factor}: give the supervised "
+                f"section's lr alone"
+            )
     seed_everything(seed)
     store = data.open_store(store_path)
     train_idx = data.labeled_indices(store, "train", fraction=fraction)
@@ -371,7 +420,7 @@ def train_classifier(
     ).to(runtime.device, memory_format=torch.channels_last)
     model = nn.parallel.DistributedDataParallel(net) if runtime.distributed else net
     optimizer = torch.optim.Adam(
-        net.parameter_groups(cfg["lr"], backbone_lr_factor=cfg["backbone_lr_factor"]),
+        net.parameter_groups(cfg["lr"], backbone_lr_factor=backbone_lr_factor),
         weight_decay=cfg["weight_decay"],
     )
     batch_size = min(cfg["batch_size"], len(train_set))
@@ -380,7 +429,7 @@ def train_classifier(
     scaler = runtime.precision.grad_scaler()
     run_cfg = {
         "model": model_cfg,
-        "finetune": cfg,
+        kind: cfg,  # the recipe, under its config section's name
         "fraction": fraction,
         "seed": seed,
         "kind": kind,
@@ -422,6 +471,15 @@ def train_classifier(
         "n_train": len(train_set),
         "n_val": len(val_set),
         "precision": runtime.precision.as_dict(),
+        "recipe": {
+            "optimizer": "Adam",
+            "lr": {g["name"]: g["initial_lr"] for g in optimizer.param_groups},
+            "schedule": "cosine per step, no warm-up",
+            "batch_size": batch_size,
+            "world_size": runtime.world_size,
+            "steps_per_epoch": steps,
+            "steps_done": steps * last,
+        },
     }
     if runtime.is_main and last == cfg["epochs"]:
         save_checkpoint(

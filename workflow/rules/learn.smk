@@ -1,4 +1,5 @@
-# Stage 3: MoCo v2 pretraining, then fine-tuning and supervised baselines per label fraction and
+# Stage 3: MoCo v2 pretraining, then fine-tuning (config section finetune) and supervised
+# baselines (section supervised: their own recipe, one learning rate) per label fraction and
 # seed. Machine settings (device, loader workers, GPUs) come from the profile's resources.
 # Resource `precision` (auto | fp32 | bf16 | fp16; default auto, set per rule in the profile's
 # set-resources) reaches the command through {resources}, not params: a machine setting, so
@@ -96,7 +97,7 @@ rule supervised:
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.train"),
-        sections=sections_json("model", "finetune"),
+        sections=sections_json("model", "supervised"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
