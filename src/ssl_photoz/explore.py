@@ -116,7 +116,7 @@ def _model_order(names) -> list[str]:
 # -- pictures --------------------------------------------------------------------------------------
 def thumbnail_jpeg(cutout: np.ndarray, size: int = THUMB_PX, quality: int = JPEG_QUALITY) -> bytes:
     """The central size x size pixels of a (5, H, W) cut-out as a gri JPEG (north up)."""
-    from PIL import Image
+    from matplotlib.image import imsave  # Pillow underneath (a matplotlib dependency)
 
     from .images import gri_image
 
@@ -127,9 +127,7 @@ def thumbnail_jpeg(cutout: np.ndarray, size: int = THUMB_PX, quality: int = JPEG
     rgb = gri_image(cutout[:, top : top + size, left : left + size])
     pixels = np.round(rgb * 255.0).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").save(
-        buffer, format="JPEG", quality=quality, subsampling=0
-    )
+    imsave(buffer, pixels, format="jpeg", pil_kwargs={"quality": quality, "subsampling": 0})
     return buffer.getvalue()
 
 
