@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssl_photoz.baselines import colour_features, knn_photoz
-from ssl_photoz.evaluate import bootstrap_interval, evaluate
+from ssl_photoz.evaluate import bootstrap_interval, evaluate, read_predictions
 from ssl_photoz.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from ssl_photoz.predict import predict_colours, write_predictions
 from ssl_photoz.sky.validate import load_real_mgs
@@ -100,6 +100,31 @@ def test_colour_baseline_and_evaluate_write_the_outputs(tmp_path):
     assert set(bins["bin_variable"]) == {"z_spec", "r"}
     knn = metrics[metrics["kind"] == "colours_knn"].iloc[0]
     assert knn["sigma_mad"] < 0.05
+
+
+def test_colour_baseline_per_label_fraction_uses_the_image_models_objects(tmp_path):
+    objects = _objects()
+    objects["fraction_rank"] = np.random.default_rng(5).uniform(0, 1, len(objects))
+    usable = objects["objid"][objects["objid"] % 7 != 0]  # objects with a good cut-out
+    files, n_train = [], {}
+    for fraction in (0.25, 1.0):
+        path = tmp_path / f"colours_knn_f{fraction}.parquet"
+        predict_colours(objects, path, fraction=fraction, usable_objids=usable)
+        pred, meta = read_predictions(path)
+        n_train[fraction] = int(meta["n_train"])
+        # Scored on the usable validation objects only, as the image models are.
+        val = objects[(objects["split"] == "val") & objects["objid"].isin(usable)]
+        assert sorted(pred["objid"]) == sorted(val["objid"])
+        files.append(path)
+    # Trained on exactly the image models' objects: train split, rank below the fraction, usable.
+    train = (objects["split"] == "train") & objects["objid"].isin(usable)
+    for fraction in (0.25, 1.0):
+        assert n_train[fraction] == int((train & (objects["fraction_rank"] < fraction)).sum())
+    metrics = evaluate(files, objects, tmp_path)
+    assert metrics["kind"].eq("colours_knn").all()
+    assert sorted(metrics["fraction"]) == [0.25, 1.0]
+    with pytest.raises(ValueError, match="no fraction_rank"):
+        predict_colours(objects.drop(columns="fraction_rank"), tmp_path / "x.parquet", fraction=0.5)
 
 
 def test_evaluate_refuses_empty_or_broken_predictions(tmp_path):

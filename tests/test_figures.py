@@ -177,6 +177,31 @@ def test_sigma_vs_fraction_png(tmp_path):
     assert not list(tmp_path.glob(".*partial"))
 
 
+def test_sigma_vs_fraction_draws_the_colours_knn_per_fraction(tmp_path, monkeypatch):
+    import ssl_photoz.figures as figures
+
+    metrics = _metrics()
+    metrics = metrics[metrics["kind"] != "colours_knn"]
+    knn = pd.DataFrame(
+        {"model": [f"colours_knn_f{f}" for f in FRACTIONS], "kind": "colours_knn",
+         "fraction": FRACTIONS, "seed": -1, "n": 1000,
+         "sigma_mad": [0.02 * f ** -0.1 for f in FRACTIONS], "eta_percent": 1.0, "bias": 0.0,
+         "sigma_mad_lo": 0.01, "sigma_mad_hi": 0.03}
+    )  # fmt: skip
+    metrics = pd.concat([metrics, knn], ignore_index=True)
+    saved = {}
+    original = figures._save
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, out: saved.setdefault("fig", fig) and original(fig, out)
+    )
+    plot_sigma_vs_fraction(_summary(metrics), tmp_path / "a.png", metrics=metrics)
+    ax = saved["fig"].axes[0]
+    curve = [line for line in ax.get_lines() if line.get_label().startswith("colours kNN")]
+    assert len(curve) == 1, [line.get_label() for line in ax.get_lines()]
+    np.testing.assert_allclose(curve[0].get_xdata(), FRACTIONS)
+    np.testing.assert_allclose(curve[0].get_ydata(), knn["sigma_mad"])
+
+
 def test_sigma_vs_fraction_names_the_missing_kind(tmp_path):
     summary = _summary(_metrics())
     path = tmp_path / "metrics_summary.tsv"

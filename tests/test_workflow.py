@@ -60,7 +60,11 @@ def test_the_whole_dag_runs_on_a_tiny_config(tiny_run):
     # Training and evaluation: every model of the config is trained, predicted and scored.
     metrics = pd.read_csv(workdir / "results/metrics.tsv", sep="\t")
     assert set(metrics["kind"]) == {"finetune", "supervised", "colours_knn"}
-    assert len(metrics) == 2 * 2 + 1  # 2 fractions x 1 seed x 2 kinds + the colours kNN
+    assert (
+        len(metrics) == 2 * 2 + 2
+    )  # 2 fractions x 1 seed x 2 kinds + the colours kNN per fraction
+    knn = metrics[metrics["kind"] == "colours_knn"]
+    assert sorted(knn["fraction"]) == sorted(metrics[metrics["kind"] == "finetune"]["fraction"])
     assert (workdir / "results/models/pretrain/checkpoint.pt").exists()
     # Figures, summary and leakage guard.
     for name in ("fig2_sigma_vs_fraction", "fig2_label_efficiency", "dz_vs_zspec", "augmentations"):

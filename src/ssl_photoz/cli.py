@@ -145,12 +145,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_colours(args: argparse.Namespace) -> int:
-    """The colours-only 10-nearest-neighbour photo-z on the same validation objects."""
+    """The colours-only 10-nearest-neighbour photo-z at one label fraction, on the image models'
+    training and validation objects."""
     from .predict import predict_colours
 
     objects = _read_parquet(args.objects, "objects table")
-    n = predict_colours(objects, Path(args.out), k=args.k)
-    log.info("colours kNN (k=%d): %d validation predictions -> %s", args.k, n, args.out)
+    usable = None
+    if args.store:
+        from .data import open_store
+
+        store = open_store(Path(args.store))
+        usable = store.objid[store.ok]
+    n = predict_colours(
+        objects, Path(args.out), k=args.k, fraction=args.fraction, usable_objids=usable
+    )
+    log.info(
+        "colours kNN (k=%d, label fraction %g): %d validation predictions -> %s",
+        args.k,
+        args.fraction,
+        n,
+        args.out,
+    )
     return 0
 
 
@@ -635,6 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--fraction", type=float, default=1.0, help="label fraction: train on fraction_rank < it"
+    )
+    p.add_argument(
+        "--store", help="the cut-out store: only objects with a good cut-out (as the image models)"
+    )
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_baseline_colours)
 

@@ -241,7 +241,8 @@ def _fraction_axis(ax, fractions: Iterable[float]) -> None:
 
 def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -> Path:
     """sigma_MAD against the label fraction: self-supervised and supervised, mean over seeds with
-    the seed standard deviation as error bars; the colours kNN as a horizontal line.
+    the seed standard deviation as error bars; the colours kNN at each label fraction (trained on
+    the same labels) as a dashed curve, or a horizontal line where it has no fraction.
 
     ``metrics`` (``metrics.tsv``, optional) adds each single run, faintly, with its 68 % bootstrap
     interval, so a one-seed run still shows its uncertainty. ``paper`` overlays the published
@@ -305,7 +306,23 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
         ax.add_patch(Rectangle((np.nan, np.nan), 0, 0, color="grey", alpha=0.35, label=RUN_LABEL))
 
     knn = frame[frame["kind"] == KNN_KIND]
-    if not knn.empty:
+    per_fraction = knn[np.isfinite(knn["fraction"].to_numpy(float))].sort_values("fraction")
+    if not per_fraction.empty:
+        # Scored at every label fraction on the image models' training objects: a curve.
+        x = per_fraction["fraction"].to_numpy(float)
+        fractions.update(x)
+        ax.plot(
+            x,
+            per_fraction["sigma_mad_mean"].to_numpy(float),
+            color=KIND_COLOURS[KNN_KIND],
+            ls="--",
+            marker="s",
+            ms=5,
+            lw=1.8,
+            label=f"{KIND_LABELS[KNN_KIND]}: same training labels per fraction",
+            zorder=3,
+        )
+    elif not knn.empty:  # an older run: one colours kNN on every label
         level = float(knn["sigma_mad_mean"].mean())
         ax.axhline(
             level,
@@ -643,6 +660,8 @@ def choose_best_models(metrics, predictions) -> list[tuple[str, Path]]:
         label = KIND_LABELS[kind]
         if kind != KNN_KIND:
             label += f"\nbest run: {_percent(float(best['fraction']))} labels, seed {best['seed']}"
+        elif np.isfinite(float(best["fraction"])):
+            label += f"\nbest: {_percent(float(best['fraction']))} labels"
         chosen.append((label, by_stem[best["model"]]))
     return chosen
 

@@ -98,17 +98,39 @@ def _run_keys(cfg: dict) -> dict:
     return {k: cfg[k] for k in ("fraction", "seed") if k in cfg}
 
 
-def predict_colours(objects: pd.DataFrame, out: Path, k: int = 10) -> int:
+def predict_colours(
+    objects: pd.DataFrame,
+    out: Path,
+    k: int = 10,
+    fraction: float = 1.0,
+    usable_objids=None,
+) -> int:
     """The colours-only baseline on our catalogue: kNN on standardised dereddened
-    (r, u-g, g-r, r-i, i-z) model magnitudes, trained on every training label."""
+    (r, u-g, g-r, r-i, i-z) model magnitudes, trained on the training labels of label fraction
+    ``fraction`` (``fraction_rank < fraction``: the image models' training objects at that
+    fraction) and scored on the validation objects.
+
+    ``usable_objids`` (the store's objects with a good cut-out) restricts both to the objects the
+    image models can use, so that every model of a fraction learns from and is scored on the same
+    galaxies."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     dered = {b: objects[f"modelMag_{b}"] - objects[f"extinction_{b}"] for b in BANDS}
     features = colour_features(*(dered[b] for b in BANDS))
+    usable = np.ones(len(objects), dtype=bool)
+    if usable_objids is not None:
+        usable = objects["objid"].isin(np.asarray(usable_objids)).to_numpy()
     train = (objects["split"] == "train").to_numpy() & np.isfinite(objects["z_spec"].to_numpy())
-    val = (objects["split"] == "val").to_numpy()
+    train &= usable
+    if fraction < 1 or "fraction_rank" in objects:
+        if "fraction_rank" not in objects:
+            raise ValueError("the objects table has no fraction_rank: cannot take a label fraction")
+        train &= (objects["fraction_rank"] < fraction).to_numpy()
+    val = (objects["split"] == "val").to_numpy() & usable
     if train.sum() < k or val.sum() == 0:
         raise ValueError(
-            f"colours kNN needs at least {k} training and 1 validation galaxy; "
-            f"got {int(train.sum())} and {int(val.sum())}"
+            f"colours kNN at label fraction {fraction:g} needs at least {k} training and 1 "
+            f"validation galaxy; got {int(train.sum())} and {int(val.sum())}"
         )
     z_phot = knn_photoz(features[train], objects["z_spec"].to_numpy()[train], features[val], k=k)
     write_predictions(
@@ -117,6 +139,6 @@ def predict_colours(objects: pd.DataFrame, out: Path, k: int = 10) -> int:
         objects["z_spec"].to_numpy()[val],
         z_phot,
         None,
-        {"model": "colours_knn", "k": k},
+        {"model": "colours_knn", "k": k, "fraction": fraction, "n_train": int(train.sum())},
     )
     return int(val.sum())

@@ -60,7 +60,10 @@ def prediction_files(wildcards):
         f"{RESULTS}/predictions/{kind}_f{fraction}_s{seed}.parquet"
         for kind, fraction, seed in model_runs()
     ]
-    return files + [f"{RESULTS}/predictions/colours_knn.parquet"]
+    return files + [
+        f"{RESULTS}/predictions/colours_knn_f{fraction}.parquet"
+        for fraction in config["labels"]["fractions"]
+    ]
 
 
 def query_inputs(wildcards):

@@ -1,4 +1,5 @@
-# Stage 4: predictions for the validation objects, the colours-only baseline, metrics.
+# Stage 4: predictions for the validation objects, the colours-only baseline (per label fraction,
+# on the image models' objects), metrics.
 
 
 rule predict:
@@ -30,19 +31,23 @@ rule predict:
 rule baseline_colours:
     input:
         objects=rules.select.output.objects,
+        manifest=rules.gather.output.manifest,
     output:
-        predictions=f"{RESULTS}/predictions/colours_knn.parquet",
+        predictions=f"{RESULTS}/predictions/colours_knn_f{{fraction}}.parquet",
     log:
-        f"{RESULTS}/logs/baseline_colours.log",
+        f"{RESULTS}/logs/baseline_colours/f{{fraction}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/baseline_colours.tsv"
+        f"{RESULTS}/benchmarks/baseline_colours/f{{fraction}}.tsv"
+    wildcard_constraints:
+        fraction=r"[0-9.]+",
     conda:
         "../../envs/pipeline.yaml"
     params:
         code=stage_code("ssl_photoz.predict"),
+        store=STORE,
     shell:
-        "ssl-photoz baseline-colours --objects {input.objects}"
-        " --out {output.predictions} > {log} 2>&1"
+        "ssl-photoz baseline-colours --objects {input.objects} --store {params.store}"
+        " --fraction {wildcards.fraction} --out {output.predictions} > {log} 2>&1"
 
 
 rule evaluate:
