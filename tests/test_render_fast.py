@@ -217,3 +217,16 @@ def test_sed_grid_as_one_matrix_equals_per_spectrum_integrals():
         m_rest = mags(np.interp(wave, rest_wave, spec))[BANDS.index("r")]
         expect = mags(np.interp(wave / (1 + z), rest_wave, spec) / (1 + z)) - m_rest
         np.testing.assert_allclose(grid[i, j, k], expect, rtol=0, atol=1e-12)
+
+
+def test_window_fits_bytes_equal_astropy_writeto():
+    """render_window_fits writes the very bytes of render_frame(..., tables=False).writeto."""
+    import io
+
+    src = _sources()
+    fwhm = field_conditions(SEED, FID.run, FID.camcol, FID.field, "i").psf_fwhm_arcsec
+    model = R.FrameModel(src, FP, FID, "i", fwhm)
+    for window in [(200, 340, 210, 350), (0, 1, 0, 1), (1900, 2048, 1400, 1489), (5, 6, 7, 900)]:
+        buf = io.BytesIO()
+        R.render_frame(None, FP, FID, "i", SEED, window, model=model, tables=False).writeto(buf)
+        assert R.render_window_fits(model, FP, FID, "i", SEED, window) == buf.getvalue()

@@ -323,12 +323,20 @@ class MockFrameSource(FrameSource):
             if not self._in_footprint(fid):
                 raise FrameNotFoundError(fid, band, self.sky_dir, "not in the simulated footprint")
             try:
-                # A window serves one cut-out: Montage reads only the image HDU, and making the
-                # calibration and sky tables costs more than rendering the pixels.
-                hdul = self.sky.render(fid, band, window, tables=window is None)
+                if window is None:
+                    write = self.sky.render(fid, band).writeto
+                else:
+                    # A window serves one cut-out: Montage reads only the image HDU, and making
+                    # the calibration and sky tables (or astropy's header cards) costs more than
+                    # rendering the pixels.
+                    data = self.sky.render_window_fits(fid, band, window)
+
+                    def write(out) -> None:
+                        out.write(data)
+
             except ValueError as exc:  # a window outside the frame
                 raise FrameError(fid, band, self.sky_dir, str(exc)) from exc
-            return self._publish(target, lambda out: hdul.writeto(out))
+            return self._publish(target, write)
 
 
 # -- the Science Archive Server -------------------------------------------------------------------

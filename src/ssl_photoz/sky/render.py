@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import functools
+import io
 import os
 import tempfile
 import warnings
@@ -277,7 +278,7 @@ class _KGrid:
     ky: np.ndarray
     kx: np.ndarray
     kx2: np.ndarray
-    kxy2: np.ndarray  # 2 kx ky
+    kxy2: np.ndarray  # kx ky
     ky2: np.ndarray
     epsf: np.ndarray
     runs_y: list
@@ -319,7 +320,7 @@ class _KSpaceDrawer:
                 ky=ky,
                 kx=kx,
                 kx2=np.broadcast_to(kx * kx, (len(ky), len(kx))).copy(),
-                kxy2=np.multiply.outer(2.0 * ky, kx),
+                kxy2=np.multiply.outer(ky, kx),
                 ky2=np.broadcast_to((ky * ky)[:, None], (len(ky), len(kx))).copy(),
                 epsf=np.ascontiguousarray(kimage.array.real[:, cols]),
                 runs_y=_fold_runs(n, size),
@@ -328,37 +329,25 @@ class _KSpaceDrawer:
             self._grids[size] = grid
         return grid
 
-    def draw(self, radius: int, dx: float, dy: float, flux: float, jac_inv_t, galaxy=None):
-        """(2 radius + 1)^2 stamp centred on pixel (radius, radius) + (dx, dy); ``jac_inv_t``:
-        the source's inverse-transposed Jacobian (pixel k -> sky k); ``galaxy``: (bulge_frac,
-        r50_bulge, q_bulge, r50_disk, q_disk, beta radians) or None for a point source."""
+    def draw(self, radius: int, dx: float, dy: float, flux: float, components=()) -> np.ndarray:
+        """(2 radius + 1)^2 stamp centred on pixel (radius, radius) + (dx, dy). ``components``:
+        the galaxy's (fraction, is_bulge, a00, 2 a01, a11) with k^T A k = (k x r50)^2 for the
+        bulge, (k x scale radius)^2 for the disk (``_kspace_forms``); none for a point source."""
         n = 2 * radius + 1
         size = _fft_size(n)
         g = self._grid(size)
-        if galaxy is None:
+        if not components:
             transform = g.epsf * flux
         else:
-            bulge_frac, r50_b, q_b, r50_d, q_d, beta = galaxy
             transform = np.zeros_like(g.epsf)
-            for frac, r50, q, dev in (
-                (bulge_frac, r50_b, q_b, True),
-                (1 - bulge_frac, r50_d, q_d, False),
-            ):
-                if frac <= 0.0:
-                    continue
-                # |S J^-T k|^2 for GalSim's shear matrix S (symmetric, det 1) of (q, beta).
-                e = (1.0 - q) / (1.0 + q)
-                g1, g2 = e * np.cos(2 * beta), e * np.sin(2 * beta)
-                shear = np.array([[1 + g1, g2], [g2, 1 - g1]]) / np.sqrt(1 - e * e)
-                b = shear @ jac_inv_t
-                a = b.T @ b
-                q2 = a[0, 0] * g.kx2 + a[0, 1] * g.kxy2 + a[1, 1] * g.ky2
-                if dev:
+            for frac, is_bulge, a00, a01x2, a11 in components:
+                q2 = a00 * g.kx2
+                q2 += a01x2 * g.kxy2
+                q2 += a11 * g.ky2
+                if is_bulge:
                     np.sqrt(q2, out=q2)
-                    q2 *= r50
                     transform += frac * _dev_transform(q2)
                 else:
-                    q2 *= (r50 / _EXP_HLR_PER_SCALE) ** 2
                     q2 += 1.0
                     transform += frac / (q2 * np.sqrt(q2))
             transform *= g.epsf
@@ -373,6 +362,44 @@ class _KSpaceDrawer:
             for xa, xb, xm in g.runs_x:
                 folded[ym : ym + yb - ya, xm : xm + xb - xa] += k_img[ya:yb, xa:xb]
         return np.fft.irfft2(folded, s=(size, size))[:n, :n]
+
+
+def _kspace_forms(shape: dict[str, np.ndarray], pl: _Placed) -> list[tuple[np.ndarray, ...]]:
+    """Per source and galaxy component (bulge, disk): fraction and the quadratic form A with
+    k^T A k = |S J^-T k|^2 x size^2, where k is in radians per pixel, J the source's Jacobian,
+    S GalSim's shear matrix of (q, beta) (symmetric, det 1) and size the bulge's r50 or the
+    disk's scale radius; clipped as ``_galaxy`` clips them. Vectorised over the frame."""
+    det = pl.dedx * pl.dndy - pl.dedy * pl.dndx
+    # J^-T = [[dndy, -dndx], [-dedy, dedx]] / det
+    jt = np.array([[pl.dndy, -pl.dndx], [-pl.dedy, pl.dedx]]) / det
+    bulge_frac = np.clip(shape["bulge_frac"], 0.0, 1.0)
+    beta = np.radians(90.0 - shape["pa_deg"])
+    c2, s2 = np.cos(2 * beta), np.sin(2 * beta)
+    out = []
+    for frac, r50, q, size in (
+        (bulge_frac, shape["r50_bulge_arcsec"], shape["q_bulge"], 1.0),
+        (1.0 - bulge_frac, shape["r50_disk_arcsec"], shape["q_disk"], 1.0 / _EXP_HLR_PER_SCALE),
+    ):
+        r = np.maximum(r50, 0.02) * size
+        q = np.clip(q, 0.05, 1.0)
+        e = (1.0 - q) / (1.0 + q)
+        norm = 1.0 / np.sqrt(1.0 - e * e)
+        s00, s01, s11 = (1 + e * c2) * norm, e * s2 * norm, (1 - e * c2) * norm
+        # B = S J^-T, A = B^T B (x size^2)
+        b00 = s00 * jt[0, 0] + s01 * jt[1, 0]
+        b01 = s00 * jt[0, 1] + s01 * jt[1, 1]
+        b10 = s01 * jt[0, 0] + s11 * jt[1, 0]
+        b11 = s01 * jt[0, 1] + s11 * jt[1, 1]
+        r2 = r * r
+        out.append(
+            (
+                frac,
+                (b00 * b00 + b10 * b10) * r2,
+                2.0 * (b00 * b01 + b10 * b11) * r2,
+                (b01 * b01 + b11 * b11) * r2,
+            )
+        )
+    return out
 
 
 class FrameModel:
@@ -402,7 +429,8 @@ class FrameModel:
         # A fixed drawing order makes the float sums independent of the input row order (faint,
         # uncatalogued sources share objID -1, hence the position tie-breakers).
         sources = sources.sort_values(["objID", "ra", "dec"], kind="stable")
-        self.src, self.pl = _place(sources, footprint.frame_wcs(fid, band))
+        wcs = footprint.frame_wcs(fid, band)
+        self.src, self.pl = _place(sources, wcs)
         self.flux = nanomaggies(self.src[f"mag_{band}"])
         self.psf = _cached_psf(self.psf_fwhm)
         self.psf_radius = _stamp_radius(0.0, self.psf_fwhm)
@@ -419,9 +447,9 @@ class FrameModel:
         self.fast = np.zeros(len(mag), bool) if faint_mag is None else mag >= faint_mag
         self._kspace = None
         if self.fast.any():
-            wcs = footprint.frame_wcs(fid, band)
             centre = ((FRAME_COLUMNS - 1) / 2.0, (FRAME_ROWS - 1) / 2.0)
             self._kspace = _KSpaceDrawer(self.psf, _jacobian_at(wcs, *centre))
+            self._forms = _kspace_forms(self._shape, self.pl)
 
     def draw(self, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Noise-free image (nanomaggies per pixel, float64) of the window (default: frame)."""
@@ -484,22 +512,16 @@ class FrameModel:
 
     def _draw_faint(self, k, radius, ix, iy, flux) -> np.ndarray:
         """The fast path (``_KSpaceDrawer``), same stamp and profile parameters as GalSim's."""
-        pl = self.pl
-        jac = np.array([[pl.dedx[k], pl.dedy[k]], [pl.dndx[k], pl.dndy[k]]])
-        galaxy = None
+        components = ()
         if not self.is_star[k]:
-            row = self._row(k)
-            galaxy = (
-                float(np.clip(row.bulge_frac, 0.0, 1.0)),
-                max(float(row.r50_bulge_arcsec), 0.02),
-                float(np.clip(row.q_bulge, 0.05, 1.0)),
-                max(float(row.r50_disk_arcsec), 0.02),
-                float(np.clip(row.q_disk, 0.05, 1.0)),
-                np.radians(90.0 - float(row.pa_deg)),
-            )
-        return self._kspace.draw(
-            radius, pl.x[k] - ix, pl.y[k] - iy, flux, np.linalg.inv(jac).T, galaxy
-        )
+            components = [
+                (float(frac[k]), is_bulge, float(a00[k]), float(a01x2[k]), float(a11[k]))
+                for is_bulge, (frac, a00, a01x2, a11) in zip(
+                    (True, False), self._forms, strict=True
+                )
+                if frac[k] > 0.0
+            ]
+        return self._kspace.draw(radius, self.pl.x[k] - ix, self.pl.y[k] - iy, flux, components)
 
 
 def _jacobian_at(wcs, x: float, y: float) -> tuple[float, float, float, float]:
@@ -708,6 +730,75 @@ def render_frame(
         return fits.HDUList([primary])
     calib = fits.ImageHDU(data=np.full(FRAME_COLUMNS, cond.nmgy_per_count, dtype=np.float32))
     return fits.HDUList([primary, calib, _sky_table(cond), _astrometry_table(fid, band)])
+
+
+_WINDOW_KEYS = ("NAXIS1", "NAXIS2", "CRPIX1", "CRPIX2", "WINX0", "WINY0")
+
+
+@functools.lru_cache(maxsize=128)
+def _window_header_template(
+    footprint: Footprint, fid: FieldId, band: str, seed: int, cond: FieldBandConditions
+) -> tuple[tuple[str, ...], dict[str, tuple[int, str]], float, float]:
+    """The 80-character cards astropy writes for a window of this frame (image HDU only), the
+    position and comment of the cards that change from window to window, and the frame's
+    CRPIX1/2. Built once per frame from astropy's own output for a 1 x 1 window."""
+    window = (0, 1, 0, 1)
+    hdu = fits.PrimaryHDU(
+        data=np.zeros((1, 1), np.float32),
+        header=_primary_header(footprint, fid, band, seed, cond, window),
+    )
+    buf = io.BytesIO()
+    fits.HDUList([hdu]).writeto(buf)
+    raw = buf.getvalue().decode("ascii")
+    cards = []
+    for i in range(0, len(raw), 80):
+        cards.append(raw[i : i + 80])
+        if raw[i : i + 8] == "END     ":
+            break
+    where = {c[:8].strip(): i for i, c in enumerate(cards)}
+    slots = {key: (where[key], hdu.header.comments[key]) for key in _WINDOW_KEYS}
+    frame = _frame_header(footprint, fid, band, int(seed), cond)
+    return tuple(cards), slots, float(frame["CRPIX1"]), float(frame["CRPIX2"])
+
+
+def render_window_fits(
+    model: FrameModel,
+    footprint: Footprint,
+    fid: FieldId,
+    band: str,
+    seed: int,
+    window: tuple[int, int, int, int],
+) -> bytes:
+    """The FITS file that ``render_frame(None, ..., window, model=model, tables=False)`` gives
+    with ``writeto``, byte for byte, without astropy's per-card header machinery (which costs
+    more than drawing a window of faint sources): the frame's cards are formatted once and only
+    the size, reference pixel and window origin change. The whole frame goes through astropy."""
+    win = _check_window(window)
+    cond = field_conditions(footprint.seed, fid.run, fid.camcol, fid.field, band)
+    if win == (0, FRAME_COLUMNS, 0, FRAME_ROWS):
+        buf = io.BytesIO()
+        render_frame(None, footprint, fid, band, seed, win, model=model, tables=False).writeto(buf)
+        return buf.getvalue()
+    x0, x1, y0, y1 = win
+    image = _truncate_mantissa(
+        add_noise(model.draw(win), cond, seed, fid, band, win).astype(np.float32)
+    )
+    cards, slots, crpix1, crpix2 = _window_header_template(footprint, fid, band, int(seed), cond)
+    cards = list(cards)
+    values = {
+        "NAXIS1": x1 - x0,
+        "NAXIS2": y1 - y0,
+        "CRPIX1": crpix1 - x0,
+        "CRPIX2": crpix2 - y0,
+        "WINX0": x0,
+        "WINY0": y0,
+    }
+    for key, value in values.items():
+        i, comment = slots[key]
+        cards[i] = fits.Card(key, value, comment).image
+    header = "".join(cards).encode("ascii")
+    data = image.astype(">f4").tobytes()
+    return b"".join([header, b" " * (-len(header) % 2880), data, b"\0" * (-len(data) % 2880)])
 
 
 def write_frame(hdul: fits.HDUList, path: str | os.PathLike) -> Path:

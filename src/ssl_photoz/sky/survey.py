@@ -288,8 +288,31 @@ class MockSky:
     def render(self, fid: FieldId, band: str, window=None, tables: bool = True):
         """The frame (or a window of it) as the Science Archive Server would serve it
         (``tables=False``: the image HDU only)."""
+        from .render import render_frame
+
+        return render_frame(
+            None,
+            self.footprint,
+            fid,
+            band,
+            self.settings.seed,
+            window,
+            model=self._model(fid, band),
+            tables=tables,
+        )
+
+    def render_window_fits(self, fid: FieldId, band: str, window) -> bytes:
+        """The FITS file of ``render(fid, band, window, tables=False)``, byte for byte, made
+        without astropy's header machinery (``render.render_window_fits``)."""
+        from .render import render_window_fits
+
+        model = self._model(fid, band)
+        return render_window_fits(model, self.footprint, fid, band, self.settings.seed, window)
+
+    def _model(self, fid: FieldId, band: str):
+        """The FrameModel of (field, band), kept for the next windows of the frame."""
         from .conditions import field_conditions
-        from .render import FrameModel, render_frame
+        from .render import FrameModel
 
         key = (fid, band)
         if key not in self._models:
@@ -304,16 +327,7 @@ class MockSky:
             self._models[key] = FrameModel(
                 self._frame_sources[fid], self.footprint, fid, band, fwhm
             )
-        return render_frame(
-            None,
-            self.footprint,
-            fid,
-            band,
-            self.settings.seed,
-            window,
-            model=self._models[key],
-            tables=tables,
-        )
+        return self._models[key]
 
     def _field_exists(self, fid: FieldId) -> bool:
         fp = self.footprint
