@@ -441,7 +441,12 @@ def test_browser_on_the_tiny_run_matches_ssl_photoz_similar(browser, tiny_run, t
     print(f"explorer of the tiny run: {html.stat().st_size / 1e6:.2f} MB")
     data = _page_data(html)
     assert data["n_shown"] == data["n_validation"] > 0 and not data["sampled"]
-    assert len(data["models"]) == 5 and len(data["pdf_models"]) == 4
+    files = sorted((tiny_run / "results" / "predictions").glob("*.parquet"))
+    assert data["models"][0] == "finetune_f1.0_s0" and set(data["models"]) == {
+        f.stem for f in files
+    }
+    classifiers = [f.stem for f in files if f.stem.startswith(("finetune_", "supervised_"))]
+    assert sorted(data["pdf_models"]) == classifiers and len(classifiers) == 4
     galaxy = max(data["galaxies"], key=lambda g: g["anomaly"])
     objid = galaxy["objid"]
     cards, status, pdf_lines = _search_in_page(
