@@ -109,8 +109,8 @@ def test_summary_states_source_paper_rows_ours_and_leakage(store, tmp_path):
     assert "| **ours, MoCo v2 + fine-tuning (resnet_small)** | 0.02000 +- 0.00200 |" in text
     assert "| **ours, supervised (resnet_small)** | 0.02500 +- 0.00400 |" in text
     assert "| **ours, colours 10-NN** | 0.02100 |" in text
-    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | 2.50x |" in text
-    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | >= 1.00x |" in text
+    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | - | 2.50x |" in text
+    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | - | >= 1.00x |" in text
     assert "<= 0.80x" not in text  # 0.1 is not a fraction of this run: no row for it
     assert "Validation objects in the pretraining pool: **0** (of 10)" in text
     assert "20 training labels, 10 validation galaxies and 10 unlabeled" in text
@@ -139,5 +139,65 @@ def test_bounds_of_the_factor_are_marked_both_ways(store, tmp_path):
     )
     report = leakage_report(path, [1.0], {})
     text = write_summary(tmp_path / "s.md", _summary_table(), efficiency, objects, report, CONFIG)
-    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | <= 0.60x |" in text
-    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | >= 1.00x |" in text
+    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | - | <= 0.60x |" in text
+    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | - | >= 1.00x |" in text
+
+
+def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(store, tmp_path):
+    path, _ = store
+    objects = pd.DataFrame({"split": ["train", "val"]})
+    table = _summary_table()
+    table.loc[0, "fraction"] = 1.0  # the colours kNN at 100 %, and at 25 %:
+    table = pd.concat([table, table.iloc[[0]].assign(fraction=0.25, sigma_mad_mean=0.023)])
+    probe = pd.DataFrame(
+        {"encoder": ["pretrained", "pretrained", "random init", "random init"],
+         "probe": ["knn", "linear", "knn", "linear"],
+         "setting": ["k=10", "alpha=1", "k=10", "alpha=2"],
+         "n_train": 300, "n_val": 80, "features": 256,
+         "sigma_mad": [0.02, 0.03, 0.04, 0.03], "eta_percent": 1.0, "bias": 0.0}
+    )  # fmt: skip
+    config = {
+        **CONFIG,
+        "pretrain": {**CONFIG["pretrain"], "lr": 0.06, "batch_size": 64, "temperature": 0.1,
+                     "weight_decay": 0.0001, "warmup_epochs": 1, "bn_splits": 8},
+        "finetune": {"epochs": 20, "batch_size": 64, "lr": 0.01, "backbone_lr_factor": 0.1,
+                     "weight_decay": 0.0, "n_bins": 180, "z_min": 0.0, "z_max": 0.4},
+        "supervised": {"epochs": 20, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0},
+    }  # fmt: skip
+    precision = {"chosen": "bf16"}
+    training = {
+        "pretrain": {"epochs_done": 8, "n_images": 566, "precision": precision,
+                     "recipe": {"steps_per_epoch": 8, "steps_done": 64, "batch_size": 64,
+                                "bn": "split BN over 8 sub-batches, keys shuffled across them"}},
+        "finetune/f0.25_s0": {"kind": "finetune", "epochs_done": 20, "n_train": 95,
+                              "precision": precision,
+                              "recipe": {"steps_per_epoch": 1, "steps_done": 20, "batch_size": 64}},
+        "supervised/f1.0_s0": {"kind": "supervised", "epochs_done": 20, "n_train": 382,
+                               "precision": {"chosen": "fp32"},
+                               "recipe": {"steps_per_epoch": 5, "steps_done": 100,
+                                          "batch_size": 64}},
+    }  # fmt: skip
+    report = leakage_report(path, [1.0], {})
+    text = write_summary(
+        tmp_path / "s.md", table, None, objects, report, config, probe=probe, training=training
+    )
+    assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | 0.02300 | - |" in text
+    assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | 0.02100 | - |" in text
+    assert "| pretrained | knn | k=10 | 0.02000 |" in text
+    assert "knn: pretrained / random sigma_MAD = 0.50 (pretraining helps)" in text
+    assert "linear: pretrained / random sigma_MAD = 1.00 (no gain over random features)" in text
+    for row in (
+        "| all | precision (as run) | bf16, fp32 | not stated |",
+        "| pretraining | pool | 566 images (train + unlabeled, good cut-outs) |",
+        "| pretraining | steps taken | pretrain: 64 (8 epochs x 8, batch 64) | - |",
+        "| pretraining | queue (negatives) | 1,024 | 65,536 |",
+        "| pretraining | key-encoder momentum | 0.99 | 0.999 |",
+        "| pretraining | temperature | 0.1 |",
+        "| pretraining | batch norm | split BN over 8 sub-batches, keys shuffled across them |",
+        "| pretraining | learning rate, schedule | 0.06, cosine per step, 1 warm-up epoch(s) |",
+        "| fine-tuning | learning rates, schedule | head 0.01, convolutions 0.001, cosine per step",
+        "| fine-tuning | steps taken | f0.25_s0: 20 (20 epochs x 1, batch 64, 95 labels) | - |",
+        "| supervised | learning rate, schedule | 0.01 for every layer, cosine per step |",
+        "| supervised | steps taken | f1.0_s0: 100 (20 epochs x 5, batch 64, 382 labels) | - |",
+    ):
+        assert row in text, row

@@ -169,6 +169,22 @@ def cmd_baseline_colours(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """kNN and linear photo-z probes on frozen embeddings: pretrained vs random encoder."""
+    from .probe import run_probe
+
+    table = run_probe(
+        Path(args.pretrained),
+        Path(args.store),
+        Path(args.out),
+        device=args.device,
+        precision=args.precision,
+        k=args.k,
+    )
+    print(table.to_string(index=False))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """sigma_MAD, eta and bias of every model, with bootstrap intervals and seed spread."""
     from .evaluate import evaluate
@@ -285,7 +301,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .leakage import leakage_report
     from .summary import write_summary
 
-    cfg = _sections(args, ("query", "model", "pretrain", "finetune", "labels"))
+    cfg = _sections(args, ("query", "model", "pretrain", "finetune", "supervised", "labels"))
     cfg["source"] = args.source
     objects = _read_parquet(args.objects, "objects table")
     summary = _read_table(args.metrics_summary, "metrics summary")
@@ -294,7 +310,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
         Path(p).stem: read_predictions(Path(p))[0]["objid"].to_numpy() for p in args.predictions
     }
     leakage = leakage_report(Path(args.store), cfg["labels"]["fractions"], scored)
-    write_summary(Path(args.out), summary, efficiency, objects, leakage, cfg)
+    probe = _read_table(args.probe, "probe table") if args.probe else None
+    training = {}
+    for path in args.training_summaries or []:
+        path = Path(path)
+        # results/models/<kind>/<run>/summary.json -> "<kind>/<run>"; the pretraining -> "pretrain"
+        name = (
+            path.parent.name
+            if path.parent.name == "pretrain"
+            else (f"{path.parent.parent.name}/{path.parent.name}")
+        )
+        training[name] = json.loads(path.read_text())
+    write_summary(
+        Path(args.out), summary, efficiency, objects, leakage, cfg, probe=probe, training=training
+    )
     with open(args.leakage, "w") as handle:
         leakage["usage"].to_csv(handle, sep="\t", index=False)
     log.info(
@@ -659,6 +688,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_baseline_colours)
 
+    p = sub.add_parser("probe", help="photo-z probes on frozen embeddings (rule probe)")
+    p.add_argument("--pretrained", required=True, help="the pretraining checkpoint")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="probe table (TSV)")
+    p.add_argument("--k", type=int, default=10, help="neighbours of the kNN probe")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (machine setting)")
+    add_precision(p)
+    p.add_argument("--log", type=Path)
+    p.set_defaults(func=cmd_probe)
+
     p = sub.add_parser("evaluate", help="photo-z metrics of every model (rule evaluate)")
     p.add_argument("--objects", required=True)
     p.add_argument("--predictions", nargs="+", required=True)
@@ -735,6 +774,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-summary", required=True)
     p.add_argument("--label-efficiency", required=True)
     p.add_argument("--predictions", nargs="+", required=True)
+    p.add_argument("--probe", help="the probe table (probe rule's TSV)")
+    p.add_argument(
+        "--training-summaries", nargs="*", help="training summary.json files (recipe, steps)"
+    )
     p.add_argument("--out", required=True, help="summary (Markdown)")
     p.add_argument("--leakage", required=True, help="images used per split and stage (TSV)")
     p.add_argument("--log", type=Path)

@@ -84,16 +84,16 @@ def _main_table(summary: pd.DataFrame, n_val: int, arch: str) -> list[str]:
 
 
 def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> list[str]:
-    pivot = summary[summary["kind"].isin(["supervised", "finetune"])]
-    fractions = sorted(pivot["fraction"].dropna().unique())
+    pivot = summary[summary["kind"].isin(["supervised", "finetune", "colours_knn"])]
+    fractions = sorted(pivot[pivot["kind"] != "colours_knn"]["fraction"].dropna().unique())
     lines = [
         "| label fraction | supervised sigma_MAD | MoCo + fine-tune sigma_MAD "
-        "| label-efficiency factor |",
-        "| --- | --- | --- | --- |",
+        "| colours 10-NN sigma_MAD (same labels) | label-efficiency factor |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for fraction in fractions:
         cells = []
-        for kind in ("supervised", "finetune"):
+        for kind in ("supervised", "finetune", "colours_knn"):
             row = pivot[(pivot["kind"] == kind) & (pivot["fraction"] == fraction)]
             cells.append(_mean_std(row.iloc[0], "sigma_mad", 5) if len(row) else "-")
         factor = "-"
@@ -106,7 +106,138 @@ def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> l
                 bound = ">= " if row.get("lower_bound", False) else ""
                 bound = "<= " if row.get("upper_bound", False) else bound
                 factor = f"{bound}{value:.2f}x"
-        lines.append(f"| {fraction:g} | {cells[0]} | {cells[1]} | {factor} |")
+        lines.append(f"| {fraction:g} | {cells[0]} | {cells[1]} | {cells[2]} | {factor} |")
+    return lines
+
+
+# The paper's recipe (Hayat et al. 2021) where it states it; settings it leaves unstated are
+# MoCo v2's published defaults (Chen et al. 2020), as configs/paper.yaml encodes them.
+PAPER_RECIPE = {
+    "network": "ResNet50, 5 bands, 7x7 stride-1 stem, no max-pool",
+    "pool": f"{PAPER_SAMPLE['train'] + PAPER_SAMPLE['unlabeled']:,} images (train + unlabeled)",
+    "pre_optimizer": "SGD, momentum 0.9, weight decay 0.0001 (MoCo v2 default)",
+    "pre_lr": "0.03, cosine (MoCo v2 default)",
+    "pre_epochs": "200 (MoCo v2 default; configs/paper.yaml)",
+    "pre_batch": "256 (MoCo v2 default)",
+    "queue": "65,536",
+    "momentum": "0.999",
+    "temperature": "0.2 (MoCo v2 default)",
+    "bn": "shuffled BN across GPUs",
+    "ft_optimizer": "Adam",
+    "ft_lr": "convolutions at 1/10 of the head's rate",
+    "sup_lr": "one rate for every layer",
+    "bins": "180 bins over 0 < z < 0.4",
+    "precision": "not stated",
+}
+
+
+def _steps(training: dict, kind: str) -> str:
+    """Optimiser steps actually taken, per run of a kind, read from the training summaries."""
+    runs = {name: run for name, run in training.items() if run.get("kind", "pretrain") == kind}
+    parts = []
+    for name, run in sorted(runs.items()):
+        recipe = run.get("recipe", {})
+        if "steps_done" not in recipe:
+            continue
+        label = name.split("/", 1)[-1] if "/" in name else name
+        parts.append(
+            f"{label}: {recipe['steps_done']} ({run.get('epochs_done')} epochs x "
+            f"{recipe['steps_per_epoch']}, batch {recipe['batch_size']}"
+            + (f", {run['n_train']} labels" if "n_train" in run else "")
+            + ")"
+        )
+    return "; ".join(parts) if parts else "-"
+
+
+def _precisions(training: dict) -> str:
+    chosen = sorted({run["precision"]["chosen"] for run in training.values() if "precision" in run})
+    return ", ".join(chosen) if chosen else "-"
+
+
+def _recipe_table(config: dict, training: dict) -> list[str]:
+    """Every setting of the recipe, ours beside the paper's, with the steps actually taken."""
+    model, pre = config["model"], config["pretrain"]
+    ft, sup = config["finetune"], config.get("supervised", {})
+    pretrain_run = training.get("pretrain", {})
+    recipe = pretrain_run.get("recipe", {})
+    width = f" (width {model.get('width')})" if model["arch"] == "resnet_small" else ""
+    pool = pretrain_run.get("n_images")
+    rows = [
+        ("all", "network", f"{model['arch']}{width}", PAPER_RECIPE["network"]),
+        ("all", "precision (as run)", _precisions(training), PAPER_RECIPE["precision"]),
+        (
+            "pretraining",
+            "pool",
+            f"{pool:,} images (train + unlabeled, good cut-outs)" if pool else "-",
+            PAPER_RECIPE["pool"],
+        ),
+        (
+            "pretraining",
+            "optimiser",
+            f"SGD, momentum 0.9, weight decay {pre.get('weight_decay')}",
+            PAPER_RECIPE["pre_optimizer"],
+        ),
+        (
+            "pretraining",
+            "learning rate, schedule",
+            f"{pre.get('lr')}, cosine per step, {pre.get('warmup_epochs', 0)} warm-up epoch(s)",
+            PAPER_RECIPE["pre_lr"],
+        ),
+        ("pretraining", "epochs", str(pre.get("epochs")), PAPER_RECIPE["pre_epochs"]),
+        ("pretraining", "steps taken", _steps(training, "pretrain"), "-"),
+        ("pretraining", "batch size", str(pre.get("batch_size")), PAPER_RECIPE["pre_batch"]),
+        (
+            "pretraining",
+            "queue (negatives)",
+            f"{pre.get('queue_size', 0):,}",
+            PAPER_RECIPE["queue"],
+        ),
+        ("pretraining", "key-encoder momentum", str(pre.get("momentum")), PAPER_RECIPE["momentum"]),
+        ("pretraining", "temperature", str(pre.get("temperature")), PAPER_RECIPE["temperature"]),
+        (
+            "pretraining",
+            "batch norm",
+            recipe.get("bn", f"bn_splits {pre.get('bn_splits', 1)}"),
+            PAPER_RECIPE["bn"],
+        ),
+        ("fine-tuning", "optimiser", "Adam, weight decay " + str(ft.get("weight_decay")), "Adam"),
+        (
+            "fine-tuning",
+            "learning rates, schedule",
+            f"head {ft.get('lr')}, convolutions "
+            f"{ft.get('lr', 0) * ft.get('backbone_lr_factor', 1):g}, cosine per step",
+            PAPER_RECIPE["ft_lr"],
+        ),
+        ("fine-tuning", "epochs, batch size", f"{ft.get('epochs')}, {ft.get('batch_size')}", "-"),
+        ("fine-tuning", "steps taken", _steps(training, "finetune"), "-"),
+        (
+            "fine-tuning",
+            "redshift bins",
+            f"{ft.get('n_bins')} over {ft.get('z_min')} < z < {ft.get('z_max')}",
+            PAPER_RECIPE["bins"],
+        ),
+        (
+            "supervised",
+            "optimiser",
+            "Adam, weight decay " + str(sup.get("weight_decay", "-")),
+            "Adam",
+        ),
+        (
+            "supervised",
+            "learning rate, schedule",
+            f"{sup.get('lr', '-')} for every layer, cosine per step",
+            PAPER_RECIPE["sup_lr"],
+        ),
+        (
+            "supervised",
+            "epochs, batch size",
+            f"{sup.get('epochs', '-')}, {sup.get('batch_size', '-')}",
+            "-",
+        ),
+        ("supervised", "steps taken", _steps(training, "supervised"), "-"),
+    ]
+    lines = ["| stage | setting | ours | paper |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return lines
 
 
@@ -141,7 +272,41 @@ def _differences(config: dict, counts: dict) -> list[str]:
             f"{', '.join(f'{f:g}' for f in paper_fractions)})."
         )
     out.append(f"Seeds per label fraction: {len(labels['seeds'])}.")
+    out.append("The whole recipe, ours beside the paper's, with the steps each run took:")
     return [f"- {line}" for line in out]
+
+
+def _probe_section(probe: pd.DataFrame | None) -> list[str]:
+    if probe is None or probe.empty:
+        return []
+    lines = [
+        "## Pretraining diagnostic: probes on frozen embeddings",
+        "",
+        f"Photo-z from frozen backbone features, learnt from the {int(probe['n_train'].iloc[0]):,} "
+        f"training labels and scored on {int(probe['n_val'].iloc[0]):,} validation galaxies "
+        "(results/probe.tsv): the MoCo-pretrained encoder against the same encoder at random "
+        "initialisation (its batch-norm statistics calibrated on the training images).",
+        "",
+        "| encoder | probe | setting | sigma_MAD | eta (%) | bias |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in probe.itertuples(index=False):
+        lines.append(
+            f"| {row.encoder} | {row.probe} | {row.setting} | {_fmt(float(row.sigma_mad))} "
+            f"| {_fmt(float(row.eta_percent), 2)} | {_fmt(float(row.bias))} |"
+        )
+    verdicts = []
+    for method, rows in probe.groupby("probe"):
+        by = rows.set_index("encoder")["sigma_mad"]
+        if {"pretrained", "random init"} <= set(by.index):
+            ratio = float(by["random init"]) / float(by["pretrained"])
+            verdicts.append(
+                f"{method}: pretrained / random sigma_MAD = {1 / ratio:.2f} "
+                + ("(pretraining helps)" if ratio > 1 else "(no gain over random features)")
+            )
+    if verdicts:
+        lines += ["", "; ".join(verdicts) + "."]
+    return [*lines, ""]
 
 
 def write_summary(
@@ -152,8 +317,12 @@ def write_summary(
     leakage: dict,
     config: dict,
     figures: dict[str, str] | None = None,
+    probe: pd.DataFrame | None = None,
+    training: dict | None = None,
 ) -> str:
-    """Write the markdown summary; returns its text."""
+    """Write the markdown summary; returns its text. ``probe`` is the probe table,
+    ``training`` the training summaries by run ("pretrain", "finetune/f1.0_s0", ...)."""
+    training = training or {}
     counts = objects["split"].value_counts().reindex(["train", "val", "unlabeled"]).fillna(0)
     counts = {k: int(v) for k, v in counts.items()}
     source = (
@@ -192,9 +361,12 @@ def write_summary(
         "",
         *_markdown(leakage["usage"]),
         "",
+        *_probe_section(probe),
         "## What differs from the paper's protocol",
         "",
         *_differences(config, counts),
+        "",
+        *_recipe_table(config, training),
     ]
     if figures:
         lines += ["", "## Figures", ""]

@@ -66,6 +66,14 @@ def prediction_files(wildcards):
     ]
 
 
+def training_summaries(wildcards):
+    """The training summaries (recipe as run, steps taken) that summary.md reports."""
+    return [f"{RESULTS}/models/pretrain/summary.json"] + [
+        f"{RESULTS}/models/{kind}/f{fraction}_s{seed}/summary.json"
+        for kind, fraction, seed in model_runs()
+    ]
+
+
 def query_inputs(wildcards):
     """The simulated survey is a query input only when the sky is simulated."""
     if config["source"] == "mock":
@@ -106,7 +114,11 @@ def final_targets(wildcards):
     """
     targets = [f"{RESULTS}/catalog/objects.parquet", f"{RESULTS}/cutouts/stats.json"]
     targets += shard_statuses(wildcards)
-    targets += [f"{RESULTS}/metrics.tsv", f"{RESULTS}/summary.md"]
+    targets += [
+        f"{RESULTS}/metrics.tsv",
+        f"{RESULTS}/probe.tsv",
+        f"{RESULTS}/summary.md",
+    ]
     targets.append(f"{RESULTS}/figures/fig1_similarity_search.png")
     targets.append(f"{RESULTS}/explore/index.html")
     if config["source"] == "mock":

@@ -54,6 +54,8 @@ rule summary:
         summary=rules.evaluate.output.summary,
         efficiency=rules.figures.output.efficiency_table,
         predictions=prediction_files,
+        probe=rules.probe.output.table,
+        training=training_summaries,
     output:
         summary=report(
             f"{RESULTS}/summary.md",
@@ -73,12 +75,15 @@ rule summary:
         "../../envs/pipeline.yaml"
     params:
         code=stage_code("ssl_photoz.summary", "ssl_photoz.leakage"),
-        sections=sections_json("query", "model", "pretrain", "finetune", "labels"),
+        sections=sections_json(
+            "query", "model", "pretrain", "finetune", "supervised", "labels"
+        ),
         source=config["source"],
         store=STORE,
     shell:
         "ssl-photoz summary --sections-json {params.sections:q} --source {params.source}"
         " --objects {input.objects} --store {params.store}"
         " --metrics-summary {input.summary} --label-efficiency {input.efficiency}"
-        " --predictions {input.predictions} --out {output.summary}"
+        " --predictions {input.predictions} --probe {input.probe}"
+        " --training-summaries {input.training} --out {output.summary}"
         " --leakage {output.leakage} > {log} 2>&1"
