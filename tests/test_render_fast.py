@@ -224,9 +224,12 @@ def test_window_fits_bytes_equal_astropy_writeto():
     import io
 
     src = _sources()
-    fwhm = field_conditions(SEED, FID.run, FID.camcol, FID.field, "i").psf_fwhm_arcsec
-    model = R.FrameModel(src, FP, FID, "i", fwhm)
-    for window in [(200, 340, 210, 350), (0, 1, 0, 1), (1900, 2048, 1400, 1489), (5, 6, 7, 900)]:
-        buf = io.BytesIO()
-        R.render_frame(None, FP, FID, "i", SEED, window, model=model, tables=False).writeto(buf)
-        assert R.render_window_fits(model, FP, FID, "i", SEED, window) == buf.getvalue()
+    windows = [(200, 340, 210, 350), (0, 1, 0, 1), (1900, 2048, 1400, 1489), (5, 6, 7, 900)]
+    for fid, band in [(FID, "i"), (FP.fields[0], "u")]:
+        fwhm = field_conditions(SEED, fid.run, fid.camcol, fid.field, band).psf_fwhm_arcsec
+        model = R.FrameModel(src, FP, fid, band, fwhm)
+        for window in windows:
+            buf = io.BytesIO()
+            lean = R.render_frame(None, FP, fid, band, SEED, window, model=model, tables=False)
+            lean.writeto(buf)
+            assert R.render_window_fits(model, FP, fid, band, SEED, window) == buf.getvalue()

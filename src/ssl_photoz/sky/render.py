@@ -238,15 +238,19 @@ def _dev_transform_table() -> np.ndarray:
     return table
 
 
-def _dev_transform(kappa: np.ndarray) -> np.ndarray:
-    """``_dev_transform_table`` linearly interpolated at k x r50 = ``kappa`` (clamped)."""
-    table = _dev_transform_table()
-    x = kappa * (1.0 / _DEV_TABLE_STEP)
+def _lerp(table: np.ndarray, inv_step: float, x: np.ndarray) -> np.ndarray:
+    """``table`` (uniform steps from 0) linearly interpolated at ``x`` >= 0, clamped at its end."""
+    x = x * inv_step
     np.minimum(x, len(table) - 2.0, out=x)
     i = x.astype(np.intp)
     x -= i
     lo = table[i]
     return lo + x * (table[i + 1] - lo)
+
+
+def _dev_transform(kappa: np.ndarray) -> np.ndarray:
+    """``_dev_transform_table`` linearly interpolated at k x r50 = ``kappa`` (clamped)."""
+    return _lerp(_dev_transform_table(), 1.0 / _DEV_TABLE_STEP, kappa)
 
 
 def _fft_size(n: int) -> int:
@@ -270,19 +274,39 @@ def _fold_runs(n: np.ndarray, size: int) -> list[tuple[int, int, int]]:
     return [(int(a), int(b), int(m[a])) for a, b in zip(starts, stops, strict=True)]
 
 
-@dataclass
-class _KGrid:
-    """Frequencies of one FFT size: ky over all of [-maxk, maxk], kx only where it folds onto
-    the non-negative half of the DFT (the image is real), and the PSF x pixel transform there."""
+@dataclass(frozen=True)
+class _KGeometry:
+    """Frequencies (radians per pixel) of one FFT size: ky over all of [-half, half] dk, kx only
+    where it folds onto the non-negative half of the DFT (the image is real), and the runs that
+    fold them onto the DFT's bins."""
 
     ky: np.ndarray
     kx: np.ndarray
-    kx2: np.ndarray
-    kxy2: np.ndarray  # kx ky
+    kx2: np.ndarray  # kx^2 on the (ky, kx) grid
+    kxy: np.ndarray  # kx ky
     ky2: np.ndarray
-    epsf: np.ndarray
     runs_y: list
     runs_x: list
+
+
+@functools.lru_cache(maxsize=32)
+def _kgeometry(size: int, half: int) -> _KGeometry:
+    dk = 2.0 * np.pi / size
+    n = np.arange(-half, half + 1)
+    cols = np.flatnonzero(n % size <= size // 2)
+    ky, kx = n * dk, n[cols] * dk
+    return _KGeometry(
+        ky=ky,
+        kx=kx,
+        kx2=np.broadcast_to(kx * kx, (len(ky), len(kx))).copy(),
+        kxy=np.multiply.outer(ky, kx),
+        ky2=np.broadcast_to((ky * ky)[:, None], (len(ky), len(kx))).copy(),
+        runs_y=_fold_runs(n, size),
+        runs_x=_fold_runs(n[cols], size),
+    )
+
+
+_PSF_TABLE_STEP = 1e-3  # radians per arcsec; linear interpolation error < 1e-6
 
 
 class _KSpaceDrawer:
@@ -290,44 +314,48 @@ class _KSpaceDrawer:
 
     GalSim draws a convolved profile by sampling its Fourier transform (galaxy x PSF x pixel) on a
     grid out to the PSF's maxk, folding the frequencies beyond Nyquist onto the DFT's (aliasing),
-    and one inverse FFT of at least 128 x 128. This does the same with the PSF x pixel transform
-    taken from GalSim once per FFT size, the exponential disk's transform in closed form, the
-    de Vaucouleurs bulge's from GalSim's table, the FFT only as large as the stamp (its light
-    ends there: the stamps hold the PSF to 5 FWHM and the galaxies to 5-8 r50), and no GalSim
-    object per source: about ten times cheaper. Each stamp depends only on its source (arrays
-    shaped by the source alone), so windows keep equalling the full frame's slices.
+    and one inverse FFT of at least 128 x 128. This does the same with the PSF's (circular)
+    transform tabulated from GalSim once per frame, the pixel's in closed form, the exponential
+    disk's in closed form, the de Vaucouleurs bulge's from GalSim's table, the FFT only as large
+    as the stamp (its light ends there: the stamps hold the PSF to 5 FWHM and the galaxies to 5-8
+    r50), and no GalSim object per source. Each stamp depends only on its source (arrays shaped
+    by the source alone), so windows keep equalling the full frame's slices.
     """
 
     def __init__(self, psf: galsim.GSObject, jacobian: tuple[float, float, float, float]):
         # One PSF x pixel transform per frame: the Jacobian changes by < 1e-5 across a frame.
         wcs = galsim.JacobianWCS(*jacobian)
-        self._epsf = galsim.Convolve(wcs.toImage(psf), galsim.Pixel(1.0, gsparams=_GSPARAMS))
-        self._maxk = float(self._epsf.maxk)  # radians per pixel
-        self._grids: dict[int, _KGrid] = {}
+        epsf = galsim.Convolve(wcs.toImage(psf), galsim.Pixel(1.0, gsparams=_GSPARAMS))
+        self._maxk = float(epsf.maxk)  # radians per pixel: GalSim's extent of the k grid
+        jinv_t = np.linalg.inv(np.asarray(jacobian, dtype=np.float64).reshape(2, 2)).T
+        c = jinv_t.T @ jinv_t  # |J^-T k|^2 = k^T C k: pixel -> sky frequencies
+        self._c = (float(c[0, 0]), 2.0 * float(c[0, 1]), float(c[1, 1]))
+        # The PSF's transform along one sky axis, to the largest |k| of any grid (sizes >= 16).
+        kmax = np.sqrt(2.0) * max(np.pi, self._maxk + 2 * np.pi / 16) * np.linalg.norm(jinv_t, 2)
+        m = int(np.ceil(kmax / _PSF_TABLE_STEP)) + 2
+        # drawKImage puts k = 0 at the image's centre, hence the symmetric row.
+        line = galsim.ImageCD(galsim.BoundsI(-m, m, 0, 0), scale=_PSF_TABLE_STEP)
+        psf.drawKImage(image=line)
+        self._psf_table = line.array[0, m:].real.copy()
+        self._epsf: dict[int, np.ndarray] = {}
 
-    def _grid(self, size: int) -> _KGrid:
-        grid = self._grids.get(size)
-        if grid is None:
-            dk = 2.0 * np.pi / size
-            # GalSim's choice (drawFFT_makeKImage): to maxk, at least to Nyquist.
-            half = size // 2 if size * dk / 2 > self._maxk else int(np.ceil(self._maxk / dk))
-            n = np.arange(-half, half + 1)
-            kimage = galsim.ImageCD(galsim.BoundsI(-half, half, -half, half), scale=dk)
-            self._epsf.drawKImage(image=kimage)
-            cols = np.flatnonzero(n % size <= size // 2)
-            ky, kx = n * dk, n[cols] * dk
-            grid = _KGrid(
-                ky=ky,
-                kx=kx,
-                kx2=np.broadcast_to(kx * kx, (len(ky), len(kx))).copy(),
-                kxy2=np.multiply.outer(ky, kx),
-                ky2=np.broadcast_to((ky * ky)[:, None], (len(ky), len(kx))).copy(),
-                epsf=np.ascontiguousarray(kimage.array.real[:, cols]),
-                runs_y=_fold_runs(n, size),
-                runs_x=_fold_runs(n[cols], size),
-            )
-            self._grids[size] = grid
-        return grid
+    def _grid(self, size: int) -> tuple[_KGeometry, np.ndarray]:
+        dk = 2.0 * np.pi / size
+        # GalSim's choice (drawFFT_makeKImage): to maxk, at least to Nyquist.
+        half = size // 2 if size * dk / 2 > self._maxk else int(np.ceil(self._maxk / dk))
+        g = _kgeometry(size, half)
+        epsf = self._epsf.get(size)
+        if epsf is None:
+            c00, c01x2, c11 = self._c
+            k = c00 * g.kx2
+            k += c01x2 * g.kxy
+            k += c11 * g.ky2
+            np.sqrt(k, out=k)
+            epsf = _lerp(self._psf_table, 1.0 / _PSF_TABLE_STEP, k)
+            epsf *= np.sinc(g.ky / (2 * np.pi))[:, None]
+            epsf *= np.sinc(g.kx / (2 * np.pi))[None, :]
+            self._epsf[size] = epsf
+        return g, epsf
 
     def draw(self, radius: int, dx: float, dy: float, flux: float, components=()) -> np.ndarray:
         """(2 radius + 1)^2 stamp centred on pixel (radius, radius) + (dx, dy). ``components``:
@@ -335,14 +363,14 @@ class _KSpaceDrawer:
         bulge, (k x scale radius)^2 for the disk (``_kspace_forms``); none for a point source."""
         n = 2 * radius + 1
         size = _fft_size(n)
-        g = self._grid(size)
+        g, epsf = self._grid(size)
         if not components:
-            transform = g.epsf * flux
+            transform = epsf * flux
         else:
-            transform = np.zeros_like(g.epsf)
+            transform = np.zeros_like(epsf)
             for frac, is_bulge, a00, a01x2, a11 in components:
                 q2 = a00 * g.kx2
-                q2 += a01x2 * g.kxy2
+                q2 += a01x2 * g.kxy
                 q2 += a11 * g.ky2
                 if is_bulge:
                     np.sqrt(q2, out=q2)
@@ -350,7 +378,7 @@ class _KSpaceDrawer:
                 else:
                     q2 += 1.0
                     transform += frac / (q2 * np.sqrt(q2))
-            transform *= g.epsf
+            transform *= epsf
             transform *= flux
         # Shift to the source's position: the phase of the unfolded frequencies.
         k_img = np.multiply.outer(
@@ -625,45 +653,59 @@ def _primary_header(
     return hdr
 
 
+def _frame_cards(
+    footprint: Footprint, fid: FieldId, band: str, seed: int, cond: FieldBandConditions
+) -> list[tuple[str, object, str]]:
+    """(keyword, value, comment) of the whole frame's primary header, in order."""
+    cards = [
+        ("SIMPLE", True, ""),
+        ("BITPIX", -32, ""),
+        ("NAXIS", 2, ""),
+        ("NAXIS1", FRAME_COLUMNS, ""),
+        ("NAXIS2", FRAME_ROWS, ""),
+        ("EXTEND", True, ""),
+        ("SIMULATD", True, "simulated frame (ssl_photoz mock survey)"),
+        ("SIMSEED", int(seed), "seed of the pixel noise"),
+        ("SKYSEED", int(footprint.seed), "survey seed: sets the field conditions"),
+        ("PSF_FWHM", round(cond.psf_fwhm_arcsec, 5), "[arcsec] Moffat PSF FWHM"),
+        ("PSF_BETA", PSF_BETA, "Moffat PSF beta"),
+        ("SKYSIG", round(cond.background_sigma_nmgy, 6), "[nanomaggy] sky noise per pixel"),
+        ("GAIN", cond.gain, "[e-/DN] camera gain"),
+        ("ORIGIN", "SDSS", ""),
+        ("TELESCOP", "2.5m", ""),
+        ("RUN", fid.run, "Run number"),
+        ("FRAME", fid.field, "Frame sequence number within the run"),
+        ("EXPTIME", EXPTIME_S, "Exposure time (seconds)"),
+        ("EQUINOX", 2000.0, ""),
+        ("BUNIT", "nanomaggy", "1 nanomaggy = 3.631e-6 Jy"),
+        ("FILTER", band, "filter used"),
+        ("CAMCOL", fid.camcol, "column in the imaging camera"),
+        ("RADECSYS", "ICRS", "International Celestial Ref. System"),
+    ]
+    for key, value in footprint.frame_header_cards(fid, band).items():
+        cards.append((key, float(value) if isinstance(value, float | np.floating) else value, ""))
+    cards += [
+        ("NMGY", cond.nmgy_per_count, "Calibration factor [nMgy per count]"),
+        # 1 % calibration uncertainty, the SDSS photometric calibration goal.
+        (
+            "NMGYIVAR",
+            1.0 / (0.01 * cond.nmgy_per_count) ** 2,
+            "Calibration factor inverse variance",
+        ),
+        ("RERUN", RERUN, "rerun"),
+        ("COMMENT", f"Floats truncated at {FLOAT_KEEP_BITS} binary digits, as FLOATCOMPRESS", ""),
+    ]
+    return cards
+
+
 @functools.lru_cache(maxsize=128)
 def _frame_header(
     footprint: Footprint, fid: FieldId, band: str, seed: int, cond: FieldBandConditions
 ) -> fits.Header:
     """The whole frame's primary header (built once per frame: astropy cards are slow)."""
     hdr = fits.Header()
-    hdr["SIMPLE"] = True
-    hdr["BITPIX"] = -32
-    hdr["NAXIS"] = 2
-    hdr["NAXIS1"] = FRAME_COLUMNS
-    hdr["NAXIS2"] = FRAME_ROWS
-    hdr["EXTEND"] = True
-    hdr["SIMULATD"] = (True, "simulated frame (ssl_photoz mock survey)")
-    hdr["SIMSEED"] = (int(seed), "seed of the pixel noise")
-    hdr["SKYSEED"] = (int(footprint.seed), "survey seed: sets the field conditions")
-    hdr["PSF_FWHM"] = (round(cond.psf_fwhm_arcsec, 5), "[arcsec] Moffat PSF FWHM")
-    hdr["PSF_BETA"] = (PSF_BETA, "Moffat PSF beta")
-    hdr["SKYSIG"] = (round(cond.background_sigma_nmgy, 6), "[nanomaggy] sky noise per pixel")
-    hdr["GAIN"] = (cond.gain, "[e-/DN] camera gain")
-    hdr["ORIGIN"] = "SDSS"
-    hdr["TELESCOP"] = "2.5m"
-    hdr["RUN"] = (fid.run, "Run number")
-    hdr["FRAME"] = (fid.field, "Frame sequence number within the run")
-    hdr["EXPTIME"] = (EXPTIME_S, "Exposure time (seconds)")
-    hdr["EQUINOX"] = 2000.0
-    hdr["BUNIT"] = ("nanomaggy", "1 nanomaggy = 3.631e-6 Jy")
-    hdr["FILTER"] = (band, "filter used")
-    hdr["CAMCOL"] = (fid.camcol, "column in the imaging camera")
-    hdr["RADECSYS"] = ("ICRS", "International Celestial Ref. System")
-    for key, value in footprint.frame_header_cards(fid, band).items():
-        hdr[key] = float(value) if isinstance(value, float | np.floating) else value
-    hdr["NMGY"] = (cond.nmgy_per_count, "Calibration factor [nMgy per count]")
-    # 1 % calibration uncertainty, the SDSS photometric calibration goal.
-    hdr["NMGYIVAR"] = (
-        1.0 / (0.01 * cond.nmgy_per_count) ** 2,
-        "Calibration factor inverse variance",
-    )
-    hdr["RERUN"] = (RERUN, "rerun")
-    hdr["COMMENT"] = f"Floats truncated at {FLOAT_KEEP_BITS} binary digits, as FLOATCOMPRESS"
+    for key, value, comment in _frame_cards(footprint, fid, band, seed, cond):
+        hdr[key] = (value, comment) if comment else value
     return hdr
 
 
@@ -735,30 +777,47 @@ def render_frame(
 _WINDOW_KEYS = ("NAXIS1", "NAXIS2", "CRPIX1", "CRPIX2", "WINX0", "WINY0")
 
 
+@functools.lru_cache(maxsize=1)
+def _astropy_structural_cards() -> dict[str, str | None]:
+    """The SIMPLE, BITPIX, NAXIS and EXTEND cards as astropy writes a lone float32 primary HDU
+    (its own comments; None: left out), learnt once from astropy itself."""
+    hdr = fits.Header()
+    for key, value in (("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("EXTEND", True)):
+        hdr[key] = value
+    buf = io.BytesIO()
+    fits.PrimaryHDU(data=np.zeros((1, 1), np.float32), header=hdr).writeto(buf)
+    raw = buf.getvalue().decode("ascii")
+    images = {}
+    for i in range(0, len(raw), 80):
+        key = raw[i : i + 8].strip()
+        if key == "END":
+            break
+        images[key] = raw[i : i + 80]
+    return {key: images.get(key) for key in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND")}
+
+
 @functools.lru_cache(maxsize=128)
 def _window_header_template(
     footprint: Footprint, fid: FieldId, band: str, seed: int, cond: FieldBandConditions
-) -> tuple[tuple[str, ...], dict[str, tuple[int, str]], float, float]:
-    """The 80-character cards astropy writes for a window of this frame (image HDU only), the
-    position and comment of the cards that change from window to window, and the frame's
-    CRPIX1/2. Built once per frame from astropy's own output for a 1 x 1 window."""
-    window = (0, 1, 0, 1)
-    hdu = fits.PrimaryHDU(
-        data=np.zeros((1, 1), np.float32),
-        header=_primary_header(footprint, fid, band, seed, cond, window),
-    )
-    buf = io.BytesIO()
-    fits.HDUList([hdu]).writeto(buf)
-    raw = buf.getvalue().decode("ascii")
-    cards = []
-    for i in range(0, len(raw), 80):
-        cards.append(raw[i : i + 80])
-        if raw[i : i + 8] == "END     ":
-            break
-    where = {c[:8].strip(): i for i, c in enumerate(cards)}
-    slots = {key: (where[key], hdu.header.comments[key]) for key in _WINDOW_KEYS}
-    frame = _frame_header(footprint, fid, band, int(seed), cond)
-    return tuple(cards), slots, float(frame["CRPIX1"]), float(frame["CRPIX2"])
+) -> tuple[tuple[str, ...], dict[str, int], float, float]:
+    """The 80-character cards of a window's header (``_primary_header``'s, as astropy writes
+    them: tests/test_render_fast.py), the positions of the cards that change from window to
+    window, and the frame's CRPIX1/2. Formatted once per frame with ``fits.Card`` alone."""
+    cards = _frame_cards(footprint, fid, band, seed, cond)
+    at = next(i for i, c in enumerate(cards) if c[0] == "NMGY")
+    cards[at:at] = [
+        ("WINX0", 0, "0-based frame column of pixel 0"),
+        ("WINY0", 0, "0-based frame row of pixel 0"),
+    ]
+    structural = _astropy_structural_cards()
+    cards = [c for c in cards if structural.get(c[0], "") is not None]  # EXTEND goes
+    images = [
+        structural.get(key) or fits.Card(key, value, comment).image for key, value, comment in cards
+    ]
+    images.append("END".ljust(80))
+    slots = {c[0]: i for i, c in enumerate(cards) if c[0] in _WINDOW_KEYS}
+    crpix = {c[0]: float(c[1]) for c in cards if c[0] in ("CRPIX1", "CRPIX2")}
+    return tuple(images), slots, crpix["CRPIX1"], crpix["CRPIX2"]
 
 
 def render_window_fits(
@@ -786,16 +845,15 @@ def render_window_fits(
     cards, slots, crpix1, crpix2 = _window_header_template(footprint, fid, band, int(seed), cond)
     cards = list(cards)
     values = {
-        "NAXIS1": x1 - x0,
-        "NAXIS2": y1 - y0,
-        "CRPIX1": crpix1 - x0,
-        "CRPIX2": crpix2 - y0,
-        "WINX0": x0,
-        "WINY0": y0,
+        "NAXIS1": (x1 - x0, ""),
+        "NAXIS2": (y1 - y0, ""),
+        "CRPIX1": (crpix1 - x0, ""),
+        "CRPIX2": (crpix2 - y0, ""),
+        "WINX0": (x0, "0-based frame column of pixel 0"),
+        "WINY0": (y0, "0-based frame row of pixel 0"),
     }
-    for key, value in values.items():
-        i, comment = slots[key]
-        cards[i] = fits.Card(key, value, comment).image
+    for key, (value, comment) in values.items():
+        cards[slots[key]] = fits.Card(key, value, comment).image
     header = "".join(cards).encode("ascii")
     data = image.astype(">f4").tobytes()
     return b"".join([header, b" " * (-len(header) % 2880), data, b"\0" * (-len(data) % 2880)])
