@@ -18,15 +18,23 @@ from ssl_photoz.sky.footprint import BANDS, FRAME_HEIGHT_DEG, FRAME_WIDTH_DEG, F
 from ssl_photoz.sky.render import FAINT_MAG, FrameModel, render_frame
 
 
-def synthetic_sources(footprint: Footprint, fid, n_gal: int, n_star: int, seed: int = 1):
+def synthetic_sources(
+    footprint: Footprint, fid, n_gal: int, n_star: int, seed: int = 1, euclidean: bool = False
+):
     """Sources scattered over one frame, galaxy sizes shrinking with magnitude."""
     rng = np.random.default_rng(seed)
     ra_c, dec_c = (float(v) for v in footprint.field_centre(fid.run, fid.camcol, fid.field))
     n = n_gal + n_star
     dec = dec_c + rng.uniform(-0.5, 0.5, n) * FRAME_WIDTH_DEG
     ra = ra_c + rng.uniform(-0.5, 0.5, n) * FRAME_HEIGHT_DEG / np.cos(np.radians(dec_c))
-    # Counts rise towards faint magnitudes, as for real galaxies.
-    mag_r = 22.5 - rng.power(2.5, n) * 8.5
+    if euclidean:
+        # dN/dm ~ 10^(0.4 m), r 14-22.5: like the simulated survey's frames (98-99 % fainter
+        # than r = 19).
+        u = rng.uniform(10 ** (0.4 * 14.0), 10 ** (0.4 * 22.5), n)
+        mag_r = np.log10(u) / 0.4
+    else:
+        # Counts rise towards faint magnitudes, as for real galaxies.
+        mag_r = 22.5 - rng.power(2.5, n) * 8.5
     r50_disk = np.exp(rng.normal(0.0, 0.35, n)) * 1.8 * 10 ** (-0.12 * (mag_r - 17.0))
     df = pd.DataFrame(
         {
@@ -53,15 +61,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--n-gal", type=int, default=300)
     parser.add_argument("--n-star", type=int, default=40)
+    parser.add_argument(
+        "--euclidean",
+        action="store_true",
+        help="magnitudes with dN/dm ~ 10^(0.4 m), as in the simulated survey (mostly faint)",
+    )
     args = parser.parse_args()
 
     fp = Footprint(ra_min=150.0, ra_max=151.0, dec_min=1.0, n_runs=1, seed=3)
     fid = fp.fields[2]
-    sources = synthetic_sources(fp, fid, args.n_gal, args.n_star)
+    sources = synthetic_sources(fp, fid, args.n_gal, args.n_star, euclidean=args.euclidean)
     window = (900, 1100, 600, 800)
     modes = {"galsim": None, "kspace": FAINT_MAG}  # faint sources by GalSim / in k-space
 
-    print(f"{args.n_gal} galaxies + {args.n_star} stars per frame, best of {args.repeat}")
+    counts = "dN/dm ~ 10^(0.4 m)" if args.euclidean else "the bright-heavy default"
+    print(
+        f"{args.n_gal} galaxies + {args.n_star} stars per frame ({counts}), best of {args.repeat}"
+    )
     print(
         f"fast path: sources fainter than {FAINT_MAG} in the band drawn in k-space "
         "(modes alternate within each repeat; FrameModel built inside the timing)"
