@@ -287,7 +287,7 @@ def _fetch(
     frame_source, fid: FieldId, band: str, obj, cache: dict, fetched: list, absent: dict
 ) -> Path | None:
     """The frame as a local file, or None when the source does not have it (asked once)."""
-    from .frames import FrameNotFoundError
+    from .frame_errors import FrameNotFoundError
 
     key = (fid, band)
     if key in absent:

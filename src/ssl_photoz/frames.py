@@ -71,35 +71,22 @@ SAS_FRAME_PATHS = {
 _CHUNK = 1 << 20
 
 
-# -- errors -------------------------------------------------------------------------------------
-def describe_frame(fid: FieldId, band: str) -> str:
-    return f"frame run={fid.run} camcol={fid.camcol} field={fid.field} band={band}"
+# -- errors (frame_errors.py; re-exported here for the sources' users) -----------------------
+from .frame_errors import (  # noqa: E402
+    CorruptFrameError,
+    FrameDownloadError,
+    FrameError,
+    FrameNotFoundError,
+    describe_frame,
+)
 
-
-class FrameError(RuntimeError):
-    """A frame could not be provided; names the frame and where it was looked for."""
-
-    def __init__(self, fid: FieldId, band: str, where: str | os.PathLike, reason: str):
-        self.fid = fid
-        self.band = band
-        self.where = str(where)
-        self.reason = reason
-        super().__init__(f"{describe_frame(fid, band)} ({self.where}): {reason}")
-
-
-class FrameNotFoundError(FrameError, LookupError):
-    """The frame does not exist at the source (HTTP 404, no such file, outside the mock sky)."""
-
-    def __init__(self, fid: FieldId, band: str, where: str | os.PathLike, reason: str = ""):
-        super().__init__(fid, band, where, reason or "not found")
-
-
-class CorruptFrameError(FrameError):
-    """The frame's bytes are damaged: short, a broken bzip2 stream, or not a 2-D FITS image."""
-
-
-class FrameDownloadError(FrameError):
-    """Downloading failed for good: retries used up, or an HTTP error that retrying cannot fix."""
+__all__ = [
+    "CorruptFrameError",
+    "FrameDownloadError",
+    "FrameError",
+    "FrameNotFoundError",
+    "describe_frame",
+]
 
 
 # -- helpers ------------------------------------------------------------------------------------
