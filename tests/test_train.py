@@ -282,3 +282,51 @@ def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["precision"]["chosen"] == "bf16"
     assert "precision bf16 on cpu (asked: bf16)" in result.stderr
+
+
+@torch.no_grad()
+def _fit_on_training_set(checkpoint, store, cfg, fraction=1.0):
+    """Cross-entropy per sample on the training objects (centre crops, eval mode), the entropy
+    of their label histogram (the loss of the best constant guess), and corr(z_p, z)."""
+    from ssl_photoz import augment, data, models
+
+    net = models.RedshiftClassifier(
+        models.build_backbone(MODEL["arch"], width=MODEL["width"]),
+        n_bins=cfg["n_bins"],
+        z_min=cfg["z_min"],
+        z_max=cfg["z_max"],
+    )
+    net.load_state_dict(load_checkpoint(checkpoint)["model"])
+    net.eval()
+    opened = data.open_store(store)
+    train = data.CutoutDataset(
+        store, data.labeled_indices(opened, "train", fraction=fraction), deredden=True
+    )
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=len(train))))
+    logits = net(augment.EvalTransform()(batch["image"]))
+    target = net.z_to_bin(batch["z"])
+    loss = float(torch.nn.functional.cross_entropy(logits, target))
+    counts = torch.bincount(target, minlength=cfg["n_bins"]).double()
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * p.log()).sum())
+    corr = float(np.corrcoef(batch["z"].numpy(), net.expected_z(logits).numpy())[0, 1])
+    return loss, entropy, corr
+
+
+def test_a_classifier_fits_its_training_set_far_better_than_the_label_histogram(
+    tiny_store, tmp_path
+):
+    """A trained classifier must beat the constant guess of the label histogram on its own
+    training set (z is written into the images' size and colour here). The demo's supervised
+    runs once scored 3.90 against 3.92 for the histogram: no better than a constant."""
+    store, stats = tiny_store
+    cfg = {**SUPERVISED, "epochs": 30, "lr": 0.01}  # the demo's rate; 3 steps an epoch here
+    out = tmp_path / "sup" / "model.pt"
+    summary = train_classifier(MODEL, cfg, store, out, _cpu(), 1.0, 0)
+    loss, entropy, corr = _fit_on_training_set(out, store, cfg)
+    print(f"fit: loss {loss:.3f}, label-histogram entropy {entropy:.3f}, corr {corr:.3f}, "
+          f"{summary['recipe']['steps_done']} steps")  # fmt: skip
+    # 180 bins of 0.0022 in z: even a sharp photo-z spreads its PDF over a few bins, so the
+    # margin is in nats (0.7 nats: the true bin 2x likelier than under the histogram).
+    assert loss < entropy - 0.7, (loss, entropy)
+    assert corr > 0.95, corr
