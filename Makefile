@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# Network arithmetic for every network rule, e.g. `make run PRECISION=fp32` (default: each
+# rule's profile value, `auto`: bf16 only where the CPU has it natively and it times faster).
+PRECISION ?=
+NETWORK_RULES := pretrain finetune supervised predict embed probe
+PRECISION_ARGS := $(if $(PRECISION),--set-resources $(foreach r,$(NETWORK_RULES),$(r):precision=$(PRECISION)))
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test setup lint format bench clean dry-run report
@@ -18,7 +23,7 @@ $(BIN)/ssl-photoz: pyproject.toml
 setup: $(BIN)/ssl-photoz
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default $(PRECISION_ARGS)
 	$(BIN)/snakemake --profile profiles/default --report results/report.html
 
 report: setup
