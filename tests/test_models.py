@@ -469,3 +469,22 @@ def test_load_authors_checkpoint_wrong_layout():
 
     with pytest.raises(ValueError, match="neither MoCo-pretrained"):
         load_authors_checkpoint({"module.conv1.weight": torch.zeros(1)})
+
+
+def test_input_softening_feeds_the_network_asinh_of_the_fluxes():
+    import copy
+
+    torch.manual_seed(0)
+    soft = [0.02, 0.008, 0.012, 0.018, 0.08]
+    stretched = build_backbone("resnet_small", width=16, input_softening=soft).eval()
+    raw = build_backbone("resnet_small", width=16).eval()
+    assert stretched.state_dict().keys() == raw.state_dict().keys()  # a transform, no weights
+    raw.load_state_dict(stretched.state_dict())
+    x = torch.rand(3, 5, 32, 32) * torch.logspace(-2, 2, 3).view(3, 1, 1, 1)
+    expected = raw(torch.asinh(x / torch.tensor(soft).view(1, 5, 1, 1)))
+    torch.testing.assert_close(stretched(x), expected)
+    torch.testing.assert_close(copy.deepcopy(stretched)(x), expected)  # MoCo's key encoder
+    moco = MoCo(lambda: build_backbone("resnet_small", width=16, input_softening=soft), dim=8)
+    assert moco.encoder_k.input_softening.flatten().tolist() == pytest.approx(soft)
+    with pytest.raises(ValueError, match="5 positive values"):
+        build_backbone("resnet_small", width=16, input_softening=[1.0, 0.0, 1.0, 1.0, 1.0])

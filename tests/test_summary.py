@@ -188,6 +188,7 @@ def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(sto
     assert "linear: pretrained / random sigma_MAD = 1.00 (no gain over random features)" in text
     for row in (
         "| all | precision (as run) | bf16, fp32 | not stated |",
+        "| all | network input | raw fluxes | not stated |",
         "| pretraining | pool | 566 images (train + unlabeled, good cut-outs) |",
         "| pretraining | steps taken | pretrain: 64 (8 epochs x 8, batch 64) | - |",
         "| pretraining | queue (negatives) | 1,024 | 65,536 |",

@@ -60,10 +60,22 @@ def _small_resnet(in_channels: int, width: int) -> ResNet:
     return net
 
 
-def build_backbone(arch: str, in_channels: int = 5, width: int = 64) -> nn.Module:
+def _asinh_stretch(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: x -> asinh(x / softening) per band, before the first convolution."""
+    return (torch.asinh(args[0] / module.input_softening.to(args[0].dtype)), *args[1:])
+
+
+def build_backbone(
+    arch: str, in_channels: int = 5, width: int = 64, input_softening=None
+) -> nn.Module:
     """A ResNet mapping (B, in_channels, H, W) -> (B, feature_dim), with attribute `feature_dim`.
 
     `width` is the base channel count of `resnet_small`; the paper archs have torchvision's widths.
+    `input_softening` (one flux per band, e.g. the per-pixel sky noise) makes the network see
+    asinh(flux / softening) instead of raw fluxes: galaxy fluxes span 4 decades, and raw, a
+    batch's statistics in the first batch norm follow its brightest galaxy, so the running
+    statistics used in evaluation describe no batch (a network that fits in training mode
+    fails in eval mode). A fixed transform, not weights: state_dicts are unchanged.
     """
     if arch == "resnet_small":
         if width < 1:
@@ -78,7 +90,24 @@ def build_backbone(arch: str, in_channels: int = 5, width: int = 64) -> nn.Modul
     else:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
     net.fc = nn.Identity()
+    if input_softening is not None:
+        soft = torch.as_tensor(input_softening, dtype=torch.float32).flatten()
+        if soft.numel() != in_channels or not bool((soft > 0).all()):
+            raise ValueError(
+                f"input_softening needs {in_channels} positive values, got {input_softening}"
+            )
+        net.register_buffer("input_softening", soft.view(1, -1, 1, 1), persistent=False)
+        net.register_forward_pre_hook(_asinh_stretch)
     return net
+
+
+def backbone_from_config(model_cfg: dict) -> nn.Module:
+    """The backbone of the config section ``model`` (arch, width, input_softening)."""
+    return build_backbone(
+        model_cfg["arch"],
+        width=model_cfg.get("width", 64),
+        input_softening=model_cfg.get("input_softening"),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +348,7 @@ def build_moco(model_cfg: dict, pretrain_cfg: dict, bn_splits: int = 1) -> MoCo:
     gives single-process training split BN (pretraining passes ``pretrain.bn_splits``)."""
 
     def backbone():
-        return build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
+        return backbone_from_config(model_cfg)
 
     return MoCo(
         backbone,

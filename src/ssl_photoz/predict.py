@@ -57,7 +57,7 @@ def predict_classifier(
     log.info("predict: %s", chosen.describe())
     recipe = cfg.get(cfg.get("kind"), cfg.get("finetune"))  # the run's section: its bins
     net = models.RedshiftClassifier(
-        models.build_backbone(cfg["model"]["arch"], width=cfg["model"].get("width", 64)),
+        models.backbone_from_config(cfg["model"]),
         n_bins=recipe["n_bins"],
         z_min=recipe["z_min"],
         z_max=recipe["z_max"],

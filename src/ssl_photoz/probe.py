@@ -156,7 +156,7 @@ def run_probe(
     z_train, z_val = store.z_spec[train_idx], store.z_spec[val_idx]
 
     def backbone():
-        return models.build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
+        return models.backbone_from_config(model_cfg)
 
     encoders = {}
     net = backbone()

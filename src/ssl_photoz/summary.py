@@ -128,6 +128,7 @@ PAPER_RECIPE = {
     "sup_lr": "one rate for every layer",
     "bins": "180 bins over 0 < z < 0.4",
     "precision": "not stated",
+    "input": "not stated",
 }
 
 
@@ -164,6 +165,14 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
     pool = pretrain_run.get("n_images")
     rows = [
         ("all", "network", f"{model['arch']}{width}", PAPER_RECIPE["network"]),
+        (
+            "all",
+            "network input",
+            f"asinh(flux / {model['input_softening']}) per band"
+            if model.get("input_softening")
+            else "raw fluxes",
+            PAPER_RECIPE["input"],
+        ),
         ("all", "precision (as run)", _precisions(training), PAPER_RECIPE["precision"]),
         (
             "pretraining",

@@ -404,7 +404,7 @@ def train_classifier(
     train_set = data.CutoutDataset(store_path, train_idx, deredden=True)
     val_set = data.CutoutDataset(store_path, val_idx, deredden=True)
     _log_precision(kind, runtime)
-    backbone = models.build_backbone(model_cfg["arch"], width=model_cfg.get("width", 64))
+    backbone = models.backbone_from_config(model_cfg)
     if pretrained is not None:
         state = load_checkpoint(pretrained)
         if state.get("kind") != "pretrain":
