@@ -133,3 +133,44 @@ def test_evaluate_refuses_empty_or_broken_predictions(tmp_path):
     write_predictions(bad, [1], [0.1], [np.nan], None, {"model": "x"})
     with pytest.raises(ValueError, match="NaN"):
         evaluate([bad], objects, tmp_path)
+
+
+def test_evaluate_scores_the_pdfs_and_writes_the_per_object_table(tmp_path):
+    from scipy import stats
+
+    objects = _objects(n=1500)
+    val = objects[objects["split"] == "val"]
+    rng = np.random.default_rng(4)
+    mu = val["z_spec"].to_numpy() + rng.normal(0, 0.02, len(val))  # z_spec ~ N(mu, 0.02)
+    edges = np.linspace(0.0, 0.4, 181)
+    files = []
+    for name, width in (("finetune_f1.0_s0", 0.02), ("supervised_f1.0_s0", 0.005)):
+        mass = np.diff(stats.norm.cdf((edges[None, :] - mu[:, None]) / width), axis=1)
+        path = tmp_path / f"{name}.parquet"
+        write_predictions(
+            path, val["objid"], val["z_spec"], mass @ (0.5 * (edges[1:] + edges[:-1])), mass,
+            {"model": name.split("_")[0], "fraction": 1.0, "seed": 0},
+        )  # fmt: skip
+        files.append(path)
+    colours = tmp_path / "colours_knn.parquet"
+    predict_colours(objects, colours)
+    metrics = evaluate([*files, colours], objects, tmp_path).set_index("kind")
+    good, narrow = metrics.loc["finetune"], metrics.loc["supervised"]
+    assert good["pit_ks"] < 0.1 and narrow["pit_ks"] > 0.2
+    assert abs(good["coverage68"] - 0.68) < 0.06 and narrow["coverage68"] < 0.4
+    assert narrow["pit_outlier_fraction"] > 0.2 > 0.02 > good["pit_outlier_fraction"]
+    for key in ("crps", "pit_ks", "pit_cvm", "pit_outlier_fraction", "coverage68", "coverage95"):
+        assert good[f"{key}_lo"] <= good[key] <= good[f"{key}_hi"], key
+        assert np.isnan(metrics.loc["colours_knn", key])  # no PDF, no PDF scores
+    assert good["crps"] == pytest.approx(0.02 / np.sqrt(np.pi), rel=0.15)
+    bins = pd.read_csv(tmp_path / "metrics_bins.tsv", sep="\t")
+    assert bins.loc[bins["model"] == "finetune_f1.0_s0", "coverage95"].notna().all()
+    summary = pd.read_csv(tmp_path / "metrics_summary.tsv", sep="\t").set_index("kind")
+    assert summary.loc["finetune", "crps_mean"] == pytest.approx(good["crps"], rel=1e-5)
+    table = pd.read_parquet(tmp_path / "pdf_objects.parquet")
+    assert sorted(set(table["model"])) == ["finetune_f1.0_s0", "supervised_f1.0_s0"]
+    assert len(table) == 2 * len(val)
+    for column in ("pit", "crps", "z_mode", "z_median", "z_mean", "hdi68_lo", "hdi95_hi"):
+        assert table[column].notna().all(), column
+    assert (table["hdi95_lo"] <= table["hdi68_lo"]).all()
+    assert (table["hdi68_hi"] <= table["hdi95_hi"]).all()

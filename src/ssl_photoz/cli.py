@@ -190,7 +190,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     objects = _read_parquet(args.objects, "objects table")
-    metrics = evaluate([Path(p) for p in args.predictions], objects, Path(args.out_dir))
+    metrics = evaluate(
+        [Path(p) for p in args.predictions],
+        objects,
+        Path(args.out_dir),
+        z_min=args.z_min,
+        z_max=args.z_max,
+    )
     print(metrics[["model", "n", "sigma_mad", "eta_percent", "bias"]].to_string(index=False))
     return 0
 
@@ -702,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", required=True)
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--z-min", type=float, default=0.0, help="PDF bins' range (config finetune)")
+    p.add_argument("--z-max", type=float, default=0.4, help="PDF bins' range (config finetune)")
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_evaluate)
 

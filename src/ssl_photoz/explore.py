@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import explore_assets
 from .atomic import atomic_path
+from .pdf_metrics import pit  # the shared PIT (re-exported)
 
 __all__ = ["DEFAULTS", "build_site", "load_predictions", "pit", "thumbnail_jpeg"]
 
@@ -47,35 +48,6 @@ DATA_ID = "explorer-data"
 
 
 # -- redshifts -------------------------------------------------------------------------------------
-def pit(pdf: np.ndarray, z_spec: np.ndarray, z_min: float, z_max: float) -> np.ndarray:
-    """The PDF's CDF at z_spec, per row: bins below in full plus the linear share of z_spec's bin.
-
-    ``pdf`` is (n, n_bins) bin probabilities over n_bins equal bins in [z_min, z_max] (the
-    classifier's); rows are renormalised (float16 storage rounds their sum). z_spec outside the
-    range gives 0 or 1; NaN stays NaN.
-    """
-    pdf = np.asarray(pdf, dtype=np.float64)
-    z_spec = np.asarray(z_spec, dtype=np.float64)
-    if pdf.ndim != 2 or len(pdf) != len(z_spec):
-        raise ValueError(
-            f"expected an (n, n_bins) PDF for {len(z_spec)} redshifts, got {pdf.shape}"
-        )
-    if not z_max > z_min:
-        raise ValueError(f"need z_max > z_min, got {z_min}, {z_max}")
-    total = pdf.sum(axis=1, keepdims=True)
-    pdf = pdf / np.where(total > 0, total, 1.0)
-    n_bins = pdf.shape[1]
-    position = np.clip((z_spec - z_min) / (z_max - z_min) * n_bins, 0.0, n_bins)
-    full = np.floor(np.nan_to_num(position)).astype(np.int64)
-    cumulative = np.concatenate([np.zeros((len(pdf), 1)), np.cumsum(pdf, axis=1)], axis=1)
-    rows = np.arange(len(pdf))
-    below = cumulative[rows, full]
-    share = (position - full) * pdf[rows, np.minimum(full, n_bins - 1)]
-    out = np.clip(below + np.where(full < n_bins, share, 0.0), 0.0, 1.0)
-    out[~np.isfinite(z_spec)] = np.nan
-    return out
-
-
 def load_predictions(paths) -> dict[str, pd.DataFrame]:
     """Prediction files by model name (the file's stem): objid, z_spec, z_phot and, where the
     model gives one, ``pdf`` as an (n, n_bins) array in ``DataFrame.attrs["pdf"]``."""

@@ -58,6 +58,7 @@ rule evaluate:
         metrics=f"{RESULTS}/metrics.tsv",
         bins=f"{RESULTS}/metrics_bins.tsv",
         summary=f"{RESULTS}/metrics_summary.tsv",
+        pdf_objects=f"{RESULTS}/pdf_objects.parquet",
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
@@ -67,6 +68,9 @@ rule evaluate:
     params:
         code=stage_code("ssl_photoz.evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics) or ".",
+        # The classifiers' PDF bins (finetune and supervised share them).
+        z_min=config["finetune"]["z_min"],
+        z_max=config["finetune"]["z_max"],
     shell:
         "ssl-photoz evaluate --objects {input.objects} --predictions {input.predictions}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} --z-min {params.z_min} --z-max {params.z_max} > {log} 2>&1"
