@@ -312,3 +312,42 @@ def test_make_all_figures_checks_every_input_before_writing(tiny_store, tmp_path
     with pytest.raises(FileNotFoundError, match="missing.tsv: the metrics table file is missing"):
         make_all_figures(tmp_path / "missing.tsv", summary_tsv, predictions, store, out)
     assert not out.exists() or not any(out.iterdir())
+
+
+def _pdf_run(tmp_path, n=400):
+    """Two classifier runs with Gaussian PDFs (calibrated and 3x over-confident), evaluated."""
+    from scipy import stats
+
+    from ssl_photoz.evaluate import evaluate
+
+    rng = np.random.default_rng(7)
+    objid = np.arange(n, dtype=np.int64) + 1
+    z_spec = rng.uniform(0.05, 0.3, n)
+    mu = z_spec + rng.normal(0, 0.02, n)
+    edges = np.linspace(0.0, 0.4, 181)
+    files = []
+    for name, width in (("finetune_f1.0_s0", 0.02), ("supervised_f1.0_s0", 0.0067)):
+        mass = np.diff(stats.norm.cdf((edges[None, :] - mu[:, None]) / width), axis=1)
+        path = tmp_path / "predictions" / f"{name}.parquet"
+        meta = {"model": name.split("_")[0], "fraction": 1.0, "seed": 0}
+        write_predictions(path, objid, z_spec, mu, mass, meta)
+        files.append(path)
+    objects = pd.DataFrame(
+        {"objid": objid, "petroMag_r": rng.uniform(15, 17.7, n), "extinction_r": 0.05}
+    )
+    evaluate(files, objects, tmp_path)
+    return tmp_path / "pdf_objects.parquet", files
+
+
+def test_pdf_figures_are_written_from_the_per_object_table(tmp_path):
+    pdf_objects, files = _pdf_run(tmp_path)
+    paths = figures.make_pdf_figures(pdf_objects, files, tmp_path / "figures")
+    assert set(paths) == {"pit_histograms", "pdf_coverage", "pdf_examples"}
+    for path in paths.values():
+        image = imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0.01, path
+    with pytest.raises(ValueError, match="no prediction file"):
+        figures.make_pdf_figures(pdf_objects, files[:1], tmp_path / "other")
+    assert not (tmp_path / "other").exists()  # checked before writing anything
+    with pytest.raises(FileNotFoundError, match="per-object PDF table is missing"):
+        figures.make_pdf_figures(tmp_path / "absent.parquet", files, tmp_path / "other")

@@ -202,3 +202,29 @@ def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(sto
         "| supervised | steps taken | f1.0_s0: 100 (20 epochs x 5, batch 64, 382 labels) | - |",
     ):
         assert row in text, row
+
+
+def test_summary_has_the_pdf_scores_of_the_runs_with_pdfs(store, tmp_path):
+    path, _ = store
+    objects = pd.DataFrame({"split": np.array(["train", "val", "unlabeled", "train"] * 10)})
+    report = leakage_report(path, [0.25, 1.0], {})
+    table = _summary_table().assign(
+        crps_mean=[np.nan, 0.012, 0.010, 0.015, 0.011],
+        crps_std=[np.nan, 0.001, 0.0005, 0.002, 0.001],
+        pit_ks_mean=[np.nan, 0.05, 0.04, 0.2, 0.15],
+        pit_cvm_mean=[np.nan, 0.001, 0.0008, 0.02, 0.01],
+        pit_outlier_fraction_mean=[np.nan, 0.01, 0.005, 0.2, 0.1],
+        coverage68_mean=[np.nan, 0.66, 0.67, 0.3, 0.4],
+        coverage95_mean=[np.nan, 0.94, 0.95, 0.5, 0.6],
+    )
+    text = write_summary(tmp_path / "s.md", table, None, objects, report, CONFIG)
+    assert "## Photo-z PDFs" in text
+    assert (
+        "| ours, MoCo v2 + fine-tuning | 1 | 0.01000 +- 0.00050 | 0.040 | 0.0008 | 0.50 "
+        "| 0.670 | 0.950 | 2 |" in text
+    )
+    assert "| ours, supervised | 0.25 | 0.01500 +- 0.00200 | 0.200 | 0.0200 | 20.00 " in text
+    assert "| ours, colours 10-NN |" not in text  # no PDF, no row (its main-table row is bold)
+    # A metrics summary without PDF columns (older runs) has no such section.
+    plain = write_summary(tmp_path / "p.md", _summary_table(), None, objects, report, CONFIG)
+    assert "## Photo-z PDFs" not in plain

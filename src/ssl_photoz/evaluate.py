@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
@@ -173,7 +174,9 @@ def evaluate(
             eta_std=("eta_percent", "std"),
             bias_mean=("bias", "mean"),
             crps_mean=("crps", "mean"),
+            crps_std=("crps", "std"),
             pit_ks_mean=("pit_ks", "mean"),
+            pit_cvm_mean=("pit_cvm", "mean"),
             pit_outlier_fraction_mean=("pit_outlier_fraction", "mean"),
             coverage68_mean=("coverage68", "mean"),
             coverage95_mean=("coverage95", "mean"),
@@ -193,6 +196,9 @@ def evaluate(
         if per_object_frames
         else pd.DataFrame(columns=["model", "objid", "z_spec", "z_phot", "pit", "crps"])
     )
+    table = pa.Table.from_pandas(objects_table, preserve_index=False)
+    bins_meta = {"z_min": str(z_min), "z_max": str(z_max)}  # the PDFs' bins, for the figures
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **bins_meta})
     with atomic_path(out_dir / "pdf_objects.parquet") as tmp:
-        objects_table.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     return metrics

@@ -35,6 +35,7 @@ __all__ = [
     "label_efficiency",
     "label_efficiency_from_summary",
     "make_all_figures",
+    "make_pdf_figures",
     "plot_augmentation_gallery",
     "plot_dz_density",
     "plot_label_efficiency",
@@ -817,13 +818,21 @@ def plot_augmentation_gallery(
 
 
 def make_all_figures(
-    metrics_tsv, summary_tsv, predictions, store_path, out_dir, stats_path=None, seed: int = 0
+    metrics_tsv,
+    summary_tsv,
+    predictions,
+    store_path,
+    out_dir,
+    stats_path=None,
+    seed: int = 0,
+    pdf_objects=None,
 ) -> dict[str, Path]:
     """Write the run's figures and the label-efficiency table into ``out_dir``.
 
     ``predictions`` is the predictions folder or a list of Parquet paths. Returns the paths by
     name: fig2_sigma_vs_fraction, fig2_label_efficiency, dz_vs_zspec, augmentations (PNG) and
-    label_efficiency (TSV).
+    label_efficiency (TSV); with ``pdf_objects`` (evaluate's per-object PDF table) also
+    pit_histograms, pdf_coverage and pdf_examples.
     """
     out_dir = Path(out_dir)
     # Check every input before writing anything: a bad input leaves no partial set of figures.
@@ -852,4 +861,160 @@ def make_all_figures(
     paths["augmentations"] = plot_augmentation_gallery(
         store_path, out_dir / "augmentations.png", seed=seed, stats_path=stats_path
     )
+    if pdf_objects is not None:
+        paths.update(make_pdf_figures(pdf_objects, predictions, out_dir, seed=seed))
     return paths
+
+
+# --- PDFs: PIT, coverage, examples ---------------------------------------------------------------
+
+PDF_OBJECT_COLUMNS = ("model", "objid", "z_spec", "z_phot", "pit", "hdr_level")
+PIT_BINS = 20
+
+
+def _read_pdf_objects(path) -> tuple[pd.DataFrame, dict]:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the per-object PDF table is missing")
+    table = pq.read_table(path)
+    missing = [c for c in PDF_OBJECT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: not a per-object PDF table, it lacks columns {missing}")
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return table.to_pandas(), meta
+
+
+def _pdf_models(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(kind, model) of the lowest-mean-CRPS run of each classifier kind in the table."""
+    out = []
+    scores = frame.groupby("model")["crps"].mean() if "crps" in frame else None
+    for kind in (SSL_KIND, SUP_KIND):
+        names = sorted(m for m in frame["model"].unique() if m.split("_")[0] == kind)
+        if names:
+            best = min(names, key=lambda m: scores[m]) if scores is not None else names[0]
+            out.append((kind, best))
+    return out
+
+
+def plot_pit_histograms(pdf_objects, out_png) -> Path:
+    """PIT histograms of the best fine-tuned and supervised runs, with a uniform 2-sigma band."""
+    frame, _ = _read_pdf_objects(pdf_objects)
+    models = _pdf_models(frame)
+    if not models:
+        raise ValueError(f"{pdf_objects}: no fine-tuned or supervised run with PDFs")
+    fig = _new_figure(4.2 * len(models), 3.4)
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, (kind, model) in zip(axes, models, strict=True):
+        pit = frame.loc[frame["model"] == model, "pit"].to_numpy(float)
+        n = len(pit)
+        expected = n / PIT_BINS
+        spread = 2.0 * np.sqrt(n * (1.0 / PIT_BINS) * (1.0 - 1.0 / PIT_BINS))
+        ax.axhspan(
+            max(expected - spread, 0.0),
+            expected + spread,
+            color="0.85",
+            label="uniform: expected +- 2 sigma",
+        )
+        ax.axhline(expected, color="0.5", lw=0.8)
+        ax.hist(pit, bins=PIT_BINS, range=(0, 1), color=KIND_COLOURS[kind], alpha=0.8)
+        outside = np.mean((pit < 1e-4) | (pit > 1 - 1e-4))
+        ax.set_title(f"{KIND_LABELS[kind]}\n{model}: N = {n}, PIT outside: {100 * outside:.2g}%")
+        ax.set_xlabel("PIT = CDF(z_spec)")
+        ax.set_ylabel("objects per bin")
+        ax.set_xlim(0, 1)
+        ax.legend(loc="upper center", fontsize="small")
+    return _save(fig, out_png)
+
+
+def plot_coverage(pdf_objects, out_png) -> Path:
+    """Empirical against nominal coverage of the highest-density intervals, every PDF run."""
+    from .pdf_metrics import coverage
+
+    frame, _ = _read_pdf_objects(pdf_objects)
+    if frame.empty:
+        raise ValueError(f"{pdf_objects}: no objects")
+    nominal = np.linspace(0.0, 1.0, 101)
+    fig = _new_figure(4.4, 4.2)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8, label="calibrated")
+    labelled = set()
+    for model, rows in frame.groupby("model", sort=True):
+        kind = str(model).split("_")[0]
+        colour = KIND_COLOURS.get(kind, "0.3")
+        label = KIND_LABELS.get(kind, kind) if kind not in labelled else None
+        labelled.add(kind)
+        ax.plot(nominal, coverage(rows["hdr_level"].to_numpy(float), nominal), color=colour,
+                lw=1.0, alpha=0.8, label=label)  # fmt: skip
+    for level in (0.68, 0.95):
+        ax.axvline(level, color="0.8", lw=0.6)
+    ax.set_xlabel("nominal level of the highest-density interval")
+    ax.set_ylabel("fraction of z_spec inside")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize="small")
+    return _save(fig, out_png)
+
+
+def plot_pdf_examples(pdf_objects, predictions, out_png, n_examples: int = 6, seed: int = 0):
+    """A few validation objects' PDFs (best fine-tuned and supervised runs) with their z_spec."""
+    import pyarrow.parquet as pq
+
+    frame, meta = _read_pdf_objects(pdf_objects)
+    models = _pdf_models(frame)
+    if not models:
+        raise ValueError(f"{pdf_objects}: no fine-tuned or supervised run with PDFs")
+    z_min, z_max = float(meta.get("z_min", 0.0)), float(meta.get("z_max", 0.4))
+    by_stem = {Path(p).stem: Path(p) for p in predictions}
+    pdfs = {}
+    for _, model in models:
+        if model not in by_stem:
+            raise ValueError(f"{pdf_objects}: no prediction file for {model}")
+        table = pq.read_table(by_stem[model], columns=["objid", "pdf"])
+        column = table["pdf"].combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(float)
+        pdfs[model] = pd.DataFrame(
+            values.reshape(-1, column.type.list_size), index=table["objid"].to_numpy()
+        )
+    first = frame[frame["model"] == models[0][1]]
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(first), size=min(n_examples, len(first)), replace=False))
+    chosen = first.iloc[take]
+    ncol = 3
+    nrow = int(np.ceil(len(chosen) / ncol))
+    fig = _new_figure(3.6 * ncol, 2.6 * nrow)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    for ax, (_, obj) in zip(axes, chosen.iterrows(), strict=False):
+        for kind, model in models:
+            p = pdfs[model].loc[obj["objid"]].to_numpy()
+            p = p / p.sum()
+            edges = np.linspace(z_min, z_max, len(p) + 1)
+            ax.stairs(p / np.diff(edges), edges, color=KIND_COLOURS[kind], label=KIND_LABELS[kind])
+        ax.axvline(obj["z_spec"], color="k", lw=1.0, label="z_spec")
+        ax.set_title(f"objid {int(obj['objid'])}, PIT {obj['pit']:.2f}", fontsize="small")
+        ax.set_xlabel("z")
+        ax.set_ylabel("p(z)")
+        ax.set_xlim(max(z_min, obj["z_spec"] - 0.1), min(z_max, obj["z_spec"] + 0.1))
+    for ax in axes[len(chosen) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="x-small", loc="upper right")
+    return _save(fig, out_png)
+
+
+def make_pdf_figures(pdf_objects, predictions, out_dir, seed: int = 0) -> dict[str, Path]:
+    """The PDF figures: pit_histograms, pdf_coverage and pdf_examples (PNG) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    frame, _ = _read_pdf_objects(pdf_objects)  # check before writing anything
+    stems = {Path(p).stem for p in predictions}
+    absent = [model for _, model in _pdf_models(frame) if model not in stems]
+    if absent:
+        raise ValueError(f"{pdf_objects}: no prediction file for {absent}")
+    return {
+        "pit_histograms": plot_pit_histograms(pdf_objects, out_dir / "pit_histograms.png"),
+        "pdf_coverage": plot_coverage(pdf_objects, out_dir / "pdf_coverage.png"),
+        "pdf_examples": plot_pdf_examples(
+            pdf_objects, predictions, out_dir / "pdf_examples.png", seed=seed
+        ),
+    }

@@ -6,6 +6,7 @@ rule figures:
     input:
         metrics=rules.evaluate.output.metrics,
         summary=rules.evaluate.output.summary,
+        pdf_objects=rules.evaluate.output.pdf_objects,
         predictions=prediction_files,
         manifest=rules.gather.output.manifest,
         stats=rules.stats.output.stats,
@@ -30,6 +31,21 @@ rule figures:
             caption="../report/augmentations.rst",
             category="Data",
         ),
+        pit=report(
+            f"{RESULTS}/figures/pit_histograms.png",
+            caption="../report/pit_histograms.rst",
+            category="Photo-z PDFs",
+        ),
+        coverage=report(
+            f"{RESULTS}/figures/pdf_coverage.png",
+            caption="../report/pdf_coverage.rst",
+            category="Photo-z PDFs",
+        ),
+        pdf_examples=report(
+            f"{RESULTS}/figures/pdf_examples.png",
+            caption="../report/pdf_examples.rst",
+            category="Photo-z PDFs",
+        ),
         efficiency_table=f"{RESULTS}/figures/label_efficiency.tsv",
     log:
         f"{RESULTS}/logs/figures.log",
@@ -44,7 +60,7 @@ rule figures:
     shell:
         "ssl-photoz figures --metrics {input.metrics} --metrics-summary {input.summary}"
         " --predictions {input.predictions} --store {params.store} --stats {input.stats}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --pdf-objects {input.pdf_objects} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule summary:
