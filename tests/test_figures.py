@@ -351,3 +351,23 @@ def test_pdf_figures_are_written_from_the_per_object_table(tmp_path):
     assert not (tmp_path / "other").exists()  # checked before writing anything
     with pytest.raises(FileNotFoundError, match="per-object PDF table is missing"):
         figures.make_pdf_figures(tmp_path / "absent.parquet", files, tmp_path / "other")
+
+
+def test_make_all_figures_adds_the_pdf_figures(tiny_store, tmp_path):
+    store, _ = tiny_store
+    metrics_tsv, summary_tsv, _ = _figure_inputs(tmp_path)
+    pdf_objects, files = _pdf_run(tmp_path / "pdf")
+    out = tmp_path / "figures"
+    with pytest.raises(FileNotFoundError, match="per-object PDF table is missing"):
+        make_all_figures(
+            metrics_tsv, summary_tsv, files, store, out, pdf_objects=tmp_path / "absent.parquet"
+        )
+    assert not out.exists() or not any(out.iterdir())  # checked before writing anything
+    # A predictions folder: the PDF runs' files beside the metrics table's own.
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    paths = make_all_figures(metrics_tsv, summary_tsv, folder, store, out, pdf_objects=pdf_objects)
+    assert {"pit_histograms", "pdf_coverage", "pdf_examples"} <= set(paths)
+    assert all(paths[k].stat().st_size > 10_000 for k in ("pit_histograms", "pdf_examples"))

@@ -840,6 +840,8 @@ def make_all_figures(
     models = choose_best_models(metrics_tsv, predictions)  # checks metrics.tsv and the files
     for _, path in models:
         _read_prediction(path)
+    if pdf_objects is not None:
+        _check_pdf_inputs(pdf_objects, predictions)
     from .data import load_stats, open_store
 
     open_store(store_path)
@@ -1003,14 +1005,26 @@ def plot_pdf_examples(pdf_objects, predictions, out_png, n_examples: int = 6, se
     return _save(fig, out_png)
 
 
+def _check_pdf_inputs(pdf_objects, predictions) -> list[Path]:
+    """The prediction paths (``predictions``: a folder or paths), checked against the table."""
+    if isinstance(predictions, str | os.PathLike) and Path(predictions).is_dir():
+        predictions = sorted(Path(predictions).glob("*.parquet"))
+    predictions = [Path(p) for p in predictions]
+    frame, _ = _read_pdf_objects(pdf_objects)
+    models = _pdf_models(frame)
+    if not models:
+        raise ValueError(f"{pdf_objects}: no fine-tuned or supervised run with PDFs")
+    stems = {p.stem for p in predictions}
+    absent = [model for _, model in models if model not in stems]
+    if absent:
+        raise ValueError(f"{pdf_objects}: no prediction file for {absent}")
+    return predictions
+
+
 def make_pdf_figures(pdf_objects, predictions, out_dir, seed: int = 0) -> dict[str, Path]:
     """The PDF figures: pit_histograms, pdf_coverage and pdf_examples (PNG) in ``out_dir``."""
     out_dir = Path(out_dir)
-    frame, _ = _read_pdf_objects(pdf_objects)  # check before writing anything
-    stems = {Path(p).stem for p in predictions}
-    absent = [model for _, model in _pdf_models(frame) if model not in stems]
-    if absent:
-        raise ValueError(f"{pdf_objects}: no prediction file for {absent}")
+    predictions = _check_pdf_inputs(pdf_objects, predictions)  # before writing anything
     return {
         "pit_histograms": plot_pit_histograms(pdf_objects, out_dir / "pit_histograms.png"),
         "pdf_coverage": plot_coverage(pdf_objects, out_dir / "pdf_coverage.png"),
