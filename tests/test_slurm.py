@@ -260,7 +260,8 @@ def test_results_equal_a_local_run(runs):
 
     predictions = sorted(p.name for p in (local / "predictions").glob("*.parquet"))
     assert predictions == sorted(p.name for p in (slurm / "predictions").glob("*.parquet"))
-    assert len(predictions) == 2 * 2 + 1  # 2 fractions x 1 seed x 2 kinds + the colours kNN
+    # 2 fractions x 1 seed x 2 kinds, and the colours kNN at each of the 2 fractions
+    assert len(predictions) == 2 * 2 + 2
     for name in predictions:
         _frames_equal(slurm / "predictions" / name, local / "predictions" / name, False)
 
