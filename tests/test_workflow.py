@@ -83,7 +83,16 @@ def test_the_html_report_has_every_figure_with_its_caption(tiny_run, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "ERROR" not in out.stderr, out.stderr[-3000:]
     html = report.read_text(errors="replace")
-    for name in ("fig2_sigma_vs_fraction.png", "dz_vs_zspec.png", "summary.md", "leakage.tsv"):
+    for name in (
+        "fig2_sigma_vs_fraction.png",
+        "dz_vs_zspec.png",
+        "pit_histograms.png",
+        "pdf_coverage.png",
+        "pdf_examples.png",
+        "probe.tsv",
+        "summary.md",
+        "leakage.tsv",
+    ):
         assert name in html, name
     assert "label-efficiency" in html.lower() or "label efficiency" in html.lower()
 
