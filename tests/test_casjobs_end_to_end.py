@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from labeled_reference import labeled_specobjids
 from loopback_server import CasJobsEmulator, LoopbackServer
 
 from ssl_photoz.query.casjobs import CasJobsClient, CasJobsError, CasJobsJobError
@@ -153,25 +154,12 @@ def make_client(emulator: CasJobsEmulator, page_rows: int = PAGE_ROWS) -> CasJob
 
 def expected_specobjids(tables) -> list[int]:
     """The labeled query's conditions applied with pandas, not SQL."""
-    m = (
-        tables["SpecObjAll"]
-        .merge(tables["PhotoObjAll"], left_on="bestObjID", right_on="objID")
-        .merge(tables["galSpecInfo"], on="specObjID")
+    return labeled_specobjids(
+        tables["SpecObjAll"],
+        tables["PhotoObjAll"],
+        tables["galSpecInfo"],
+        tables["Photoz"]["objID"],
     )
-    m = m[m["objID"].isin(tables["Photoz"]["objID"])]
-    keep = (
-        (m["z"] > 0)
-        & (m["zWarning"] == 0)
-        & (m["targetType"] == "SCIENCE")
-        & (m["survey"] == "sdss")
-        & (m["class"] == "GALAXY")
-        & (m["primtarget"] >= 64)
-        & (m["clean"] == 1)
-        & (m["insideMask"] == 0)
-        & (m["petroMag_r"] - m["extinction_r"] <= 17.8)
-        & (m["z"] <= 0.4)
-    )
-    return sorted(m.loc[keep, "specObjID"])
 
 
 def drops(emulator: CasJobsEmulator) -> list[str]:

@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from labeled_reference import labeled_specobjids
 from loopback_server import LoopbackServer, Reply
 
 from ssl_photoz.query.run import objid_edges, run_duckdb, run_query, write_query_output
@@ -59,21 +60,7 @@ def test_duckdb_backend_matches_an_independent_filter_and_never_writes(tiny_sky)
     pz = con.execute("SELECT objID FROM Photoz").df()
     con.close()
     # The paper's conditions, applied with pandas instead of SQL.
-    m = spec.merge(photo, left_on="bestObjID", right_on="objID").merge(gal, on="specObjID")
-    m = m[m["objID"].isin(pz["objID"])]
-    keep = (
-        (m["z"] > 0)
-        & (m["zWarning"] == 0)
-        & (m["targetType"] == "SCIENCE")
-        & (m["survey"] == "sdss")
-        & (m["class"] == "GALAXY")
-        & (m["primtarget"] >= 64)
-        & (m["clean"] == 1)
-        & (m["insideMask"] == 0)
-        & (m["petroMag_r"] - m["extinction_r"] <= 17.8)
-        & (m["z"] <= 0.4)
-    )
-    expected = sorted(m.loc[keep, "specObjID"])
+    expected = labeled_specobjids(spec, photo, gal, pz["objID"])
     assert len(expected) > 20
     assert sorted(rows["specObjID"]) == expected
     assert rows["objID"].dtype == np.int64
