@@ -276,12 +276,20 @@ def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = load_checkpoint(out)
     assert len(state["history"]) == 2
-    # 72 pretraining images: 36 per rank, 2 batches of 16 per epoch, each step enqueues the keys
-    # of both ranks (32): 2 epochs x 2 steps x 32 = 128 keys into a queue of 20 -> pointer 8.
+    # 72 pretraining images: 36 per rank; the batch of 16 is shared, 8 per rank: 4 steps per
+    # epoch, each enqueues the keys of both ranks (16): 2 x 4 x 16 = 128 keys, queue 20 -> 8.
     assert int(state["moco"]["queue_ptr"]) == 128 % 20
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["precision"]["chosen"] == "bf16"
     assert "precision bf16 on cpu (asked: bf16)" in result.stderr
+    recipe = summary["recipe"]
+    assert (recipe["world_size"], recipe["per_process_batch"], recipe["effective_batch"]) == (
+        2,
+        8,
+        16,
+    )
+    assert recipe["lr"] == {"all": PRETRAIN["lr"]}
+    assert recipe["steps_per_epoch"] == 4
 
 
 @torch.no_grad()

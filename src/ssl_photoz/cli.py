@@ -561,7 +561,15 @@ def cmd_gpu_run(args: argparse.Namespace) -> int:
     from .gpu_slots import gpu_run
 
     return gpu_run(
-        args.command, args.gpus, args.ids, args.lock_dir, args.timeout, torchrun=args.torchrun
+        args.command,
+        args.gpus,
+        args.ids,
+        args.lock_dir,
+        args.timeout,
+        torchrun=args.torchrun,
+        processes=args.processes,
+        launcher=args.launcher,
+        threads=args.threads,
     )
 
 
@@ -828,6 +836,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--torchrun",
         action="store_true",
         help="given several cards, run COMMAND once per card under torchrun (DDP pretraining)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="data-parallel ranks of COMMAND (default 1: one process); on GPUs one card each",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("torchrun", "srun"),
+        default="torchrun",
+        help="torchrun: --standalone on this machine; srun: the tasks of this SLURM job",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="the job's CPUs: OMP_NUM_THREADS = threads // processes per rank",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     p.set_defaults(func=cmd_gpu_run)

@@ -27,6 +27,14 @@ Where the pool comes from, first match wins:
 
 With no ids (a CPU machine) or ``--gpus 0``, COMMAND runs unchanged and the log says so.
 ``--torchrun``: a job given several cards runs COMMAND once per card (DDP pretraining).
+
+``--processes N`` (data-parallel pretraining, N ranks; the rule's resource ``ddp_processes``):
+``--launcher torchrun`` starts ``torchrun --standalone --nproc-per-node N`` on this machine (on
+GPUs, or N gloo processes on a CPU); ``--launcher srun`` (inside a SLURM job of N tasks, over one
+or more nodes) runs ``srun --ntasks N`` and each task takes its rank, world size and local rank
+from SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) and the rendezvous (MASTER_ADDR: the
+first host of the step's node list, via ``scontrol show hostnames``; MASTER_PORT) as torchrun
+would set them. ``--threads T``: the job's CPUs, T // N torch threads per rank (OMP_NUM_THREADS).
 """
 
 from __future__ import annotations
@@ -304,6 +312,97 @@ def per_card(command: Sequence[str], cards: int, torchrun: bool) -> list[str]:
     return [*launcher, f"--nproc-per-node={cards}", "--no-python", *command]
 
 
+LAUNCHERS = ("torchrun", "srun")
+RANK_ENTRY = "rank-from-slurm"  # python -m ssl_photoz.gpu_slots rank-from-slurm -- COMMAND
+
+
+def threads_per_rank(threads: int | None, processes: int) -> int | None:
+    """The job's CPUs shared among its ranks on one machine (at least 1 each)."""
+    return None if not threads else max(1, threads // max(1, processes))
+
+
+def launch(
+    command: Sequence[str],
+    processes: int,
+    launcher: str = "torchrun",
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """COMMAND as ``processes`` data-parallel ranks: the argv and the environment to run it in.
+
+    One process: COMMAND unchanged. torchrun: ``--standalone --nproc-per-node N`` here. srun:
+    ``srun --ntasks N`` in the current SLURM allocation, each task entering through
+    ``rank_env`` (the rendezvous that torchrun would otherwise set)."""
+    if processes < 1:
+        raise ValueError(f"--processes {processes}: must be >= 1")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"--launcher {launcher!r}: one of {', '.join(LAUNCHERS)}")
+    env = dict(os.environ if env is None else env)
+    per = threads_per_rank(threads, processes)
+    if per is not None:
+        env["OMP_NUM_THREADS"] = str(per)  # torchrun and srun keep a value that is set
+    if processes == 1:
+        return list(command), env
+    if launcher == "torchrun":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        return [*torchrun, f"--nproc-per-node={processes}", "--no-python", *command], env
+    if not env.get("SLURM_JOB_ID"):
+        raise ValueError("--launcher srun: not inside a SLURM job (no SLURM_JOB_ID)")
+    env.setdefault("MASTER_PORT", str(free_port()))
+    srun = ["srun", f"--ntasks={processes}", "--kill-on-bad-exit=1", "--export=ALL"]
+    if per is not None:
+        srun.append(f"--cpus-per-task={per}")
+    return [*srun, sys.executable, "-m", "ssl_photoz.gpu_slots", RANK_ENTRY, "--", *command], env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def first_host(nodelist: str, runner: Runner = subprocess.run) -> str:
+    """The first host of a SLURM node list (``node[01-04]``): ``scontrol show hostnames``."""
+    if not re.search(r"[\[,]", nodelist):
+        return nodelist
+    done = runner(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60
+    )
+    hosts = done.stdout.split() if done.returncode == 0 else []
+    if not hosts:
+        raise RuntimeError(f"scontrol show hostnames {nodelist}: {done.stderr.strip()}")
+    return hosts[0]
+
+
+def rank_env(env: dict[str, str], runner: Runner = subprocess.run) -> dict[str, str]:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) from SLURM's."""
+    env = dict(env)
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env["MASTER_ADDR"] = first_host(nodelist, runner) if nodelist else "127.0.0.1"
+    if not env.get("MASTER_PORT"):
+        job = int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0)
+        env["MASTER_PORT"] = str(20000 + job % 20000)
+    return env
+
+
+def _rank_main(argv: Sequence[str]) -> int:
+    """One srun task: set the rank's variables, log them, run COMMAND."""
+    command = list(argv)
+    if command and command[0] == "--":
+        command = command[1:]
+    env = rank_env(dict(os.environ))
+    print(
+        f"ssl-photoz rank {env['RANK']} of {env['WORLD_SIZE']} (local rank {env['LOCAL_RANK']})"
+        f" on {socket.gethostname()}, rendezvous {env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return _run_child(command, env, ())
+
+
 def gpu_run(
     command: Sequence[str],
     gpus: int = 1,
@@ -313,19 +412,38 @@ def gpu_run(
     env: dict[str, str] | None = None,
     detect: Callable[[], list[str]] = detect_ids,
     torchrun: bool = False,
+    processes: int = 1,
+    launcher: str = "torchrun",
+    threads: int | None = None,
 ) -> int:
     """Run COMMAND on ``gpus`` free GPUs of this machine; its exit status. ``torchrun``: with
-    more than one card, one process of COMMAND per card (see per_card)."""
+    more than one card, one process of COMMAND per card (see per_card). ``processes`` > 1: that
+    many data-parallel ranks, started by ``launcher`` (see launch), on GPUs or not."""
     command = list(command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise ValueError("gpu-run: no COMMAND given (ssl-photoz gpu-run [options] -- COMMAND ...)")
     env = dict(os.environ if env is None else env)
+    if launcher == "srun":  # SLURM gave the job its nodes and cards: nothing to lock
+        argv, env = launch(command, processes, launcher, threads, env)
+        log.info("gpu-run: %d rank(s) by srun: %s", processes, " ".join(argv[:4]))
+        return _run_child(argv, env, ())
+    if torchrun and processes == 1:
+        processes = 0  # one per card, below
     what = plan(gpus, ids, env, detect)
+    if what.mode != "cpu" and processes > max(gpus, 1):
+        raise ValueError(f"gpu-run: {processes} processes on {gpus} card(s): one card each")
+
+    def ranks(cards: int) -> tuple[list[str], dict[str, str]]:
+        n = processes or (cards if cards > 1 else 1)
+        log.info("gpu-run: %d process(es) (%s)", n, "torchrun" if n > 1 else "no launcher")
+        return launch(command, n, "torchrun", threads, env)
+
     if what.mode == "cpu":
         log.info("gpu-run: no GPU for this job (%s): running the command unchanged", what.source)
-        return _run_child(command, env, ())
+        argv, env = ranks(0)
+        return _run_child(argv, env, ())
     if what.mode == "keep":
         if len(what.pool) < gpus:
             log.warning(
@@ -338,7 +456,8 @@ def gpu_run(
             "gpu-run: CUDA_VISIBLE_DEVICES=%s already set (by the scheduler?): kept, no lock",
             env["CUDA_VISIBLE_DEVICES"],
         )
-        return _run_child(per_card(command, len(what.pool), torchrun), env, ())
+        argv, env = ranks(len(what.pool))
+        return _run_child(argv, env, ())
     folder = Path(lock_dir or env.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
     try:
         held = acquire(folder, what.namespace, what.pool, gpus, timeout)
@@ -361,8 +480,15 @@ def gpu_run(
             what.source,
             folder / what.namespace,
         )
-        code = _run_child(per_card(command, len(chosen), torchrun), env, list(held.values()))
+        argv, env = ranks(len(chosen))
+        code = _run_child(argv, env, list(held.values()))
     finally:
         release(held)
     log.info("gpu-run: released GPU(s) %s (exit status %d)", ",".join(chosen), code)
     return code
+
+
+if __name__ == "__main__":  # an srun task of --launcher srun
+    if sys.argv[1:2] != [RANK_ENTRY]:
+        sys.exit(f"usage: python -m ssl_photoz.gpu_slots {RANK_ENTRY} -- COMMAND ...")
+    sys.exit(_rank_main(sys.argv[2:]))

@@ -268,6 +268,27 @@ def pretrain_bn_splits(cfg: dict, batch_size: int, runtime: Runtime) -> int:
     return splits
 
 
+SCALING_RULE = (
+    "per-process batch = pretrain.batch_size / world size: the effective batch and the lr are "
+    "the configured ones whatever the number of processes"
+)
+
+
+def pretrain_batch(cfg: dict, pool: int, runtime: Runtime) -> tuple[int, int]:
+    """(effective batch, per-process batch) under SCALING_RULE. The effective batch is
+    ``pretrain.batch_size`` (or the pool when smaller); each of the world size's processes takes
+    an equal share of it, so changing the number of processes changes neither the batch nor
+    the learning rate (``pretrain.lr``) of the recipe."""
+    effective = min(cfg["batch_size"], pool)
+    if effective % runtime.world_size:
+        raise ValueError(
+            f"the pretraining batch of {effective} images (pretrain.batch_size, or the pool when "
+            f"smaller) does not divide among {runtime.world_size} processes: choose a number "
+            f"of processes (resource ddp_processes) that divides it"
+        )
+    return effective, effective // runtime.world_size
+
+
 def _log_precision(what: str, runtime: Runtime) -> None:
     log.info("%s: %s", what, runtime.precision.describe())
 
@@ -289,8 +310,18 @@ def pretrain(
     check_queue_fits_pool(cfg["queue_size"], len(dataset))
     _log_precision("pretrain", runtime)
     views = augment.MocoViews(data.load_stats(stats_path).to(runtime.device))
-    batch_size = min(cfg["batch_size"], len(dataset))
+    effective_batch, batch_size = pretrain_batch(cfg, len(dataset), runtime)
     bn_splits = pretrain_bn_splits(cfg, batch_size, runtime)
+    log.info(
+        "pretrain: rank %d of %d (world size %d): %d images per process and step, "
+        "effective batch %d, lr %g",
+        runtime.rank,
+        runtime.world_size,
+        runtime.world_size,
+        batch_size,
+        effective_batch,
+        cfg["lr"],
+    )
 
     moco = models.build_moco(model_cfg, cfg, bn_splits=bn_splits)
     moco = moco.to(runtime.device, memory_format=torch.channels_last)
@@ -300,7 +331,7 @@ def pretrain(
     optimizer = torch.optim.SGD(
         moco.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"]
     )
-    steps = max(1, len(dataset) // (batch_size * runtime.world_size))
+    steps = max(1, len(dataset) // effective_batch)
     scheduler = _cosine(optimizer, cfg["epochs"], steps, cfg.get("warmup_epochs", 0))
     scaler = runtime.precision.grad_scaler()
     loop = EpochLoop("pretrain", {"model": model_cfg, "pretrain": cfg}, runtime, out_path.parent)
@@ -343,6 +374,9 @@ def pretrain(
             "schedule": f"cosine per step, {cfg.get('warmup_epochs', 0)} warm-up epoch(s)",
             "batch_size": batch_size,
             "world_size": runtime.world_size,
+            "per_process_batch": batch_size,
+            "effective_batch": effective_batch,
+            "scaling": SCALING_RULE,
             "bn": (
                 "shuffled BN across ranks"
                 if runtime.distributed

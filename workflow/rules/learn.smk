@@ -6,6 +6,11 @@
 # changing it does not rerun finished stages. Each network job runs under `ssl-photoz gpu-run`,
 # which gives it free cards of its own (CUDA_VISIBLE_DEVICES, a lock file per card) and takes
 # them back when it ends; with gpu=0 it runs the command unchanged.
+# Data-parallel pretraining (machine settings, the profile's set-resources for pretrain):
+# ddp_processes=N ranks (default 1: one process), each with an equal share of pretrain.batch_size
+# (the effective batch and the lr stay the configured ones); ddp_launcher=torchrun starts them on
+# this machine (torchrun --standalone; gloo on CPU, one card each on GPUs), ddp_launcher=srun as
+# the N tasks of the SLURM job (resources tasks=N, mpi="srun": see profiles/slurm-gpu).
 
 
 rule pretrain:
@@ -27,13 +32,17 @@ rule pretrain:
         mem_mb=8000,
         precision="auto",
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
+        ddp_processes=1,
+        ddp_launcher="torchrun",
     params:
         code=stage_code("ssl_photoz.train"),
         sections=sections_json("model", "pretrain"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
-        "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --torchrun --"
+        "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids}"
+        " --torchrun --processes {resources.ddp_processes} --launcher {resources.ddp_launcher}"
+        " --threads {threads} --"
         " ssl-photoz pretrain --sections-json {params.sections:q} --store {params.store}"
         " --stats {input.stats} --out {output.model} --summary {output.summary}"
         " --device {params.device} --precision {resources.precision} > {log} 2>&1"
