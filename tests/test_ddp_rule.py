@@ -22,6 +22,7 @@ import torch
 from conftest import PROJECT_ROOT
 from test_train import MODEL, PRETRAIN, tiny_store  # noqa: F401 (a fixture)
 
+from ssl_photoz import gpu_slots
 from ssl_photoz.train import load_checkpoint
 
 BIN = Path(sys.executable).parent
@@ -184,3 +185,37 @@ def test_slurm_job_of_two_tasks_runs_two_ranks(workstation, tiny_store, tmp_path
         assert f"ssl-photoz rank {rank} of 2" in log, log[-4000:]
         assert f"pretrain: rank {rank} of 2" in log, log[-4000:]
     _assert_same(_weights(workstation[0]), _weights(tmp_path))
+
+
+def test_srun_ranks_take_torchrun_variables_from_slurm():
+    def hostnames(argv, **_):
+        assert argv == ["scontrol", "show", "hostnames", "gpu[03-04]"]
+        return subprocess.CompletedProcess(argv, 0, "gpu03\ngpu04\n", "")
+
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[03-04]",
+    }
+    env = gpu_slots.rank_env(slurm, runner=hostnames)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("5", "8", "1")
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("gpu03", str(20000 + 4242))
+    # a task bound to one card (--ntasks-per-gpu): cuda:0, the one it sees
+    bound = gpu_slots.rank_env({**slurm, "CUDA_VISIBLE_DEVICES": "2"}, runner=hostnames)
+    assert bound["LOCAL_RANK"] == "0"
+
+
+def test_launch_n_processes_by_torchrun_or_srun():
+    command = ["ssl-photoz", "pretrain"]
+    argv, env = gpu_slots.launch(command, 1, "torchrun", threads=8, env={})
+    assert argv == command and env["OMP_NUM_THREADS"] == "8"
+    argv, env = gpu_slots.launch(command, 4, "torchrun", threads=8, env={})
+    assert "--nproc-per-node=4" in argv and argv[-2:] == command
+    assert env["OMP_NUM_THREADS"] == "2"
+    argv, env = gpu_slots.launch(command, 2, "srun", threads=2, env={"SLURM_JOB_ID": "7"})
+    assert argv[:2] == ["srun", "--ntasks=2"] and "--cpus-per-task=1" in argv
+    assert argv[-3:] == ["--", *command] and gpu_slots.RANK_ENTRY in argv
+    with pytest.raises(ValueError, match="not inside a SLURM job"):
+        gpu_slots.launch(command, 2, "srun", env={})

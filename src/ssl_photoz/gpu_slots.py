@@ -380,7 +380,11 @@ def rank_env(env: dict[str, str], runner: Runner = subprocess.run) -> dict[str, 
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
     env["RANK"] = env["SLURM_PROCID"]
     env["WORLD_SIZE"] = env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    local = int(env.get("SLURM_LOCALID", "0"))
+    # A task bound to its own card(s) (--ntasks-per-gpu implies --gpu-bind=single) sees only
+    # those: its device is cuda:(local rank modulo the cards it sees).
+    visible = parse_ids(env.get("CUDA_VISIBLE_DEVICES"))
+    env["LOCAL_RANK"] = str(local % len(visible) if visible else local)
     env["MASTER_ADDR"] = first_host(nodelist, runner) if nodelist else "127.0.0.1"
     if not env.get("MASTER_PORT"):
         job = int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0)
