@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import BIN, PROJECT_ROOT, tool_env
 
@@ -93,12 +94,32 @@ def _finish(proc: subprocess.Popen, workdir: Path) -> str:
     return text
 
 
+# Data-parallel pretraining in both runs (the profiles' machine settings, set in the copies):
+# SLURM: one job of 2 tasks of 1 CPU, started by srun (the plugin's `mpi` job: no srun -n1
+# around the rule's command); locally: torchrun with 2 gloo ranks, 1 thread each of the 2.
+DDP_SLURM = {"ddp_processes": 2, "ddp_launcher": "srun", "tasks": 2, "mpi": "srun"}
+DDP_LOCAL = {"ddp_processes": 2, "ddp_launcher": "torchrun"}
+
+
+def _set_pretrain(profile: Path, settings: dict) -> None:
+    """Add settings to the pretrain rule's set-resources of a copied profile."""
+    data = yaml.safe_load(profile.read_text())
+    data.setdefault("set-resources", {}).setdefault("pretrain", {}).update(settings)
+    profile.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def runs(node_cpus, tmp_path_factory):
     """The tiny config run through SLURM and, at the same time, locally (the reference)."""
     profile = yaml.safe_load(PROFILE.read_text())
     slurm_dir = _workdir(tmp_path_factory.mktemp("slurm_run"))
     local_dir = _workdir(tmp_path_factory.mktemp("local_run"))
+    per_rank = max(1, min(int(profile["set-threads"]["pretrain"]), node_cpus) // 2)
+    _set_pretrain(
+        slurm_dir / "profiles" / "slurm" / "config.v8+.yaml",
+        {**DDP_SLURM, "cpus_per_task": per_rank},
+    )
+    _set_pretrain(local_dir / "profiles" / "default" / "config.v8+.yaml", DDP_LOCAL)
     # --workflow-profile none, as on any cluster: profiles/default (the workstation) would
     # otherwise be loaded too and override the profile. Test-only overrides for a small one-node
     # cluster without an accounting database:
@@ -272,3 +293,23 @@ def test_results_equal_a_local_run(runs):
         left = pd.read_csv(slurm / name, sep="\t")
         right = pd.read_csv(local / name, sep="\t")
         pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+def test_pretraining_ran_two_ranks_under_srun(runs):
+    """The pretrain job of 2 tasks ran 2 ranks (srun) with the weights of the local 2 ranks."""
+    from ssl_photoz.train import load_checkpoint
+
+    slurm, local = runs["slurm"][0] / "results", runs["local"][0] / "results"
+    log = (slurm / "logs" / "pretrain.log").read_text()
+    for rank in (0, 1):
+        assert f"ssl-photoz rank {rank} of 2" in log, log[-4000:]
+        assert f"pretrain: rank {rank} of 2" in log, log[-4000:]
+    assert "pretrain: rank 1 of 2" in (local / "logs" / "pretrain.log").read_text()
+    for where in (slurm, local):
+        recipe = json.loads((where / "models/pretrain/summary.json").read_text())["recipe"]
+        assert (recipe["world_size"], recipe["per_process_batch"]) == (2, 8), where
+    a = load_checkpoint(slurm / "models/pretrain/model.pt")["moco"]
+    b = load_checkpoint(local / "models/pretrain/model.pt")["moco"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
