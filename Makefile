@@ -36,14 +36,14 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks workflow/scripts
-	$(BIN)/ruff format --check src tests benchmarks workflow/scripts
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --profile profiles/default
 
 format: setup
-	$(BIN)/ruff format src tests benchmarks workflow/scripts
-	$(BIN)/ruff check --fix src tests benchmarks workflow/scripts
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix src tests benchmarks scripts
 	$(BIN)/snakefmt Snakefile workflow/rules
 
 bench: setup
