@@ -89,7 +89,7 @@ def test_nothing_refers_to_a_path_outside_the_repository():
 @pytest.mark.parametrize(
     "line",
     [
-        'REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"',
+        'REAL = Path(__file__).resolve().parents[4] / "sibling" / "data"',  # beside the checkout
         'REAL = Path(__file__).resolve().parents[3] / ".." / "x"',
         "cp ../../outside/file.txt here",
         'data = "/work/shared/x.fits"',

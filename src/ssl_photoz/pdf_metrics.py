@@ -63,13 +63,18 @@ def pit(pdf: np.ndarray, z_spec: np.ndarray, z_min: float, z_max: float) -> np.n
     n_bins = pdf.shape[1]
     position = np.clip((z_spec - z_min) / (z_max - z_min) * n_bins, 0.0, n_bins)
     full = np.floor(np.nan_to_num(position)).astype(np.int64)
-    cumulative = np.concatenate([np.zeros((len(pdf), 1)), np.cumsum(pdf, axis=1)], axis=1)
+    cumulative = _cdf_at_edges(pdf)
     rows = np.arange(len(pdf))
     below = cumulative[rows, full]
     share = (position - full) * pdf[rows, np.minimum(full, n_bins - 1)]
     out = np.clip(below + np.where(full < n_bins, share, 0.0), 0.0, 1.0)
     out[~np.isfinite(z_spec)] = np.nan
     return out
+
+
+def _cdf_at_edges(pdf: np.ndarray) -> np.ndarray:
+    """The CDF at the n_bins + 1 bin edges of each row (0 at the first edge)."""
+    return np.concatenate([np.zeros((len(pdf), 1)), np.cumsum(pdf, axis=1)], axis=1)
 
 
 def crps(pdf: np.ndarray, z_spec: np.ndarray, z_min: float, z_max: float) -> np.ndarray:
@@ -79,7 +84,7 @@ def crps(pdf: np.ndarray, z_spec: np.ndarray, z_min: float, z_max: float) -> np.
     _check_range(z_min, z_max)
     n, n_bins = pdf.shape
     width = (z_max - z_min) / n_bins
-    cum = np.concatenate([np.zeros((n, 1)), np.cumsum(pdf, axis=1)], axis=1)
+    cum = _cdf_at_edges(pdf)
     cum[:, -1] = 1.0
     a, b = cum[:, :-1], cum[:, 1:]
     below = width * (a * a + a * b + b * b) / 3.0  # integral of F^2 over each bin

@@ -341,14 +341,18 @@ class CasJobsClient:
 
         A truncated answer (see the module docstring) is asked again, like a transient error.
         """
+        return self._quick(sql, context, "quick query", lambda r: read_casjobs_csv(r, sql=sql))
+
+    def _quick(self, sql: str, context: str, what: str, read) -> pd.DataFrame:
+        """POST a quick query; ``read`` turns the response into a table or raises a truncation."""
         return self._call(
             "POST",
             QUICK_QUERY_PATH.format(context=context),
-            what="quick query",
+            what=what,
             json_body={"Query": sql, "TaskName": self.task_name},
             accept=CSV_ACCEPT,
             sql=sql,
-            read=lambda response: read_casjobs_csv(response, sql=sql),
+            read=read,
         )
 
     def drop_table(self, table: str) -> None:
@@ -428,15 +432,7 @@ class CasJobsClient:
                 )
             return frame
 
-        return self._call(
-            "POST",
-            QUICK_QUERY_PATH.format(context=MYDB),
-            what="download",
-            json_body={"Query": sql, "TaskName": self.task_name},
-            accept=CSV_ACCEPT,
-            sql=sql,
-            read=read,
-        )
+        return self._quick(sql, MYDB, "download", read)
 
     # --- plumbing -------------------------------------------------------------------------
 
