@@ -11,7 +11,7 @@ NETWORK_RULES := pretrain finetune supervised predict embed probe
 PRECISION_ARGS := $(if $(PRECISION),--set-resources $(foreach r,$(NETWORK_RULES),$(r):precision=$(PRECISION)))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test setup lint format bench clean dry-run report
+.PHONY: run science test setup lint format bench clean dry-run report
 
 $(BIN)/ssl-photoz: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ setup: $(BIN)/ssl-photoz
 run: setup
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default $(PRECISION_ARGS)
 	$(BIN)/snakemake --profile profiles/default --report results/report.html
+
+# The science run (docs/science.md): about 2 hours on 2 cores in fp32; reruns resume.
+science: setup
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default --configfile configs/science.yaml $(PRECISION_ARGS)
+	$(BIN)/snakemake --profile profiles/default --configfile configs/science.yaml --report results/science/report.html
 
 report: setup
 	$(BIN)/snakemake --profile profiles/default --report results/report.html

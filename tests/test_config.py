@@ -65,3 +65,20 @@ def test_missing_or_broken_file(tmp_path):
 def test_every_config_in_configs_is_valid():
     for path in sorted((PROJECT_ROOT / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_label_runs_add_seeds_to_the_lowest_fractions(default_config):
+    from ssl_photoz.config import label_runs
+
+    labels = {"fractions": [1.0, 0.02, 0.05, 0.4], "seeds": [0]}
+    assert label_runs(labels) == [(1.0, 0), (0.02, 0), (0.05, 0), (0.4, 0)]
+    labels["lowest_fractions"] = {"count": 2, "seeds": [0, 1, 2]}
+    assert label_runs(labels) == [
+        (1.0, 0), (0.02, 0), (0.02, 1), (0.02, 2), (0.05, 0), (0.05, 1), (0.05, 2), (0.4, 0)
+    ]  # fmt: skip
+    bad = {
+        **default_config,
+        "labels": {**default_config["labels"], "lowest_fractions": {"count": 0, "seeds": [1]}},
+    }
+    with pytest.raises(ConfigError, match="lowest_fractions"):
+        validate_config(bad)

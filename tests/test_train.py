@@ -338,3 +338,57 @@ def test_a_classifier_fits_its_training_set_far_better_than_the_label_histogram(
     # margin is in nats (0.7 nats: the true bin 2x likelier than under the histogram).
     assert loss < entropy - 0.7, (loss, entropy)
     assert corr > 0.95, corr
+
+
+def test_min_steps_lengthens_a_small_fraction_and_validation_is_sparse(tiny_store, tmp_path):
+    """A small label fraction takes enough epochs to reach min_steps (the schedule spans them);
+    the validation curve is scored at most MAX_VALIDATIONS times, always at the last epoch."""
+    from ssl_photoz.train import MAX_VALIDATIONS, classifier_epochs
+
+    assert classifier_epochs({"epochs": 30}, 1) == 30
+    assert classifier_epochs({"epochs": 30, "min_steps": 300}, 1) == 300
+    assert classifier_epochs({"epochs": 30, "min_steps": 300}, 61) == 30
+    assert classifier_epochs({"epochs": 30, "min_steps": 300}, 7) == 43  # ceil(300 / 7)
+    store, _ = tiny_store
+    cfg = {**SUPERVISED, "epochs": 2, "min_steps": 60}
+    # 48 training galaxies, a quarter of them: 12 -> one step of 12 a epoch -> 60 epochs.
+    s = train_classifier(MODEL, cfg, store, tmp_path / "sup" / "model.pt", _cpu(), 0.25, 0)
+    assert s["epochs_done"] == 60 and s["recipe"]["steps_done"] == 60
+    assert len(s["history"]) == 60
+    scored = [h["epoch"] for h in s["history"] if "sigma_mad" in h]
+    assert scored[-1] == 59 and len(scored) <= MAX_VALIDATIONS
+    assert scored == list(range(2, 60, 3))  # every ceil(60 / 25) = 3rd epoch
+    assert load_checkpoint(tmp_path / "sup" / "model.pt")["kind"] == "supervised"
+
+
+def test_the_model_crop_size_reaches_every_view_and_evaluation(tiny_store, tmp_path, monkeypatch):
+    """model.crop_size decides the crop of pretraining views, training crops and evaluation."""
+    from ssl_photoz import augment
+    from ssl_photoz.config import crop_size
+
+    seen = set()
+    original = augment.rotate_crop
+
+    def spy(x, angles, shifts, size=64, **kw):
+        seen.add(("train", size))
+        return original(x, angles, shifts, size, **kw)
+
+    monkeypatch.setattr(augment, "rotate_crop", spy)
+    original_centre = augment.center_crop
+
+    def spy_centre(x, size=64):
+        seen.add(("eval", size))
+        return original_centre(x, size)
+
+    monkeypatch.setattr(augment, "center_crop", spy_centre)
+    store, stats = tiny_store
+    model = {**MODEL, "crop_size": 40}
+    pre = tmp_path / "pre" / "model.pt"
+    pretrain(model, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
+    assert seen == {("train", 40)}
+    train_classifier(
+        model, {**FINETUNE, "epochs": 1}, store, tmp_path / "ft" / "model.pt", _cpu(), 1.0, 0,
+        pretrained=pre,
+    )  # fmt: skip
+    assert seen == {("train", 40), ("eval", 40)}
+    assert crop_size({"arch": "resnet50"}) == 64  # the paper's when absent

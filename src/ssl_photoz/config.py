@@ -15,6 +15,15 @@ from jsonschema.exceptions import ValidationError
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
+PAPER_CROP = 64  # Hayat et al. (2021): 64 x 64 crops of the 107 x 107 cut-outs
+
+
+def crop_size(model_cfg: dict) -> int:
+    """The crop side of the config section ``model`` (``crop_size``; the paper's 64 when absent):
+    the one every training view and evaluation crop of that network takes."""
+    return int(model_cfg.get("crop_size", PAPER_CROP))
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and what is allowed."""
 
@@ -114,3 +123,18 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(config).__name__}")
     config.update(overrides or {})
     return validate_config(config, source=str(path))
+
+
+def label_runs(labels: dict) -> list[tuple[float, int]]:
+    """Every (fraction, seed) of the config section ``labels``: each fraction with ``seeds``, and
+    the ``lowest_fractions.count`` smallest fractions with ``lowest_fractions.seeds`` as well
+    (where a few labels make one seed's result noisy and extra seeds are cheap)."""
+    extra = labels.get("lowest_fractions") or {}
+    lowest = set(sorted(labels["fractions"])[: extra.get("count", 0)])
+    runs = []
+    for fraction in labels["fractions"]:
+        seeds = list(labels["seeds"])
+        if fraction in lowest:
+            seeds += [s for s in extra.get("seeds", []) if s not in seeds]
+        runs += [(fraction, seed) for seed in seeds]
+    return runs

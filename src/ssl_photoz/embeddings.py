@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
+from .config import crop_size
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -103,7 +104,7 @@ def compute_embeddings(
     )
     dataset = data.CutoutDataset(store_path, rows, deredden=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    crop = augment.EvalTransform()
+    crop = augment.EvalTransform(crop_size(state["config"]["model"]))
     parts = []
     with torch.no_grad():
         for batch in loader:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .baselines import colour_features, knn_photoz
+from .config import crop_size
 from .sdss import BANDS
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def predict_classifier(
     indices = data.labeled_indices(store, "val")
     dataset = data.CutoutDataset(store_path, indices, deredden=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False)
-    crop = augment.EvalTransform()
+    crop = augment.EvalTransform(crop_size(cfg["model"]))
     pdfs, z_phot, rows = [], [], []
     with torch.no_grad():
         for batch in loader:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .config import PAPER_CROP, crop_size
 from .metrics import photoz_metrics
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,15 @@ def ridge_photoz(
     return t @ w + b, alpha
 
 
-def _embed(backbone, dataset, device, chosen, batch_size: int = 256) -> np.ndarray:
+def _embed(
+    backbone, dataset, device, chosen, crop_size: int = PAPER_CROP, batch_size: int = 256
+) -> np.ndarray:
     import torch
 
     from . import augment
     from .train import _to_device
 
-    crop = augment.EvalTransform()
+    crop = augment.EvalTransform(crop_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     feats = []
     backbone.eval()
@@ -104,7 +107,9 @@ def _embed(backbone, dataset, device, chosen, batch_size: int = 256) -> np.ndarr
     return torch.cat(feats).numpy()
 
 
-def calibrate_batch_norm(backbone, dataset, device, batch_size: int = 64) -> None:
+def calibrate_batch_norm(
+    backbone, dataset, device, crop_size: int = PAPER_CROP, batch_size: int = 64
+) -> None:
     """Running BN statistics of ``backbone`` as the cumulative average over ``dataset`` (centre
     crops, no labels, no weight changes)."""
     import torch
@@ -116,7 +121,7 @@ def calibrate_batch_norm(backbone, dataset, device, batch_size: int = 64) -> Non
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
-    crop = augment.EvalTransform()
+    crop = augment.EvalTransform(crop_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     backbone.train()
     with torch.no_grad():
@@ -164,13 +169,14 @@ def run_probe(
     encoders["pretrained"] = net.to(dev, memory_format=torch.channels_last)
     torch.manual_seed(seed)
     net = backbone().to(dev, memory_format=torch.channels_last)
-    calibrate_batch_norm(net, train_set, dev)
+    crop = crop_size(model_cfg)
+    calibrate_batch_norm(net, train_set, dev, crop)
     encoders["random init"] = net
 
     rows = []
     for name, net in encoders.items():
-        f_train = _embed(net, train_set, dev, chosen)
-        f_val = _embed(net, val_set, dev, chosen)
+        f_train = _embed(net, train_set, dev, chosen, crop)
+        f_val = _embed(net, val_set, dev, chosen, crop)
         z_knn = knn_cosine(f_train, z_train, f_val, k=k)
         z_lin, alpha = ridge_photoz(f_train, z_train, f_val, seed=seed)
         for probe, z_p, setting in (

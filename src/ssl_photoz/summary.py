@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_path
+from .config import crop_size
 
 __all__ = ["PAPER_ROWS", "PAPER_SAMPLE", "write_summary"]
 
@@ -176,6 +177,7 @@ PAPER_RECIPE = {
     "bins": "180 bins over 0 < z < 0.4",
     "precision": "not stated",
     "input": "not stated",
+    "crop": "64 x 64 of the 107 x 107 cut-outs",
 }
 
 
@@ -195,6 +197,13 @@ def _steps(training: dict, kind: str) -> str:
             + ")"
         )
     return "; ".join(parts) if parts else "-"
+
+
+def _epochs_batch(section: dict) -> str:
+    text = f"{section.get('epochs', '-')}, {section.get('batch_size', '-')}"
+    if section.get("min_steps"):
+        text += f"; small fractions take more epochs, to at least {section['min_steps']} steps"
+    return text
 
 
 def _precisions(training: dict) -> str:
@@ -219,6 +228,12 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
             if model.get("input_softening")
             else "raw fluxes",
             PAPER_RECIPE["input"],
+        ),
+        (
+            "all",
+            "crop",
+            f"{crop_size(model)} x {crop_size(model)} of the 107 x 107 cut-outs",
+            PAPER_RECIPE["crop"],
         ),
         ("all", "precision (as run)", _precisions(training), PAPER_RECIPE["precision"]),
         (
@@ -264,7 +279,7 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
             f"{ft.get('lr', 0) * ft.get('backbone_lr_factor', 1):g}, cosine per step",
             PAPER_RECIPE["ft_lr"],
         ),
-        ("fine-tuning", "epochs, batch size", f"{ft.get('epochs')}, {ft.get('batch_size')}", "-"),
+        ("fine-tuning", "epochs, batch size", _epochs_batch(ft), "-"),
         ("fine-tuning", "steps taken", _steps(training, "finetune"), "-"),
         (
             "fine-tuning",
@@ -287,7 +302,7 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
         (
             "supervised",
             "epochs, batch size",
-            f"{sup.get('epochs', '-')}, {sup.get('batch_size', '-')}",
+            _epochs_batch(sup),
             "-",
         ),
         ("supervised", "steps taken", _steps(training, "supervised"), "-"),

@@ -39,6 +39,7 @@ from torch import nn
 from . import augment, data, models
 from . import precision as precision_mod
 from .atomic import atomic_path, write_json
+from .config import PAPER_CROP, crop_size
 from .provenance import stable_hash
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,9 @@ def pretrain(
     dataset = data.CutoutDataset(store_path, indices, deredden=False)
     check_queue_fits_pool(cfg["queue_size"], len(dataset))
     _log_precision("pretrain", runtime)
-    views = augment.MocoViews(data.load_stats(stats_path).to(runtime.device))
+    views = augment.MocoViews(
+        data.load_stats(stats_path).to(runtime.device), size=crop_size(model_cfg)
+    )
     effective_batch, batch_size = pretrain_batch(cfg, len(dataset), runtime)
     bn_splits = pretrain_bn_splits(cfg, batch_size, runtime)
     log.info(
@@ -403,6 +406,18 @@ def pretrain(
 
 
 # -- fine-tuning and supervised ------------------------------------------------------------------
+MAX_VALIDATIONS = 25  # validation scores per classifier run (the last epoch always)
+
+
+def classifier_epochs(cfg: dict, steps_per_epoch: int) -> int:
+    """``cfg["epochs"]``, or more where that many epochs of ``steps_per_epoch`` would take fewer
+    than ``cfg["min_steps"]`` optimiser steps (small label fractions)."""
+    min_steps = cfg.get("min_steps")
+    if not min_steps:
+        return cfg["epochs"]
+    return max(cfg["epochs"], math.ceil(min_steps / steps_per_epoch))
+
+
 def train_classifier(
     model_cfg: dict,
     cfg: dict,
@@ -459,7 +474,13 @@ def train_classifier(
     )
     batch_size = min(cfg["batch_size"], len(train_set))
     steps = max(1, len(train_set) // (batch_size * runtime.world_size))
-    scheduler = _cosine(optimizer, cfg["epochs"], steps)
+    epochs = classifier_epochs(cfg, steps)
+    if epochs != cfg["epochs"]:
+        log.info(
+            "%s f=%.4g: %d steps per epoch, so %d epochs (not %s) reach min_steps %d",
+            kind, fraction, steps, epochs, cfg["epochs"], cfg["min_steps"],
+        )  # fmt: skip
+    scheduler = _cosine(optimizer, epochs, steps)
     scaler = runtime.precision.grad_scaler()
     run_cfg = {
         "model": model_cfg,
@@ -471,8 +492,12 @@ def train_classifier(
     }
     loop = EpochLoop(kind, run_cfg, runtime, out_path.parent)
     start = loop.resume(model, optimizer, scheduler, scaler)
-    train_aug = augment.FinetuneAugment()
-    last = cfg["epochs"] if max_epochs is None else min(cfg["epochs"], max_epochs)
+    train_aug = augment.FinetuneAugment(size=crop_size(model_cfg))
+    # The validation curve is a diagnostic (the last epoch's weights are kept, never the best
+    # on validation): scored at most MAX_VALIDATIONS times, so a small fraction's many short
+    # epochs are not dominated by scoring the whole validation set.
+    eval_every = math.ceil(epochs / MAX_VALIDATIONS)
+    last = epochs if max_epochs is None else min(epochs, max_epochs)
     for epoch in range(start, last):
         model.train()
         gen = epoch_generator(seed, epoch, 2, runtime.device)
@@ -484,8 +509,22 @@ def train_classifier(
             with runtime.precision.autocast():
                 loss = nn.functional.cross_entropy(model(images).float(), target)
             losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
-        val = evaluate_classifier(net, val_set, runtime, batch_size=cfg["batch_size"])
-        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), **val}
+        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
+        if (epoch + 1) % eval_every and epoch + 1 != epochs:
+            loop.history.append(record)
+            log.info(
+                "%s f=%.4g seed=%d epoch %d: loss %.4f", kind, fraction, seed, epoch, record["loss"]
+            )
+            loop.save(epoch, model, optimizer, scheduler, scaler)
+            continue
+        val = evaluate_classifier(
+            net,
+            val_set,
+            runtime,
+            batch_size=cfg["batch_size"],
+            crop_size=crop_size(model_cfg),
+        )
+        record.update(val)
         loop.history.append(record)
         log.info(
             "%s f=%.4g seed=%d epoch %d: loss %.4f, val sigma_MAD %.5f, eta %.2f %%",
@@ -515,7 +554,7 @@ def train_classifier(
             "steps_done": steps * last,
         },
     }
-    if runtime.is_main and last == cfg["epochs"]:
+    if runtime.is_main and last == epochs:
         save_checkpoint(
             out_path,
             {"kind": kind, "config": run_cfg, "model": net.state_dict(), "history": loop.history},
@@ -524,12 +563,14 @@ def train_classifier(
 
 
 @torch.no_grad()
-def evaluate_classifier(net, dataset, runtime: Runtime, batch_size: int = 256) -> dict:
+def evaluate_classifier(
+    net, dataset, runtime: Runtime, batch_size: int = 256, crop_size: int = PAPER_CROP
+) -> dict:
     """sigma_MAD, eta and bias of z_p = E(z) on a dataset (centre crops, no augmentation)."""
     from .metrics import photoz_metrics
 
     net.eval()
-    crop = augment.EvalTransform()
+    crop = augment.EvalTransform(crop_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     preds, truth = [], []
     for batch in loader:

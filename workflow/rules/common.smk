@@ -3,7 +3,7 @@ import json
 import os
 
 from ssl_photoz.codehash import code_digest
-from ssl_photoz.config import validate_config
+from ssl_photoz.config import label_runs, validate_config
 
 # The package's own check gives clearer messages (which key, what is allowed) than the schema's.
 validate_config(config, source="config")
@@ -50,8 +50,7 @@ def model_runs():
     return [
         (kind, fraction, seed)
         for kind in ("finetune", "supervised")
-        for fraction in config["labels"]["fractions"]
-        for seed in config["labels"]["seeds"]
+        for fraction, seed in label_runs(config["labels"])
     ]
 
 
