@@ -200,8 +200,17 @@ def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(sto
         "| fine-tuning | steps taken | f0.25_s0: 20 (20 epochs x 1, batch 64, 95 labels) | - |",
         "| supervised | learning rate, schedule | 0.01 for every layer, cosine per step |",
         "| supervised | steps taken | f1.0_s0: 100 (20 epochs x 5, batch 64, 382 labels) | - |",
+        "| all | crop | 64 x 64 of the 107 x 107 cut-outs | 64 x 64 of the 107 x 107 cut-outs |",
     ):
         assert row in text, row
+    assert "docs/science.md" in text  # a small run's reader is pointed at the science run
+    config["model"] = {**config["model"], "crop_size": 48}
+    config["finetune"] = {**config["finetune"], "min_steps": 300}
+    text = write_summary(
+        tmp_path / "s.md", table, None, objects, report, config, probe=probe, training=training
+    )
+    assert "| all | crop | 48 x 48 of the 107 x 107 cut-outs |" in text
+    assert "small fractions take more epochs, to at least 300 steps" in text
 
 
 def test_summary_has_the_pdf_scores_of_the_runs_with_pdfs(store, tmp_path):
