@@ -150,3 +150,23 @@ def test_star_counts_rise_toward_the_plane():
     low = population.draw_stars(rng, (105.0, 106.0), (15.0, 16.0), 19.0, seed=0)
     high = population.draw_stars(rng, (180.0, 181.0), (40.0, 41.0), 19.0, seed=0)
     assert len(low) > 1.5 * len(high)
+
+
+def test_galactic_coordinates_equal_astropys():
+    """dust.galactic rotates by astropy's ICRS -> Galactic matrix: astropy's (l, b) to 1e-10 deg
+    over the whole sky, poles and l = 0 wrap included."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    rng = np.random.default_rng(1)
+    ra = np.concatenate([rng.uniform(0, 360, 20000), [192.85948, 266.40500, 0.0]])
+    dec = np.concatenate(
+        [np.degrees(np.arcsin(rng.uniform(-1, 1, 20000))), [27.12825, -28.93617, 90.0]]
+    )
+    lon, lat = dust.galactic(ra, dec)
+    ref = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs").galactic
+    assert np.all((lon >= 0) & (lon < 360))
+    dlon = (lon - ref.l.deg + 180.0) % 360.0 - 180.0
+    assert np.max(np.abs(dlon * np.cos(np.radians(lat)))) < 1e-10
+    assert np.max(np.abs(lat - ref.b.deg)) < 1e-10
+    assert lat[-3] == pytest.approx(90.0, abs=1e-3)  # the north Galactic pole

@@ -468,7 +468,8 @@ def _cutout_band(
     for frame in frames:
         info = _open_frame(frame, objid, band)
         try:
-            _, in_area_deg2 = _wcs_of(info.wcs_cards, info.crpix)
+            # The pixel area does not depend on CRPIX: the frame's entry serves all its windows.
+            _, in_area_deg2 = _wcs_of(info.wcs_cards, (0.0, 0.0))
             x, y = _frame_pixels(info, corners)
         except Exception as exc:
             raise MontageError("read frame header", repr(exc), objid, band, frame) from exc

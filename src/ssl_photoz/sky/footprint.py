@@ -14,7 +14,7 @@ SDSS stripe do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -167,9 +167,16 @@ class Footprint:
         }
 
     def frame_wcs(self, fid: FieldId, band: str):
-        from astropy.wcs import WCS
+        """The frame's astropy WCS, built once per (footprint, field, band) and shared: callers
+        only read it (a cut-out job asks for it once per window, 4 ms each to rebuild)."""
+        return _frame_wcs(self, fid, band)
 
-        return WCS(self.frame_header_cards(fid, band))
+
+@lru_cache(maxsize=1024)  # a job's fields x 5 bands; ~30 kB each
+def _frame_wcs(footprint: Footprint, fid: FieldId, band: str):
+    from astropy.wcs import WCS
+
+    return WCS(footprint.frame_header_cards(fid, band))
 
 
 def footprint_from_config(sky_cfg: dict) -> Footprint:
