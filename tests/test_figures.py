@@ -273,6 +273,23 @@ def test_augmentation_gallery_png(tiny_store, tmp_path):
         plot_augmentation_gallery(path, tmp_path / "i.png", objid=7)
 
 
+def test_augmentation_gallery_shows_the_configured_crop(tiny_store, tmp_path, monkeypatch):
+    """model.crop_size reaches the gallery: its crops are the ones the networks see."""
+    from ssl_photoz import augment
+
+    sizes = set()
+    original = augment.center_crop
+
+    def spy(x, size=64):
+        sizes.add(size)
+        return original(x, size)
+
+    monkeypatch.setattr(augment, "center_crop", spy)
+    path, _ = tiny_store
+    plot_augmentation_gallery(path, tmp_path / "g.png", seed=3, crop_size=48)
+    assert sizes == {48}
+
+
 def _figure_inputs(tmp_path):
     """metrics.tsv, metrics_summary.tsv and prediction files of one seed, as make_all_figures
     reads them."""

@@ -295,6 +295,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         Path(args.out_dir),
         stats_path=Path(args.stats) if args.stats else None,
         pdf_objects=Path(args.pdf_objects) if args.pdf_objects else None,
+        crop_size=args.crop_size,
     )
     for name, path in paths.items():
         log.info("%s -> %s", name, path)
@@ -779,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the cut-out store (augmentation gallery)")
     p.add_argument("--stats", help="per-channel MAD (the noise augmentation's scale)")
     p.add_argument("--pdf-objects", help="evaluate's pdf_objects.parquet (the PDF figures)")
+    p.add_argument(
+        "--crop-size", type=int, default=64, help="the networks' crop (model.crop_size; 64)"
+    )
     p.add_argument("--out-dir", required=True)
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_figures)

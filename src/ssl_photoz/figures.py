@@ -26,6 +26,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .atomic import atomic_path
+from .config import PAPER_CROP
 from .metrics import OUTLIER_THRESHOLD, delta_z, photoz_metrics
 
 __all__ = [
@@ -710,12 +711,18 @@ def _load_mad(stats_path, cutout: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def plot_augmentation_gallery(
-    store_path, out_png, objid: int | None = None, seed: int = 0, stats_path=None
+    store_path,
+    out_png,
+    objid: int | None = None,
+    seed: int = 0,
+    stats_path=None,
+    crop_size: int = PAPER_CROP,
 ) -> Path:
     """One galaxy through the augmentations of ``augment.py``, as gri colour pictures.
 
-    Panels: the stored cut-out (107 px, boxes for the 64-px centre crop and the +-7 px jitter
-    range); the 64-px centre crop after reddening, after a rotation, a jitter-crop, Gaussian noise
+    Panels: the stored cut-out (107 px, boxes for the ``crop_size`` centre crop, the paper's
+    64 px, and the +-7 px jitter range); the centre crop after reddening, after a rotation, a
+    jitter-crop, Gaussian noise
     (each alone, parameters drawn from ``torch.Generator().manual_seed(seed)`` and shown in the
     titles); two MoCo v2 views (``MocoViews``, all four together, on the stored cut-out, which is
     not dereddened: what pretraining sees) and a fine-tuning view (``FinetuneAugment`` on the
@@ -743,7 +750,7 @@ def plot_augmentation_gallery(
     if not np.isfinite(cutout).all():
         raise ValueError(f"{store_path}: the cut-out of objid {store.objid[row]} has NaN pixels")
     mad, mad_source = _load_mad(stats_path, cutout)
-    size, max_shift = 64, 7
+    size, max_shift = int(crop_size), 7
 
     x = torch.from_numpy(cutout)[None]
     g = torch.Generator().manual_seed(int(seed))
@@ -753,32 +760,38 @@ def plot_augmentation_gallery(
     panels = [
         (
             cutout,
-            f"stored cut-out ({cutout.shape[-1]} px)\nbox: 64-px centre crop; dashed: jitter range",
+            f"stored cut-out ({cutout.shape[-1]} px)\n"
+            f"box: {size}-px centre crop; dashed: jitter range",
         ),
         (
             augment.center_crop(augment.redden(x, ebv), size)[0].numpy(),
-            f"reddened, E(B-V) = {ebv:.2f}\n(64-px centre crop)",
+            f"reddened, E(B-V) = {ebv:.2f}\n({size}-px centre crop)",
         ),
         (
             augment.center_crop(augment.rotate(x, angle), size)[0].numpy(),
-            f"rotated by {math.degrees(angle):.0f} deg\n(64-px centre crop)",
+            f"rotated by {math.degrees(angle):.0f} deg\n({size}-px centre crop)",
         ),
         (
             augment.jitter_crop(x, shifts, size)[0].numpy(),
-            f"jitter-crop by (row, col) = ({int(shifts[0, 0])}, {int(shifts[0, 1])}) px\n(64 px)",
+            f"jitter-crop by (row, col) = ({int(shifts[0, 0])}, {int(shifts[0, 1])}) px\n"
+            f"({size} px)",
         ),
         (
             augment.gaussian_noise(augment.center_crop(x, size), mad, g)[0].numpy(),
-            f"Gaussian noise, sigma = U(1,3) x MAD\n(MAD from {mad_source}; 64-px centre crop)",
+            f"Gaussian noise, sigma = U(1,3) x MAD\n(MAD from {mad_source}; {size}-px centre crop)",
         ),
     ]
     moco = augment.MocoViews(mad, max_shift=max_shift, size=size)
     view1, view2 = moco(x, g)
-    panels.append((view1[0].numpy(), "MoCo view 1: redden, rotate,\njitter-crop, noise (64 px)"))
-    panels.append((view2[0].numpy(), "MoCo view 2: same recipe,\nnew draws (64 px)"))
+    panels.append(
+        (view1[0].numpy(), f"MoCo view 1: redden, rotate,\njitter-crop, noise ({size} px)")
+    )
+    panels.append((view2[0].numpy(), f"MoCo view 2: same recipe,\nnew draws ({size} px)"))
     dered = augment.deredden(x, float(store.ebv[row]))
     tuned = augment.FinetuneAugment(max_shift=max_shift, size=size)(dered, g)
-    panels.append((tuned[0].numpy(), "fine-tuning view: dereddened,\nrotate + jitter-crop (64 px)"))
+    panels.append(
+        (tuned[0].numpy(), f"fine-tuning view: dereddened,\nrotate + jitter-crop ({size} px)")
+    )
 
     fig = _new_figure(12.0, 7.0)
     axes = fig.subplots(2, 4)
@@ -826,6 +839,7 @@ def make_all_figures(
     stats_path=None,
     seed: int = 0,
     pdf_objects=None,
+    crop_size: int = PAPER_CROP,
 ) -> dict[str, Path]:
     """Write the run's figures and the label-efficiency table into ``out_dir``.
 
@@ -861,7 +875,11 @@ def make_all_figures(
     )
     paths["dz_vs_zspec"] = plot_dz_density(models, out_dir / "dz_vs_zspec.png", metrics=metrics_tsv)
     paths["augmentations"] = plot_augmentation_gallery(
-        store_path, out_dir / "augmentations.png", seed=seed, stats_path=stats_path
+        store_path,
+        out_dir / "augmentations.png",
+        seed=seed,
+        stats_path=stats_path,
+        crop_size=crop_size,
     )
     if pdf_objects is not None:
         paths.update(make_pdf_figures(pdf_objects, predictions, out_dir, seed=seed))

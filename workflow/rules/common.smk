@@ -3,7 +3,7 @@ import json
 import os
 
 from ssl_photoz.codehash import code_digest
-from ssl_photoz.config import label_runs, validate_config
+from ssl_photoz.config import crop_size, label_runs, validate_config
 
 # The package's own check gives clearer messages (which key, what is allowed) than the schema's.
 validate_config(config, source="config")

@@ -57,10 +57,12 @@ rule figures:
         code=stage_code("ssl_photoz.figures"),
         store=STORE,
         out_dir=lambda wildcards, output: os.path.dirname(output.sigma),
+        crop=crop_size(config["model"]),
     shell:
         "ssl-photoz figures --metrics {input.metrics} --metrics-summary {input.summary}"
         " --predictions {input.predictions} --store {params.store} --stats {input.stats}"
-        " --pdf-objects {input.pdf_objects} --out-dir {params.out_dir} > {log} 2>&1"
+        " --pdf-objects {input.pdf_objects} --crop-size {params.crop}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule summary:
