@@ -187,7 +187,7 @@ def training_curves(results: Path, out: Path) -> None:
     ax0.set(xlabel="pretraining epoch", ylabel="InfoNCE loss", title="MoCo v2 pretraining")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fractions = sorted(
-        {float(p.parent.name.split("_s")[0][1:]) for p in (results / "models").glob("*/f*_s*")}
+        {float(p.name.split("_s")[0][1:]) for p in (results / "models").glob("*/f*_s*")}
     )
     for path in sorted((results / "models").glob("*/f*_s*/summary.json")):
         run = json.loads(path.read_text())
