@@ -65,6 +65,11 @@ def stage_times(results: Path) -> pd.DataFrame:
     return times.drop(columns=["start", "end"])
 
 
+def _fraction_of(run_dir: Path) -> float:
+    """The label fraction of a run folder, models/<kind>/f<fraction>_s<seed>."""
+    return float(run_dir.name.split("_s")[0][1:])
+
+
 def _fmt_mean(row) -> str:
     text = f"{row['sigma_mad_mean']:.4f}"
     if row["n_seeds"] > 1:
@@ -78,7 +83,7 @@ def results_table(results: Path) -> tuple[pd.DataFrame, list[str]]:
     n_train = {}
     for path in (results / "models").glob("*/f*_s*/summary.json"):
         run = json.loads(path.read_text())
-        fraction = float(path.parent.name.split("_s")[0][1:])
+        fraction = _fraction_of(path.parent)
         n_train[fraction] = run["n_train"]
     lines = [
         "| label fraction | labels | colours 10-NN | supervised CNN | MoCo + FT "
@@ -186,12 +191,10 @@ def training_curves(results: Path, out: Path) -> None:
     ax0.plot([h["epoch"] + 1 for h in pre["history"]], [h["loss"] for h in pre["history"]])
     ax0.set(xlabel="pretraining epoch", ylabel="InfoNCE loss", title="MoCo v2 pretraining")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fractions = sorted(
-        {float(p.name.split("_s")[0][1:]) for p in (results / "models").glob("*/f*_s*")}
-    )
+    fractions = sorted({_fraction_of(p) for p in (results / "models").glob("*/f*_s*")})
     for path in sorted((results / "models").glob("*/f*_s*/summary.json")):
         run = json.loads(path.read_text())
-        fraction = float(path.parent.name.split("_s")[0][1:])
+        fraction = _fraction_of(path.parent)
         per_epoch = run["recipe"]["steps_per_epoch"]
         scored = [h for h in run["history"] if "sigma_mad" in h]
         ax1.plot(

@@ -510,32 +510,23 @@ def train_classifier(
                 loss = nn.functional.cross_entropy(model(images).float(), target)
             losses.append(_optimizer_step(loss, optimizer, scaler, scheduler))
         record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
-        if (epoch + 1) % eval_every and epoch + 1 != epochs:
-            loop.history.append(record)
-            log.info(
-                "%s f=%.4g seed=%d epoch %d: loss %.4f", kind, fraction, seed, epoch, record["loss"]
+        scored = ""
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            record.update(
+                evaluate_classifier(
+                    net,
+                    val_set,
+                    runtime,
+                    batch_size=cfg["batch_size"],
+                    crop_size=crop_size(model_cfg),
+                )
             )
-            loop.save(epoch, model, optimizer, scheduler, scaler)
-            continue
-        val = evaluate_classifier(
-            net,
-            val_set,
-            runtime,
-            batch_size=cfg["batch_size"],
-            crop_size=crop_size(model_cfg),
-        )
-        record.update(val)
+            scored = f", val sigma_MAD {record['sigma_mad']:.5f}, eta {record['eta_percent']:.2f} %"
         loop.history.append(record)
         log.info(
-            "%s f=%.4g seed=%d epoch %d: loss %.4f, val sigma_MAD %.5f, eta %.2f %%",
-            kind,
-            fraction,
-            seed,
-            epoch,
-            record["loss"],
-            val["sigma_mad"],
-            val["eta_percent"],
-        )
+            "%s f=%.4g seed=%d epoch %d: loss %.4f%s",
+            kind, fraction, seed, epoch, record["loss"], scored,
+        )  # fmt: skip
         loop.save(epoch, model, optimizer, scheduler, scaler)
     summary = {
         "kind": kind,

@@ -172,7 +172,7 @@ class Footprint:
         return _frame_wcs(self, fid, band)
 
 
-@lru_cache(maxsize=1024)  # a job's fields x 5 bands; ~30 kB each
+@lru_cache(maxsize=1024)  # more than a job's fields x 5 bands
 def _frame_wcs(footprint: Footprint, fid: FieldId, band: str):
     from astropy.wcs import WCS
 
