@@ -82,3 +82,82 @@ def test_label_runs_add_seeds_to_the_lowest_fractions(default_config):
     }
     with pytest.raises(ConfigError, match="lowest_fractions"):
         validate_config(bad)
+
+
+# --- one source of defaults ------------------------------------------------------------------------
+
+
+def _defaulted_keys(schema: dict) -> dict[str, object]:
+    """Every property name of the schema that has a default, with that default."""
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for name, sub in (node.get("properties") or {}).items():
+                if isinstance(sub, dict) and "default" in sub:
+                    found[name] = sub["default"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return found
+
+
+def test_no_module_restates_a_schema_default():
+    """`.get("key", default)` on a key the schema defaults restates the default (and drifts
+    from it): the loader fills every default, so the code indexes the key instead."""
+    import ast
+
+    from ssl_photoz.config import load_schema
+
+    keys = _defaulted_keys(load_schema())
+    assert {"crop_size", "bn_splits", "casjobs_url", "anomaly_k"} <= set(keys)
+    offences = []
+    for path in sorted((PROJECT_ROOT / "src" / "ssl_photoz").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get", "setdefault")
+                and len(node.args) == 2
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value in keys
+            ):
+                continue
+            where = f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}"
+            offences.append(f"{where}: {ast.unparse(node)}")
+    assert not offences, "schema defaults restated in code:\n" + "\n".join(offences)
+
+
+def test_the_loader_fills_every_default_for_snakemake_and_the_cli_alike(tmp_path):
+    from ssl_photoz.config import load_schema, prepare_config
+
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "paper.yaml").read_text())
+    for section in ("explore", "similarity", "probe"):
+        raw.pop(section, None)
+    raw["query"].pop("casjobs_url", None)
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    loaded = load_config(path)  # the CLI's --config
+    filled = prepare_config(copy.deepcopy(raw))  # the Snakefile's
+    assert loaded == filled
+    schema = load_schema()["properties"]
+    assert loaded["query"]["casjobs_url"] == schema["query"]["properties"]["casjobs_url"]["default"]
+    assert loaded["similarity"]["anomaly_k"] == 10 and loaded["model"]["crop_size"] == 64
+    assert "width" not in loaded["model"]  # resnet50 has no width to inherit
+    # --section-json: one section filled the same way
+    assert validate_section("query", raw["query"]) == loaded["query"]
+    assert validate_section("similarity", {}) == loaded["similarity"]
+
+
+def test_width_belongs_to_resnet_small_only(default_config):
+    config = copy.deepcopy(default_config)
+    config["model"] = {"arch": "resnet50", "width": 32}
+    with pytest.raises(ConfigError, match="model.width"):
+        validate_config(config)
+    config["model"] = {"arch": "resnet_small"}
+    with pytest.raises(ConfigError, match="width"):
+        validate_config(config)

@@ -8,10 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssl_photoz.baselines import colour_features, knn_photoz
+from ssl_photoz.config import with_defaults
 from ssl_photoz.evaluate import bootstrap_interval, evaluate, read_predictions
 from ssl_photoz.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from ssl_photoz.predict import predict_colours, write_predictions
 from ssl_photoz.sky.validate import load_real_mgs
+
+# The PDF bins of the classifiers (finetune's) and the evaluate section's metric bins.
+BINS = {"z_min": 0.0, "z_max": 0.4, **with_defaults("evaluate", {})}
 
 
 def test_metrics_against_hand_computed_values():
@@ -74,7 +78,7 @@ def _objects(n=300, seed=0):
 def test_colour_baseline_and_evaluate_write_the_outputs(tmp_path):
     objects = _objects()
     pred = tmp_path / "predictions" / "colours_knn.parquet"
-    assert predict_colours(objects, pred) == 60
+    assert predict_colours(objects, pred, k=10) == 60
     rng = np.random.default_rng(2)
     val = objects[objects["split"] == "val"]
     for seed in (0, 1):
@@ -91,7 +95,7 @@ def test_colour_baseline_and_evaluate_write_the_outputs(tmp_path):
     table = pq.read_table(tmp_path / "predictions" / "finetune_f1.0_s0.parquet")
     assert table.schema.field("pdf").type.value_type == "halffloat"
     files = sorted((tmp_path / "predictions").glob("*.parquet"))
-    metrics = evaluate(files, objects, tmp_path)
+    metrics = evaluate(files, objects, tmp_path, **BINS)
     assert set(metrics["kind"]) == {"colours_knn", "finetune"}
     summary = pd.read_csv(tmp_path / "metrics_summary.tsv", sep="\t")
     ft = summary[summary["kind"] == "finetune"].iloc[0]
@@ -109,7 +113,7 @@ def test_colour_baseline_per_label_fraction_uses_the_image_models_objects(tmp_pa
     files, n_train = [], {}
     for fraction in (0.25, 1.0):
         path = tmp_path / f"colours_knn_f{fraction}.parquet"
-        predict_colours(objects, path, fraction=fraction, usable_objids=usable)
+        predict_colours(objects, path, k=10, fraction=fraction, usable_objids=usable)
         pred, meta = read_predictions(path)
         n_train[fraction] = int(meta["n_train"])
         # Scored on the usable validation objects only, as the image models are.
@@ -120,11 +124,13 @@ def test_colour_baseline_per_label_fraction_uses_the_image_models_objects(tmp_pa
     train = (objects["split"] == "train") & objects["objid"].isin(usable)
     for fraction in (0.25, 1.0):
         assert n_train[fraction] == int((train & (objects["fraction_rank"] < fraction)).sum())
-    metrics = evaluate(files, objects, tmp_path)
+    metrics = evaluate(files, objects, tmp_path, **BINS)
     assert metrics["kind"].eq("colours_knn").all()
     assert sorted(metrics["fraction"]) == [0.25, 1.0]
     with pytest.raises(ValueError, match="no fraction_rank"):
-        predict_colours(objects.drop(columns="fraction_rank"), tmp_path / "x.parquet", fraction=0.5)
+        predict_colours(
+            objects.drop(columns="fraction_rank"), tmp_path / "x.parquet", k=10, fraction=0.5
+        )
 
 
 def test_evaluate_refuses_empty_or_broken_predictions(tmp_path):
@@ -132,7 +138,7 @@ def test_evaluate_refuses_empty_or_broken_predictions(tmp_path):
     bad = tmp_path / "bad.parquet"
     write_predictions(bad, [1], [0.1], [np.nan], None, {"model": "x"})
     with pytest.raises(ValueError, match="NaN"):
-        evaluate([bad], objects, tmp_path)
+        evaluate([bad], objects, tmp_path, **BINS)
 
 
 def test_evaluate_scores_the_pdfs_and_writes_the_per_object_table(tmp_path):
@@ -153,8 +159,8 @@ def test_evaluate_scores_the_pdfs_and_writes_the_per_object_table(tmp_path):
         )  # fmt: skip
         files.append(path)
     colours = tmp_path / "colours_knn.parquet"
-    predict_colours(objects, colours)
-    metrics = evaluate([*files, colours], objects, tmp_path).set_index("kind")
+    predict_colours(objects, colours, k=10)
+    metrics = evaluate([*files, colours], objects, tmp_path, **BINS).set_index("kind")
     good, narrow = metrics.loc["finetune"], metrics.loc["supervised"]
     assert good["pit_ks"] < 0.1 and narrow["pit_ks"] > 0.2
     assert abs(good["coverage68"] - 0.68) < 0.06 and narrow["coverage68"] < 0.4

@@ -18,6 +18,7 @@ from conftest import BIN, tool_env
 from test_data import write_store
 
 from ssl_photoz import explore
+from ssl_photoz.config import with_defaults
 from ssl_photoz.data import open_store
 from ssl_photoz.embeddings import write_embeddings
 from ssl_photoz.faiss_index import write_index
@@ -26,6 +27,16 @@ from ssl_photoz.search import anomalies, query_neighbours
 
 N = 60
 Z_MIN, Z_MAX, N_BINS = 0.0, 0.4, 180
+
+
+def _settings(**changes) -> dict:
+    """The page's settings as the schema's defaults give them (64 px crops), with changes."""
+    sections = {
+        "explore": with_defaults("explore", {}),
+        "similarity": with_defaults("similarity", {}),
+        "model": with_defaults("model", {"arch": "resnet50"}),
+    }
+    return {**explore.settings_from_config(sections), **changes}
 
 
 # --- the PIT --------------------------------------------------------------------------------------
@@ -135,6 +146,7 @@ def site(synthetic_run, tmp_path_factory):
         out,
         Z_MIN,
         Z_MAX,
+        **_settings(),
     )
     return out, summary
 
@@ -203,8 +215,12 @@ def test_every_picture_is_the_gri_centre_crop_as_jpeg(synthetic_run, site):
 
 def test_above_max_galaxies_the_page_holds_a_seeded_sample_and_says_so(synthetic_run, tmp_path):
     args = (synthetic_run["embeddings"], synthetic_run["store"], synthetic_run["predictions"])
-    first = explore.build_site(*args, tmp_path / "a.html", Z_MIN, Z_MAX, max_galaxies=4)
-    explore.build_site(*args, tmp_path / "b.html", Z_MIN, Z_MAX, max_galaxies=4, k=3)
+    first = explore.build_site(
+        *args, tmp_path / "a.html", Z_MIN, Z_MAX, **_settings(max_galaxies=4)
+    )
+    explore.build_site(
+        *args, tmp_path / "b.html", Z_MIN, Z_MAX, **_settings(max_galaxies=4, neighbours=3)
+    )
     a, b = _page_data(tmp_path / "a.html"), _page_data(tmp_path / "b.html")
     assert first["galaxies"] == a["n_shown"] == 4 and a["sampled"]
     assert a["n_validation"] == len(synthetic_run["val"]) and a["max_galaxies"] == 4
@@ -212,8 +228,23 @@ def test_above_max_galaxies_the_page_holds_a_seeded_sample_and_says_so(synthetic
     assert all(len(g["neighbours"]) == 3 for g in b["galaxies"])
     # The page's script writes the note; its words are in the script, its numbers in the data.
     assert "random sample" in (tmp_path / "a.html").read_text()
-    with pytest.raises(ValueError, match="unknown explorer settings"):
-        explore.build_site(*args, tmp_path / "c.html", Z_MIN, Z_MAX, max_galaxy=4)
+    with pytest.raises(ValueError, match=r"unknown \['max_galaxy'\]"):
+        explore.build_site(*args, tmp_path / "c.html", Z_MIN, Z_MAX, **_settings(), max_galaxy=4)
+    with pytest.raises(ValueError, match=r"missing \['crop_size'\]"):
+        settings = _settings()
+        settings.pop("crop_size")
+        explore.build_site(*args, tmp_path / "c.html", Z_MIN, Z_MAX, **settings)
+
+
+def test_the_pictures_follow_the_networks_crop(synthetic_run, tmp_path):
+    from PIL import Image
+
+    args = (synthetic_run["embeddings"], synthetic_run["store"], synthetic_run["predictions"])
+    explore.build_site(*args, tmp_path / "a.html", Z_MIN, Z_MAX, **_settings(crop_size=48))
+    data = _page_data(tmp_path / "a.html")
+    assert data["thumb_px"] == 48
+    picture = Image.open(io.BytesIO(base64.b64decode(next(iter(data["images"].values())))))
+    assert picture.size == (48, 48)
 
 
 def test_the_page_is_self_contained(site):
@@ -227,7 +258,12 @@ def test_the_page_is_self_contained(site):
 
 def test_cli_verb_writes_the_page(synthetic_run, tmp_path):
     out = tmp_path / "explore" / "index.html"
-    sections = {"explore": {"max_galaxies": 5, "k": 2}, "finetune": _finetune_section()}
+    sections = {
+        "explore": {"max_galaxies": 5},
+        "similarity": {"neighbours": 2},
+        "model": {"arch": "resnet_small", "width": 16, "crop_size": 48},
+        "finetune": _finetune_section(),
+    }
     result = subprocess.run(
         [
             str(BIN / "ssl-photoz"),
@@ -249,6 +285,9 @@ def test_cli_verb_writes_the_page(synthetic_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"5 of {len(synthetic_run['val'])} validation galaxies" in result.stdout
+    data = _page_data(out)
+    assert data["thumb_px"] == 48 and data["k"] == 2  # the model's crop, similarity's neighbours
+    assert data["anomaly_k"] == with_defaults("similarity", {})["anomaly_k"]
     bad = {**sections, "explore": {"max_galaxies": 0}}
     result = subprocess.run(
         [

@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from test_data import write_store
 
 from ssl_photoz import figures
+from ssl_photoz.config import with_defaults
 from ssl_photoz.figures import (
     DPI,
     choose_best_models,
@@ -262,15 +263,15 @@ def tiny_store(tmp_path):
 
 def test_augmentation_gallery_png(tiny_store, tmp_path):
     path, columns = tiny_store
-    out = plot_augmentation_gallery(path, tmp_path / "g.png", seed=3)
+    out = plot_augmentation_gallery(path, tmp_path / "g.png", seed=3, crop_size=64)
     assert _png_size(out) == (round(12.0 * DPI), round(7.0 * DPI))
     labelled = np.flatnonzero(np.isfinite(columns["z_spec"]))
     objid = int(columns["objid"][labelled[0]])
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"bands": list("ugriz"), "mad": [0.1] * 5}))
-    plot_augmentation_gallery(path, tmp_path / "h.png", objid=objid, stats_path=stats)
+    plot_augmentation_gallery(path, tmp_path / "h.png", objid=objid, stats_path=stats, crop_size=64)
     with pytest.raises(ValueError, match="objid 7 is not in"):
-        plot_augmentation_gallery(path, tmp_path / "i.png", objid=7)
+        plot_augmentation_gallery(path, tmp_path / "i.png", objid=7, crop_size=64)
 
 
 def test_augmentation_gallery_shows_the_configured_crop(tiny_store, tmp_path, monkeypatch):
@@ -304,7 +305,7 @@ def test_make_all_figures(tiny_store, tmp_path):
     store, _ = tiny_store
     metrics_tsv, summary_tsv, predictions = _figure_inputs(tmp_path)
     out = tmp_path / "figures"
-    paths = make_all_figures(metrics_tsv, summary_tsv, predictions, store, out)
+    paths = make_all_figures(metrics_tsv, summary_tsv, predictions, store, out, crop_size=64)
     assert set(paths) == {
         "fig2_sigma_vs_fraction",
         "fig2_label_efficiency",
@@ -325,9 +326,13 @@ def test_make_all_figures_checks_every_input_before_writing(tiny_store, tmp_path
     metrics_tsv, summary_tsv, predictions = _figure_inputs(tmp_path)
     out = tmp_path / "figures"
     with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
-        make_all_figures(metrics_tsv, summary_tsv, predictions, tmp_path / "nowhere.zarr", out)
+        make_all_figures(
+            metrics_tsv, summary_tsv, predictions, tmp_path / "nowhere.zarr", out, crop_size=64
+        )
     with pytest.raises(FileNotFoundError, match="missing.tsv: the metrics table file is missing"):
-        make_all_figures(tmp_path / "missing.tsv", summary_tsv, predictions, store, out)
+        make_all_figures(
+            tmp_path / "missing.tsv", summary_tsv, predictions, store, out, crop_size=64
+        )
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -352,7 +357,7 @@ def _pdf_run(tmp_path, n=400):
     objects = pd.DataFrame(
         {"objid": objid, "petroMag_r": rng.uniform(15, 17.7, n), "extinction_r": 0.05}
     )
-    evaluate(files, objects, tmp_path)
+    evaluate(files, objects, tmp_path, z_min=0.0, z_max=0.4, **with_defaults("evaluate", {}))
     return tmp_path / "pdf_objects.parquet", files
 
 
@@ -377,7 +382,13 @@ def test_make_all_figures_adds_the_pdf_figures(tiny_store, tmp_path):
     out = tmp_path / "figures"
     with pytest.raises(FileNotFoundError, match="per-object PDF table is missing"):
         make_all_figures(
-            metrics_tsv, summary_tsv, files, store, out, pdf_objects=tmp_path / "absent.parquet"
+            metrics_tsv,
+            summary_tsv,
+            files,
+            store,
+            out,
+            pdf_objects=tmp_path / "absent.parquet",
+            crop_size=64,
         )
     assert not out.exists() or not any(out.iterdir())  # checked before writing anything
     # A predictions folder: the PDF runs' files beside the metrics table's own.
@@ -385,6 +396,8 @@ def test_make_all_figures_adds_the_pdf_figures(tiny_store, tmp_path):
     folder.mkdir()
     for path in files:
         (folder / path.name).write_bytes(path.read_bytes())
-    paths = make_all_figures(metrics_tsv, summary_tsv, folder, store, out, pdf_objects=pdf_objects)
+    paths = make_all_figures(
+        metrics_tsv, summary_tsv, folder, store, out, pdf_objects=pdf_objects, crop_size=64
+    )
     assert {"pit_histograms", "pdf_coverage", "pdf_examples"} <= set(paths)
     assert all(paths[k].stat().st_size > 10_000 for k in ("pit_histograms", "pdf_examples"))

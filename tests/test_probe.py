@@ -41,7 +41,7 @@ def test_batch_norm_calibration_sets_the_running_statistics_from_the_data():
         def __getitem__(self, i):
             return {"image": images[i]}
 
-    calibrate_batch_norm(net, Items(), torch.device("cpu"), batch_size=8)
+    calibrate_batch_norm(net, Items(), torch.device("cpu"), 64, batch_size=8)
     assert not net.training
     # Cumulative average over the 3 batches (momentum None), moved from the fresh 0 and 1.
     assert net.bn1.momentum is None and int(net.bn1.num_batches_tracked) == 3

@@ -46,6 +46,19 @@ def _sections(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {n: config[n] for n in names}
 
 
+def _whole_config(args: argparse.Namespace) -> dict:
+    """The whole config, from --config-json (the summary rule: the config as run) or the file."""
+    from .config import prepare_config
+
+    if args.config_json:
+        try:
+            given = json.loads(args.config_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
+        return prepare_config(given, source="--config-json")
+    return load_config(args.config)
+
+
 def _training_runtime(args: argparse.Namespace, model_cfg: dict):
     from .train import setup_runtime
 
@@ -65,6 +78,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         Path(args.out),
         _training_runtime(args, cfg["model"]),
         max_epochs=args.max_epochs,
+        manifest=Path(args.manifest) if args.manifest else None,
     )
     write_summary(Path(args.summary), summary)
     return 0
@@ -87,6 +101,7 @@ def _classifier(args: argparse.Namespace, pretrained: Path | None) -> int:
         seed=args.seed,
         pretrained=pretrained,
         max_epochs=args.max_epochs,
+        manifest=Path(args.manifest) if args.manifest else None,
     )
     write_summary(Path(args.summary), summary)
     return 0
@@ -107,18 +122,17 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     """Import the authors' released models (mahayat/ssl-sky-surveys) into our checkpoint format:
     MoCo-pretrained ones become a ``pretrain`` checkpoint whose backbone ``finetune`` can start
     from; fine-tuned / supervised ones become a classifier checkpoint."""
-    import torch
-
-    from .models import load_authors_checkpoint
+    from .models import load_authors_checkpoint, read_authors_checkpoint
     from .train import save_checkpoint
 
     source = Path(args.checkpoint)
     if not source.exists():
         raise FileNotFoundError(f"{source}: checkpoint not found")
-    try:
-        raw = torch.load(source, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{source}: cannot read it as a torch checkpoint: {exc}") from exc
+    # weights_only: plain data, tensors and the few types their files hold; any other global
+    # (a function the pickle would call) is refused with a ValueError naming it, never run.
+    raw = read_authors_checkpoint(source)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a dict of weights, got {type(raw).__name__}")
     state = load_authors_checkpoint(raw, arch=args.arch)
     model_cfg = {"arch": args.arch}
     imported = {"imported_from": str(source), "config": {"model": model_cfg}}
@@ -149,6 +163,7 @@ def cmd_baseline_colours(args: argparse.Namespace) -> int:
     training and validation objects."""
     from .predict import predict_colours
 
+    k = _sections(args, ("baseline_colours",))["baseline_colours"]["k"]
     objects = _read_parquet(args.objects, "objects table")
     usable = None
     if args.store:
@@ -156,12 +171,10 @@ def cmd_baseline_colours(args: argparse.Namespace) -> int:
 
         store = open_store(Path(args.store))
         usable = store.objid[store.ok]
-    n = predict_colours(
-        objects, Path(args.out), k=args.k, fraction=args.fraction, usable_objids=usable
-    )
+    n = predict_colours(objects, Path(args.out), k=k, fraction=args.fraction, usable_objids=usable)
     log.info(
         "colours kNN (k=%d, label fraction %g): %d validation predictions -> %s",
-        args.k,
+        k,
         args.fraction,
         n,
         args.out,
@@ -173,13 +186,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     """kNN and linear photo-z probes on frozen embeddings: pretrained vs random encoder."""
     from .probe import run_probe
 
+    k = _sections(args, ("probe",))["probe"]["k"]
     table = run_probe(
         Path(args.pretrained),
         Path(args.store),
         Path(args.out),
         device=args.device,
         precision=args.precision,
-        k=args.k,
+        k=k,
     )
     print(table.to_string(index=False))
     return 0
@@ -189,13 +203,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """sigma_MAD, eta and bias of every model, with bootstrap intervals and seed spread."""
     from .evaluate import evaluate
 
+    cfg = _sections(args, ("evaluate", "finetune"))
+    bins, pdf_bins = cfg["evaluate"], cfg["finetune"]  # the classifiers' PDF bins: finetune's
     objects = _read_parquet(args.objects, "objects table")
     metrics = evaluate(
         [Path(p) for p in args.predictions],
         objects,
         Path(args.out_dir),
-        z_min=args.z_min,
-        z_max=args.z_max,
+        z_min=pdf_bins["z_min"],
+        z_max=pdf_bins["z_max"],
+        z_bins=bins["z_bins"],
+        r_bins=bins["r_bins"],
+        min_objects=bins["min_objects"],
     )
     print(metrics[["model", "n", "sigma_mad", "eta_percent", "bias"]].to_string(index=False))
     return 0
@@ -221,10 +240,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_similar(args: argparse.Namespace) -> int:
     """Nearest neighbours of one object (by objid or by ra/dec) in the embedding space."""
+    from .config import with_defaults
     from .search import query_neighbours
 
     if (args.objid is None) == (args.ra is None or args.dec is None):
         raise ValueError("give either --objid or both --ra and --dec")
+    if args.k is None:  # the pipeline's own number of neighbours (config similarity.neighbours)
+        args.k = with_defaults("similarity", {})["neighbours"]
     found = query_neighbours(
         Path(args.embeddings), objid=args.objid, ra=args.ra, dec=args.dec, k=args.k, pool=args.pool
     )
@@ -245,10 +267,20 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     from .search import anomalies
     from .similarity_figures import plot_anomalies, plot_similarity_search
 
+    cfg = _sections(args, ("similarity",))["similarity"]
     emb = load_embeddings(Path(args.embeddings))
     index = open_index(emb)
-    plot_similarity_search(emb, Path(args.store), Path(args.fig1), index=index)
-    odd = anomalies(emb.vectors, k=args.k, n=args.n_anomalies, catalog=emb.table, index=index)
+    plot_similarity_search(
+        emb,
+        Path(args.store),
+        Path(args.fig1),
+        n_queries=cfg["fig1_queries"],
+        k=cfg["neighbours"],
+        index=index,
+    )
+    odd = anomalies(
+        emb.vectors, k=cfg["anomaly_k"], n=cfg["n_anomalies"], catalog=emb.table, index=index
+    )
     with atomic_path(Path(args.anomalies)) as tmp:
         odd.to_csv(tmp, sep="\t", index=False)
     plot_anomalies(odd, Path(args.store), Path(args.anomalies_png))
@@ -258,14 +290,10 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """The galaxy explorer: one static HTML page of the validation galaxies (rule explore)."""
-    from .explore import DEFAULTS, build_site
+    from .explore import build_site, settings_from_config
 
-    if args.sections_json:
-        sections = _sections(args, ("explore", "finetune"))
-    else:
-        config = load_config(args.config)
-        sections = {"explore": config.get("explore", {}), "finetune": config["finetune"]}
-    settings = {**DEFAULTS, **sections["explore"]}
+    sections = _sections(args, ("explore", "similarity", "model", "finetune"))
+    settings = settings_from_config(sections)
     bins = sections["finetune"]
     summary = build_site(
         Path(args.embeddings),
@@ -285,8 +313,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """Fig. 2 (sigma_MAD and label efficiency vs fraction), dz vs z_s, the augmentation gallery."""
+    from .config import crop_size
     from .figures import make_all_figures
 
+    model_cfg = _sections(args, ("model",))["model"]
     paths = make_all_figures(
         Path(args.metrics),
         Path(args.metrics_summary),
@@ -295,7 +325,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         Path(args.out_dir),
         stats_path=Path(args.stats) if args.stats else None,
         pdf_objects=Path(args.pdf_objects) if args.pdf_objects else None,
-        crop_size=args.crop_size,
+        crop_size=crop_size(model_cfg),
     )
     for name, path in paths.items():
         log.info("%s -> %s", name, path)
@@ -309,8 +339,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .leakage import leakage_report
     from .summary import write_summary
 
-    cfg = _sections(args, ("query", "model", "pretrain", "finetune", "supervised", "labels"))
-    cfg["source"] = args.source
+    cfg = _whole_config(args)
     objects = _read_parquet(args.objects, "objects table")
     summary = _read_table(args.metrics_summary, "metrics summary")
     efficiency = _read_table(args.label_efficiency, "label-efficiency table")
@@ -582,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    def add_config(p: argparse.ArgumentParser, sections: str) -> None:
+        p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+        p.add_argument(
+            "--sections-json", help=f"the config sections {sections} as JSON (used by the rule)"
+        )
+
     def add_common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
         p.add_argument(
@@ -658,6 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sections-json", help="the model and recipe sections as JSON (rules)")
         p.add_argument("--log", type=Path, help="also write the log to this file")
         p.add_argument("--store", required=True, help="the cut-out store (Zarr)")
+        p.add_argument(
+            "--manifest",
+            help="the store's manifest (gather's): part of the store's identity, so that a "
+            "checkpoint of a run on another store is not resumed",
+        )
         p.add_argument("--out", required=True, help="the final model checkpoint")
         p.add_argument("--summary", required=True, help="training history (JSON)")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda (machine setting)")
@@ -694,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline-colours", help="colours-only kNN photo-z (rule baseline_colours)")
     p.add_argument("--objects", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--k", type=int, default=10)
+    add_config(p, "baseline_colours")
     p.add_argument(
         "--fraction", type=float, default=1.0, help="label fraction: train on fraction_rank < it"
     )
@@ -708,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", required=True, help="the pretraining checkpoint")
     p.add_argument("--store", required=True)
     p.add_argument("--out", required=True, help="probe table (TSV)")
-    p.add_argument("--k", type=int, default=10, help="neighbours of the kNN probe")
+    add_config(p, "probe")
     p.add_argument("--device", default="cpu", help="cpu | cuda (machine setting)")
     add_precision(p)
     p.add_argument("--log", type=Path)
@@ -718,8 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", required=True)
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--z-min", type=float, default=0.0, help="PDF bins' range (config finetune)")
-    p.add_argument("--z-max", type=float, default=0.4, help="PDF bins' range (config finetune)")
+    add_config(p, "evaluate and finetune (the PDF bins)")
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_evaluate)
 
@@ -738,7 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objid", type=int, help="the query's SDSS objID")
     p.add_argument("--ra", type=float, help="or the query's position (deg) ...")
     p.add_argument("--dec", type=float, help="... matched within 3 arcsec")
-    p.add_argument("--k", type=int, default=5, help="neighbours (default: %(default)s)")
+    p.add_argument(
+        "--k", type=int, help="neighbours (default: the config schema's similarity.neighbours)"
+    )
     p.add_argument(
         "--pool",
         default="train",
@@ -754,10 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fig1", required=True, help="similarity-search figure (PNG)")
     p.add_argument("--anomalies", required=True, help="anomaly list (TSV)")
     p.add_argument("--anomalies-png", required=True, help="their images (PNG)")
-    p.add_argument(
-        "--k", type=int, default=10, help="k-th neighbour distance (default: %(default)s)"
-    )
-    p.add_argument("--n-anomalies", type=int, default=20)
+    add_config(p, "similarity")
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_similarity)
 
@@ -766,10 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the cut-out store (the pictures)")
     p.add_argument("--predictions", nargs="+", required=True, help="results/predictions/*.parquet")
     p.add_argument("--out", required=True, help="the page (HTML)")
-    p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
-    p.add_argument(
-        "--sections-json", help="the explore and finetune sections as JSON (used by the rule)"
-    )
+    add_config(p, "explore, similarity, model and finetune")
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_explore)
 
@@ -780,17 +815,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the cut-out store (augmentation gallery)")
     p.add_argument("--stats", help="per-channel MAD (the noise augmentation's scale)")
     p.add_argument("--pdf-objects", help="evaluate's pdf_objects.parquet (the PDF figures)")
-    p.add_argument(
-        "--crop-size", type=int, default=64, help="the networks' crop (model.crop_size; 64)"
-    )
+    add_config(p, "model (the networks' crop)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--log", type=Path)
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("summary", help="summary.md with the paper's table (rule summary)")
     p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
-    p.add_argument("--sections-json", help="query, model, recipe and labels sections (rules)")
-    p.add_argument("--source", required=True, choices=["mock", "sdss"])
+    p.add_argument(
+        "--config-json", help="the whole config as run, as JSON (the rule: summary.md shows it)"
+    )
     p.add_argument("--objects", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--metrics-summary", required=True)

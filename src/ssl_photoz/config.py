@@ -1,11 +1,16 @@
-"""Load the pipeline's config and validate it against workflow/schemas/config.schema.yaml.
+"""Load the pipeline's config: fill the schema's defaults, then validate it.
 
-The same check runs in the Snakefile (on every run) and in every CLI verb, so a bad key or value
-stops the work before anything is written, with a message naming the key and what is allowed.
+workflow/schemas/config.schema.yaml is the only place a default is written. One loader serves the
+Snakefile (``prepare_config``, on every run) and every CLI verb (``load_config`` for
+``--config FILE``, ``validate_section`` for the ``--section-json`` the rules pass), so a key left
+out means the same thing everywhere, and a bad key or value stops the work before anything is
+written, with a message naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -15,21 +20,65 @@ from jsonschema.exceptions import ValidationError
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
-PAPER_CROP = 64  # Hayat et al. (2021): 64 x 64 crops of the 107 x 107 cut-outs
-
-
 def crop_size(model_cfg: dict) -> int:
-    """The crop side of the config section ``model`` (``crop_size``; the paper's 64 when absent):
-    the one every training view and evaluation crop of that network takes."""
-    return int(model_cfg.get("crop_size", PAPER_CROP))
+    """The crop side of a config section ``model`` (``model.crop_size``, its schema default where
+    absent, as in a checkpoint written before the key existed): the one every training view and
+    evaluation crop of that network takes."""
+    return int(with_defaults("model", model_cfg)["crop_size"])
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and what is allowed."""
 
 
-def load_schema() -> dict:
+@cache
+def _schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def load_schema() -> dict:
+    return copy.deepcopy(_schema())
+
+
+def _resolve(schema: dict, defs: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref and ref.startswith("#/$defs/"):
+        return defs[ref.removeprefix("#/$defs/")]
+    return schema
+
+
+def _fill(value, schema: dict, defs: dict):
+    """Fill the schema's defaults into ``value`` in place: every absent property that has a
+    ``default`` gets a copy of it, and nested objects are filled in turn (an object's default,
+    e.g. ``{}`` for an optional section, is filled too)."""
+    schema = _resolve(schema, defs)
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        return value
+    for key, sub in schema.get("properties", {}).items():
+        sub = _resolve(sub, defs)
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if key in value:
+            _fill(value[key], sub, defs)
+    return value
+
+
+def fill_defaults(config: dict) -> dict:
+    """``config`` with every schema default filled in (in place; returned for convenience)."""
+    schema = _schema()
+    return _fill(config, schema, schema.get("$defs", {}))
+
+
+def _section_schema(name: str, source: str = "config") -> dict:
+    schema = _schema()
+    if name not in schema["properties"]:
+        raise ConfigError(f"{source}: unknown config section {name!r}")
+    return {**schema["properties"][name], "$defs": schema.get("$defs", {})}
+
+
+def with_defaults(name: str, section: dict) -> dict:
+    """A copy of the config section ``name`` with every schema default filled (not validated)."""
+    return _fill(copy.deepcopy(section), _section_schema(name), _schema().get("$defs", {}))
 
 
 def _key_path(error: ValidationError, root: str | None = None) -> str:
@@ -49,6 +98,14 @@ def _describe(error: ValidationError, root: str | None = None) -> str:
         return (
             f"key '{key}': {error.instance!r} is not allowed; choose one of {error.validator_value}"
         )
+    if error.validator == "not" and isinstance(error.validator_value, dict):
+        forbidden = error.validator_value.get("required", [])
+        if forbidden:
+            keys = ", ".join(f"'{key}.{name}'" for name in forbidden)
+            return (
+                f"key {keys} does not apply here ({error.instance!r}); remove it: "
+                + (schema.get("properties", {}).get(forbidden[0], {}).get("description") or "")
+            ).rstrip(": ")
     if error.validator == "required":
         where = "at the top level" if key == "(top level)" else f"under '{key}'"
         return f"missing key {where}: {error.message}"
@@ -59,7 +116,7 @@ def _describe(error: ValidationError, root: str | None = None) -> str:
 
 def validate_config(config: dict, source: str = "config") -> dict:
     """Raise ConfigError listing every problem in ``config``; return it unchanged when valid."""
-    validator = Draft202012Validator(load_schema())
+    validator = Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n".join(f"  - {_describe(e)}" for e in errors)
@@ -96,11 +153,12 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 
 def validate_section(name: str, section: dict, source: str = "config") -> dict:
-    """Validate one top-level section (as a rule passes it to the CLI) against its schema."""
-    schema = load_schema()
-    if name not in schema["properties"]:
-        raise ConfigError(f"{source}: unknown config section {name!r}")
-    sub = {**schema["properties"][name], "$defs": schema.get("$defs", {})}
+    """One top-level section (as a rule passes it to the CLI): its defaults filled, validated
+    against its schema; returns the filled copy."""
+    sub = _section_schema(name, source)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: section {name!r} must be a mapping, got {section!r}")
+    section = with_defaults(name, section)
     errors = sorted(
         Draft202012Validator(sub).iter_errors(section), key=lambda e: list(e.absolute_path)
     )
@@ -110,8 +168,15 @@ def validate_section(name: str, section: dict, source: str = "config") -> dict:
     return section
 
 
+def prepare_config(config: dict, source: str = "config") -> dict:
+    """The whole config as every stage sees it: defaults filled (in place), then validated."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(config).__name__}")
+    return validate_config(fill_defaults(config), source=source)
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    """Read a YAML config, apply shallow overrides, validate it."""
+    """Read a YAML config, apply shallow overrides, fill its defaults and validate it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
@@ -122,7 +187,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(config).__name__}")
     config.update(overrides or {})
-    return validate_config(config, source=str(path))
+    return prepare_config(config, source=str(path))
 
 
 def label_runs(labels: dict) -> list[tuple[float, int]]:

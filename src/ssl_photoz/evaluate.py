@@ -26,8 +26,6 @@ from .atomic import atomic_path
 from .metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from .pdf_metrics import pdf_object_table, pdf_scores
 
-Z_BINS = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4])
-R_BINS = np.array([10.0, 15.0, 16.0, 16.5, 17.0, 17.5, 18.0])
 PDF_METRICS = (
     "crps",
     "pit_ks",
@@ -36,6 +34,13 @@ PDF_METRICS = (
     "coverage68",
     "coverage95",
 )
+
+
+def _edges(values, key: str) -> np.ndarray:
+    edges = np.asarray(values, dtype=float)
+    if edges.ndim != 1 or edges.size < 2 or not (np.diff(edges) > 0).all():
+        raise ValueError(f"{key} must be at least two increasing bin edges, got {list(values)}")
+    return edges
 
 
 def read_predictions(path: Path) -> tuple[pd.DataFrame, dict]:
@@ -102,13 +107,20 @@ def evaluate(
     prediction_files: list[Path],
     objects: pd.DataFrame,
     out_dir: Path,
-    z_min: float = 0.0,
-    z_max: float = 0.4,
+    *,
+    z_min: float,
+    z_max: float,
+    z_bins,
+    r_bins,
+    min_objects: int,
 ) -> pd.DataFrame:
     """Write metrics.tsv, metrics_bins.tsv, metrics_summary.tsv and pdf_objects.parquet.
 
-    ``z_min``, ``z_max``: the range of the classifiers' equal PDF bins (config ``finetune``).
+    ``z_min``, ``z_max``: the range of the classifiers' equal PDF bins (config ``finetune``);
+    ``z_bins``, ``r_bins``: the edges of metrics_bins.tsv's z_spec and dereddened r bins, where a
+    bin with fewer than ``min_objects`` objects is left out (config ``evaluate``).
     """
+    z_bins, r_bins = _edges(z_bins, "evaluate.z_bins"), _edges(r_bins, "evaluate.r_bins")
     rows, bins, per_object_frames = [], [], []
     mags = objects.set_index("objid")["petroMag_r"] - objects.set_index("objid")["extinction_r"]
     for path in prediction_files:
@@ -145,13 +157,13 @@ def evaluate(
         rows.append(row)
         r = mags.reindex(pred["objid"]).to_numpy()
         for label, edges, values in (
-            ("z_spec", Z_BINS, pred["z_spec"].to_numpy()),
-            ("r", R_BINS, r),
+            ("z_spec", z_bins, pred["z_spec"].to_numpy()),
+            ("r", r_bins, r),
         ):
             which = np.digitize(values, edges) - 1
             for k in range(len(edges) - 1):
                 sel = which == k
-                if sel.sum() < 5:
+                if sel.sum() < min_objects:
                     continue
                 bins.append(
                     {

@@ -34,13 +34,22 @@ from . import explore_assets
 from .atomic import atomic_path
 from .pdf_metrics import pit  # the shared PIT (re-exported)
 
-__all__ = ["DEFAULTS", "build_site", "load_predictions", "pit", "thumbnail_jpeg"]
+__all__ = [
+    "SETTINGS",
+    "build_site",
+    "load_predictions",
+    "pit",
+    "settings_from_config",
+    "thumbnail_jpeg",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"max_galaxies": 500, "k": 5, "anomaly_k": 10, "seed": 0}
+# The page's settings, every one from the config (defaults in the schema only):
+# explore.max_galaxies, explore.seed, similarity.neighbours, similarity.anomaly_k and
+# model.crop_size (the pictures are the centre crop the networks see).
+SETTINGS = ("max_galaxies", "seed", "neighbours", "anomaly_k", "crop_size")
 POOL = "train"  # neighbours from the training galaxies, as in the paper's Fig. 1
-THUMB_PX = 64  # the centre crop the networks see
 JPEG_QUALITY = 90  # with full-resolution colour (4:4:4): sky noise is colourful pixel to pixel
 PDF_LEVELS = 255  # PDFs travel as one byte per bin, relative to their peak (the PIT is exact)
 SIZE_WARN_BYTES = 20_000_000
@@ -86,7 +95,7 @@ def _model_order(names) -> list[str]:
 
 
 # -- pictures --------------------------------------------------------------------------------------
-def thumbnail_jpeg(cutout: np.ndarray, size: int = THUMB_PX, quality: int = JPEG_QUALITY) -> bytes:
+def thumbnail_jpeg(cutout: np.ndarray, size: int, quality: int = JPEG_QUALITY) -> bytes:
     """The central size x size pixels of a (5, H, W) cut-out as a gri JPEG (north up)."""
     from matplotlib.image import imsave  # Pillow underneath (a matplotlib dependency)
 
@@ -126,20 +135,25 @@ def collect(
     prediction_paths,
     z_min: float,
     z_max: float,
-    max_galaxies: int = DEFAULTS["max_galaxies"],
-    k: int = DEFAULTS["k"],
-    anomaly_k: int = DEFAULTS["anomaly_k"],
-    seed: int = DEFAULTS["seed"],
+    *,
+    max_galaxies: int,
+    seed: int,
+    neighbours: int,
+    anomaly_k: int,
+    crop_size: int,
 ) -> dict:
     """Everything the page shows, as a JSON-ready dict (objids as strings: they exceed 2**53)."""
     from .embeddings import load_embeddings
     from .faiss_index import open_index
     from .images import store_cutouts
-    from .search import kth_distances, neighbours
+    from .search import kth_distances
+    from .search import neighbours as nearest
 
+    k = neighbours
     if max_galaxies < 1 or k < 1 or anomaly_k < 1:
         raise ValueError(
-            f"max_galaxies, k and anomaly_k must be >= 1, got {max_galaxies}, {k}, {anomaly_k}"
+            f"max_galaxies, neighbours and anomaly_k must be >= 1, got {max_galaxies}, {k}, "
+            f"{anomaly_k}"
         )
     emb = load_embeddings(embeddings_path)
     index = open_index(emb)
@@ -194,7 +208,7 @@ def collect(
                 i = int(hit["_row"])
                 pit_of[name] = _number(pits[name][i], 4)
                 pdfs[name] = _pdf_bytes(models[name].attrs["pdf"][i])
-        found = neighbours(emb, index, int(row), k=k, pool=POOL)
+        found = nearest(emb, index, int(row), k=k, pool=POOL)
         near = [
             {
                 "objid": str(int(n.objid)),
@@ -225,7 +239,7 @@ def collect(
 
     wanted = sorted(pictures)
     images = {
-        str(objid): base64.b64encode(thumbnail_jpeg(cutout)).decode("ascii")
+        str(objid): base64.b64encode(thumbnail_jpeg(cutout, crop_size)).decode("ascii")
         for objid, cutout in zip(wanted, store_cutouts(store_path, wanted), strict=True)
     }
     widths = sorted(set(n_bins.values()))
@@ -247,9 +261,23 @@ def collect(
         "pool": POOL,
         "anomaly_k": anomaly_k,
         "n_embedded": len(table),
-        "thumb_px": THUMB_PX,
+        "thumb_px": crop_size,
         "match_radius_arcsec": _match_radius(),
         "embeddings": str(embeddings_path),
+    }
+
+
+def settings_from_config(sections: dict) -> dict:
+    """The page's SETTINGS from the config sections explore, similarity and model (filled)."""
+    from .config import crop_size
+
+    explore, similarity = sections["explore"], sections["similarity"]
+    return {
+        "max_galaxies": explore["max_galaxies"],
+        "seed": explore["seed"],
+        "neighbours": similarity["neighbours"],
+        "anomaly_k": similarity["anomaly_k"],
+        "crop_size": crop_size(sections["model"]),
     }
 
 
@@ -285,17 +313,17 @@ def build_site(
     z_max: float,
     **settings,
 ) -> dict:
-    """Write the explorer page atomically; return a summary (galaxies, pictures, bytes)."""
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown explorer settings {sorted(unknown)}; allowed: {list(DEFAULTS)}")
+    """Write the explorer page atomically; return a summary (galaxies, pictures, bytes).
+    ``settings``: every one of SETTINGS (``settings_from_config`` reads them from the config)."""
+    unknown = set(settings) - set(SETTINGS)
+    missing = set(SETTINGS) - set(settings)
+    if unknown or missing:
+        raise ValueError(
+            f"explorer settings: unknown {sorted(unknown)}, missing {sorted(missing)}; "
+            f"expected exactly {list(SETTINGS)}"
+        )
     data = collect(
-        Path(embeddings_path),
-        Path(store_path),
-        prediction_paths,
-        z_min,
-        z_max,
-        **{**DEFAULTS, **settings},
+        Path(embeddings_path), Path(store_path), prediction_paths, z_min, z_max, **settings
     )
     page = render_html(data).encode("utf-8")
     out_html = Path(out_html)

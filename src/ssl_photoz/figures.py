@@ -26,7 +26,6 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .atomic import atomic_path
-from .config import PAPER_CROP
 from .metrics import OUTLIER_THRESHOLD, delta_z, photoz_metrics
 
 __all__ = [
@@ -716,7 +715,8 @@ def plot_augmentation_gallery(
     objid: int | None = None,
     seed: int = 0,
     stats_path=None,
-    crop_size: int = PAPER_CROP,
+    *,
+    crop_size: int,
 ) -> Path:
     """One galaxy through the augmentations of ``augment.py``, as gri colour pictures.
 
@@ -839,7 +839,8 @@ def make_all_figures(
     stats_path=None,
     seed: int = 0,
     pdf_objects=None,
-    crop_size: int = PAPER_CROP,
+    *,
+    crop_size: int,
 ) -> dict[str, Path]:
     """Write the run's figures and the label-efficiency table into ``out_dir``.
 

@@ -102,7 +102,8 @@ def _run_keys(cfg: dict) -> dict:
 def predict_colours(
     objects: pd.DataFrame,
     out: Path,
-    k: int = 10,
+    *,
+    k: int,
     fraction: float = 1.0,
     usable_objids=None,
 ) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import PAPER_CROP, crop_size
+from .config import crop_size
 from .metrics import photoz_metrics
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ def ridge_photoz(
     return t @ w + b, alpha
 
 
-def _embed(
-    backbone, dataset, device, chosen, crop_size: int = PAPER_CROP, batch_size: int = 256
-) -> np.ndarray:
+def _embed(backbone, dataset, device, chosen, crop_size: int, batch_size: int = 256) -> np.ndarray:
     import torch
 
     from . import augment
@@ -107,9 +105,7 @@ def _embed(
     return torch.cat(feats).numpy()
 
 
-def calibrate_batch_norm(
-    backbone, dataset, device, crop_size: int = PAPER_CROP, batch_size: int = 64
-) -> None:
+def calibrate_batch_norm(backbone, dataset, device, crop_size: int, batch_size: int = 64) -> None:
     """Running BN statistics of ``backbone`` as the cumulative average over ``dataset`` (centre
     crops, no labels, no weight changes)."""
     import torch
@@ -136,7 +132,8 @@ def run_probe(
     out: Path,
     device: str = "cpu",
     precision: str = "fp32",
-    k: int = 10,
+    *,
+    k: int,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Probe the pretrained and the randomly initialised encoder; write the table to ``out``."""

@@ -159,8 +159,9 @@ def kth_distances(
 
 def anomalies(
     embeddings: np.ndarray,
-    k: int = 10,
-    n: int = 20,
+    *,
+    k: int,
+    n: int,
     catalog: pd.DataFrame | None = None,
     index: faiss.Index | None = None,
 ) -> pd.DataFrame:

@@ -78,8 +78,9 @@ def plot_similarity_search(
     emb: Embeddings,
     store_path: Path,
     out_png: Path,
-    n_queries: int = 6,
-    k: int = 5,
+    *,
+    n_queries: int,
+    k: int,
     seed: int = 0,
     index: faiss.Index | None = None,
 ) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import crop_size
+from .config import crop_size, with_defaults
 
 __all__ = ["PAPER_ROWS", "PAPER_SAMPLE", "write_summary"]
 
@@ -222,7 +222,7 @@ def _precisions(training: dict) -> str:
 
 def _recipe_table(config: dict, training: dict) -> list[str]:
     """Every setting of the recipe, ours beside the paper's, with the steps actually taken."""
-    model, pre = config["model"], config["pretrain"]
+    model, pre = config["model"], with_defaults("pretrain", config["pretrain"])
     ft, sup = config["finetune"], config.get("supervised", {})
     pretrain_run = training.get("pretrain", {})
     recipe = pretrain_run.get("recipe", {})
@@ -260,7 +260,7 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
         (
             "pretraining",
             "learning rate, schedule",
-            f"{pre.get('lr')}, cosine per step, {pre.get('warmup_epochs', 0)} warm-up epoch(s)",
+            f"{pre.get('lr')}, cosine per step, {pre['warmup_epochs']} warm-up epoch(s)",
             PAPER_RECIPE["pre_lr"],
         ),
         ("pretraining", "epochs", str(pre.get("epochs")), PAPER_RECIPE["pre_epochs"]),
@@ -277,7 +277,7 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
         (
             "pretraining",
             "batch norm",
-            recipe.get("bn", f"bn_splits {pre.get('bn_splits', 1)}"),
+            recipe.get("bn", f"bn_splits {pre['bn_splits']}"),
             PAPER_RECIPE["bn"],
         ),
         ("fine-tuning", "optimiser", "Adam, weight decay " + str(ft.get("weight_decay")), "Adam"),
@@ -389,6 +389,22 @@ def _probe_section(probe: pd.DataFrame | None) -> list[str]:
     return [*lines, ""]
 
 
+def _config_section(config: dict) -> list[str]:
+    """The whole config as this run used it: the file's keys with the schema's defaults filled."""
+    import yaml
+
+    return [
+        "## Configuration as run",
+        "",
+        "Every setting of this run, the schema's defaults filled in (the file it came from may "
+        "leave them out):",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=96).rstrip(),
+        "```",
+    ]
+
+
 def write_summary(
     out: Path,
     metrics_summary: pd.DataFrame,
@@ -450,6 +466,8 @@ def write_summary(
         *_differences(config, counts),
         "",
         *_recipe_table(config, training),
+        "",
+        *_config_section(config),
     ]
     if figures:
         lines += ["", "## Figures", ""]

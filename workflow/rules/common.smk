@@ -3,10 +3,9 @@ import json
 import os
 
 from ssl_photoz.codehash import code_digest
-from ssl_photoz.config import crop_size, label_runs, validate_config
+from ssl_photoz.config import label_runs
 
-# The package's own check gives clearer messages (which key, what is allowed) than the schema's.
-validate_config(config, source="config")
+# The Snakefile has filled the schema's defaults and validated the config (ssl_photoz.config).
 
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]

@@ -44,9 +44,11 @@ rule baseline_colours:
         "../../envs/pipeline.yaml"
     params:
         code=stage_code("ssl_photoz.predict"),
+        sections=sections_json("baseline_colours"),
         store=STORE,
     shell:
-        "ssl-photoz baseline-colours --objects {input.objects} --store {params.store}"
+        "ssl-photoz baseline-colours --sections-json {params.sections:q}"
+        " --objects {input.objects} --store {params.store}"
         " --fraction {wildcards.fraction} --out {output.predictions} > {log} 2>&1"
 
 
@@ -68,9 +70,8 @@ rule evaluate:
     params:
         code=stage_code("ssl_photoz.evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics) or ".",
-        # The classifiers' PDF bins (finetune and supervised share them).
-        z_min=config["finetune"]["z_min"],
-        z_max=config["finetune"]["z_max"],
+        # The metric bins, and the classifiers' PDF bins (finetune and supervised share them).
+        sections=sections_json("evaluate", "finetune"),
     shell:
-        "ssl-photoz evaluate --objects {input.objects} --predictions {input.predictions}"
-        " --out-dir {params.out_dir} --z-min {params.z_min} --z-max {params.z_max} > {log} 2>&1"
+        "ssl-photoz evaluate --sections-json {params.sections:q} --objects {input.objects}"
+        " --predictions {input.predictions} --out-dir {params.out_dir} > {log} 2>&1"

@@ -24,11 +24,9 @@ rule explore:
         code=stage_code("ssl_photoz.explore"),
         # The page's template, script and style: package data that stage_code does not read.
         assets=explore_assets.digest(),
-        # An absent explore section means its defaults; finetune's bins place the PDFs.
-        sections=json.dumps(
-            {"explore": config.get("explore", {}), "finetune": config["finetune"]},
-            sort_keys=True,
-        ),
+        # Neighbours and anomaly scores as the similarity rule's; the pictures are the
+        # networks' crop (model); finetune's bins place the PDFs.
+        sections=sections_json("explore", "similarity", "model", "finetune"),
         store=STORE,
     shell:
         "ssl-photoz explore --sections-json {params.sections:q}"

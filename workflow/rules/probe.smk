@@ -27,10 +27,12 @@ rule probe:
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.probe"),
+        sections=sections_json("probe"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
         "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
-        " ssl-photoz probe --pretrained {input.pretrained} --store {params.store}"
+        " ssl-photoz probe --sections-json {params.sections:q}"
+        " --pretrained {input.pretrained} --store {params.store}"
         " --out {output.table} --device {params.device}"
         " --precision {resources.precision} > {log} 2>&1"

@@ -57,11 +57,12 @@ rule figures:
         code=stage_code("ssl_photoz.figures"),
         store=STORE,
         out_dir=lambda wildcards, output: os.path.dirname(output.sigma),
-        crop=crop_size(config["model"]),
+        sections=sections_json("model"),  # the networks' crop (the augmentation gallery)
     shell:
-        "ssl-photoz figures --metrics {input.metrics} --metrics-summary {input.summary}"
+        "ssl-photoz figures --sections-json {params.sections:q}"
+        " --metrics {input.metrics} --metrics-summary {input.summary}"
         " --predictions {input.predictions} --store {params.store} --stats {input.stats}"
-        " --pdf-objects {input.pdf_objects} --crop-size {params.crop}"
+        " --pdf-objects {input.pdf_objects}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -93,13 +94,11 @@ rule summary:
         "../../envs/pipeline.yaml"
     params:
         code=stage_code("ssl_photoz.summary", "ssl_photoz.leakage"),
-        sections=sections_json(
-            "query", "model", "pretrain", "finetune", "supervised", "labels"
-        ),
-        source=config["source"],
+        # The whole config as run (defaults filled): summary.md shows it.
+        config=json.dumps(config, sort_keys=True),
         store=STORE,
     shell:
-        "ssl-photoz summary --sections-json {params.sections:q} --source {params.source}"
+        "ssl-photoz summary --config-json {params.config:q}"
         " --objects {input.objects} --store {params.store}"
         " --metrics-summary {input.summary} --label-efficiency {input.efficiency}"
         " --predictions {input.predictions} --probe {input.probe}"

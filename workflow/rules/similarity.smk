@@ -61,8 +61,10 @@ rule similarity:
         "../../envs/pipeline.yaml"
     params:
         code=stage_code("ssl_photoz.search", "ssl_photoz.similarity_figures"),
+        sections=sections_json("similarity"),
         store=STORE,
     shell:
-        "ssl-photoz similarity --embeddings {input.embeddings} --store {params.store}"
+        "ssl-photoz similarity --sections-json {params.sections:q}"
+        " --embeddings {input.embeddings} --store {params.store}"
         " --fig1 {output.fig1} --anomalies {output.anomalies}"
         " --anomalies-png {output.anomalies_png} > {log} 2>&1"

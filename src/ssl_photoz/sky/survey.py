@@ -59,6 +59,9 @@ class SkySettings:
 
     @classmethod
     def from_config(cls, sky_cfg: dict) -> SkySettings:
+        from ..config import with_defaults
+
+        sky_cfg = with_defaults("sky", sky_cfg)  # the schema's defaults, wherever it came from
         footprint = footprint_from_config(sky_cfg)
         model = population.model_from_dict(sky_cfg.get("model", {}))
         return cls(
@@ -67,7 +70,7 @@ class SkySettings:
             catalog_r_limit=sky_cfg["catalog_r_limit"],
             frame_r_limit=sky_cfg["frame_r_limit"],
             model=model,
-            spectro_fraction=sky_cfg.get("spectro_fraction", 0.65),
+            spectro_fraction=sky_cfg["spectro_fraction"],
         )
 
     def to_json(self) -> dict:
@@ -88,7 +91,7 @@ class SkySettings:
             catalog_r_limit=data["catalog_r_limit"],
             frame_r_limit=data["frame_r_limit"],
             model=population.model_from_dict(data["model"]),
-            spectro_fraction=data.get("spectro_fraction", 0.65),
+            spectro_fraction=data["spectro_fraction"],  # to_json writes it
         )
 
 
