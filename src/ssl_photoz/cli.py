@@ -456,23 +456,37 @@ def _footprint_if_mock(sky_dir: str | None):
 
 
 def cmd_plan_shards(args: argparse.Namespace) -> int:
-    """Group objects into cut-out jobs by field; create the empty Zarr store."""
-    from .cutouts import create_store, plan_shards
+    """Group objects into cut-out jobs by field; prepare the Zarr store (kept where it fits)."""
+    from .cutouts import PLAN_KEYS, plan_shards, prepare_store, settings_from_cli, source_identity
 
-    cfg = _section(args, "cutouts")
+    cfg = settings_from_cli(PLAN_KEYS, args.section_json, args.config)
     objects = _read_parquet(args.objects, "objects table")
+    mock = cfg["frame_source"] == "mock"
     plan = plan_shards(
-        objects, cfg["shard_size"], cfg["store_shard"], _footprint_if_mock(args.sky_dir)
+        objects,
+        cfg["shard_size"],
+        cfg["store_shard"],
+        _footprint_if_mock(args.sky_dir) if mock else None,
+        source=source_identity(cfg, args.sky_dir),
     )
-    create_store(Path(args.store), len(objects), cfg["store_shard"])
+    store = prepare_store(Path(args.store), len(objects), cfg["store_shard"], plan["fingerprints"])
     _write_json_atomic(Path(args.plan), plan)
     n_frames = len({tuple(f) for s in plan["shards"] for f in s["frames"]})
     log.info(
-        "%d objects -> %d shards of up to %d; %d distinct fields",
+        "%d objects -> %d shards of up to %d; %d distinct fields; %d objects without usable "
+        "run/camcol/field or position (rejects)",
         plan["n_objects"],
         plan["n_shards"],
         plan["shard_size"],
         n_frames,
+        plan["n_unusable"],
+    )
+    log.info(
+        "store %s: %s; %d Zarr shards recorded for this plan, %d to cut",
+        args.store,
+        store["store"],
+        store["reusable"],
+        store["to_cut"],
     )
     return 0
 
@@ -481,10 +495,20 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
     """Cut one shard's objects into the store; write the shard's status file."""
     import tempfile
 
-    from .cutouts import cut_shard
+    from .cutouts import (
+        MACHINE_KEYS,
+        PLAN_KEYS,
+        cut_shard,
+        cutting_code,
+        job_zarr_shards,
+        settings_from_cli,
+        source_identity,
+    )
     from .frames import make_frame_source
 
-    cfg = _section(args, "cutouts")
+    cfg = settings_from_cli(
+        (*PLAN_KEYS, *MACHINE_KEYS), args.section_json, args.config, args.machine_json
+    )
     plan = json.loads(Path(args.plan).read_text())
     if not 0 <= args.shard < plan["n_shards"]:
         raise ValueError(f"--shard {args.shard}: the plan has shards 0..{plan['n_shards'] - 1}")
@@ -494,6 +518,13 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.plan} was made for {plan['n_objects']} objects, not {len(objects)}"
         )
+    identity = source_identity(cfg, args.sky_dir)
+    if plan.get("source") != identity:
+        raise ValueError(
+            f"{args.plan} was made for the frames of {plan.get('source')}, not {identity}; "
+            "rerun plan_shards"
+        )
+    fingerprints = [plan["fingerprints"][z] for z in job_zarr_shards(shard, plan["store_shard"])]
     with tempfile.TemporaryDirectory(prefix=f"cutouts-{args.shard}-") as tmp:
         with make_frame_source(cfg, work_dir=Path(tmp) / "frames", sky_dir=args.sky_dir) as source:
             statuses = cut_shard(
@@ -504,6 +535,8 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
                 plan["store_shard"],
                 source,
                 Path(tmp) / "montage",
+                fingerprints=fingerprints,
+                code=cutting_code(cfg["frame_source"]),
             )
     n_ok = sum(s["ok"] for s in statuses)
     log.info("shard %d: %d of %d cut-outs complete", args.shard, n_ok, len(statuses))
@@ -526,7 +559,9 @@ def cmd_gather(args: argparse.Namespace) -> int:
         if not path.exists():
             raise FileNotFoundError(f"{path}: status of cut-out shard {k} is missing")
         statuses += json.loads(path.read_text())["objects"]
-    summary = gather(Path(args.store), objects, statuses, provenance({"plan": plan["n_shards"]}))
+    summary = gather(
+        Path(args.store), objects, statuses, provenance({"plan": plan["n_shards"]}), plan=plan
+    )
     failed = [s for s in statuses if not s["ok"]]
     rejects = pd.DataFrame(
         {
@@ -552,10 +587,10 @@ def cmd_gather(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Per-channel MAD of the training images (for the noise augmentation)."""
-    from .cutouts import channel_mad
+    from .cutouts import STATS_KEYS, channel_mad, settings_from_cli
 
-    cfg = _section(args, "cutouts")
-    stats = channel_mad(Path(args.store), cfg["stats_max_images"], seed=cfg.get("seed", 0))
+    cfg = settings_from_cli(STATS_KEYS, args.section_json, args.config)
+    stats = channel_mad(Path(args.store), cfg["stats_max_images"], seed=cfg["seed"])
     _write_json_atomic(Path(args.out), stats)
     log.info("channel MAD: %s", dict(zip(stats["bands"], stats["mad"], strict=True)))
     return 0
@@ -656,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", required=True)
     p.add_argument("--sky-dir", help="the simulated survey (frame source mock)")
     p.add_argument("--plan", required=True, help="output plan (JSON)")
-    p.add_argument("--store", required=True, help="the Zarr store to create")
+    p.add_argument("--store", required=True, help="the Zarr store (kept where its layout fits)")
     p.set_defaults(func=cmd_plan_shards)
 
     p = sub.add_parser("cutouts", help="cut one shard into the store (rule cutouts)")
@@ -666,6 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--sky-dir", help="the simulated survey (frame source mock)")
+    p.add_argument(
+        "--machine-json",
+        help="machine and network settings of section cutouts as JSON (sas_url, cache_dir, "
+        "timeout_s, retries, backoff_s), over --section-json; the rule passes them through its "
+        "resources, so that changing them reruns nothing",
+    )
     p.add_argument("--out", required=True, help="the shard's status file (JSON)")
     p.set_defaults(func=cmd_cutouts)
 
@@ -900,9 +941,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log", None))
+    from .query.http_errors import RemoteQueryError
+
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, RemoteQueryError) as exc:
+        # A remote service's failure (no token, refused, gave up) is said in one line too.
         log.error("%s", exc)
         print(f"ssl-photoz {args.verb}: error: {exc}", file=sys.stderr)
         return 2
