@@ -57,6 +57,11 @@ class Reply:
 Handler = Callable[[Request], Reply]
 
 
+def redirect(location: str, status: int = 302) -> Reply:
+    """A redirect answer (302 by default) pointing at `location`."""
+    return Reply(status, "", headers={"Location": location})
+
+
 def replies(*scripted: Reply) -> Handler:
     """A handler that answers with `scripted` in order, then repeats the last one."""
     queue = list(scripted)
@@ -136,6 +141,15 @@ class LoopbackServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def localhost_url(self) -> str:
+        """This server reached as ``localhost``: the same socket, but another origin than `url`."""
+        return f"http://localhost:{self.port}"
 
     def route(self, method: str, path: str, handler: Handler | Reply) -> None:
         if isinstance(handler, Reply):

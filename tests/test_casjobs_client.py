@@ -10,23 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 
 import pandas as pd
 import pytest
 import requests
-from loopback_server import CasJobsEmulator, LoopbackServer, Reply, replies
+from loopback_server import CasJobsEmulator, LoopbackServer, Reply, redirect, replies
 
 from ssl_photoz.query.casjobs import (
     CasJobsAuthError,
     CasJobsClient,
     CasJobsError,
     CasJobsJobError,
+    CasJobsRedirectError,
     CasJobsTimeoutError,
     JobStatus,
+    check_base_url,
     into_table,
     read_casjobs_csv,
 )
-from ssl_photoz.query.http_errors import QueryError, RetriesExhaustedError, TruncatedResponseError
+from ssl_photoz.query.http_errors import (
+    QueryError,
+    RemoteQueryError,
+    RetriesExhaustedError,
+    TruncatedResponseError,
+)
 
 TOKEN = "s3cr3t-T0KEN-4f9a7c"
 JOB_ID = 4242
@@ -476,3 +484,281 @@ def test_order_by_must_be_one_column(server, clock):
     serve_mydb(server)
     with pytest.raises(ValueError, match="one column"):
         make_client(server, clock).download_table("mgs_labels", order_by="objid; DROP TABLE x")
+
+
+# --- where the token may go: redirects and the base URL -------------------------------------
+
+
+@pytest.fixture
+def elsewhere():
+    """A second server, another origin: whatever reaches it is recorded in `.requests`."""
+    with LoopbackServer() as srv:
+        yield srv
+
+
+def carrying_the_token(server) -> list:
+    return [r for r in server.requests if TOKEN in json.dumps(r.headers)]
+
+
+def test_requests_alone_would_send_the_token_to_another_host(server, elsewhere):
+    """Why the client must not let requests follow redirects: it strips only Authorization on a
+    cross-host redirect, so a custom X-Auth-Token header reaches the other host. (This checks
+    the test set-up can see a leak at all.)"""
+    server.route("GET", TABLES, redirect(elsewhere.localhost_url + "/collect"))
+    elsewhere.route("GET", "/collect", Reply(200, "[]"))
+    with requests.Session() as session:
+        session.trust_env = False
+        session.get(server.url + TABLES, headers={"X-Auth-Token": TOKEN}, timeout=10)
+    assert [r.path for r in carrying_the_token(elsewhere)] == ["/collect"]
+
+
+def _redirect_quick(emulator, marker: str, reply: Reply):
+    """Quick queries whose SQL contains `marker` are answered with `reply` (after running)."""
+    emulator.fault = lambda sql, answer: reply if marker in sql else None
+
+
+# name: (how the server is made to redirect it, what the client is asked to do, the client's
+# word for that call in its errors)
+REDIRECTED_CALLS = {
+    "auth check": (
+        lambda srv, emu, to: srv.route("GET", TABLES, to),
+        lambda client: client.check_auth(),
+        "auth check",
+    ),
+    "submit": (
+        lambda srv, emu, to: srv.route("PUT", SUBMIT, to),
+        lambda client: client.submit(SQL),
+        "submit job",
+    ),
+    "status poll": (
+        lambda srv, emu, to: srv.route("GET", JOB, replies(job(JobStatus.STARTED), to)),
+        lambda client: client.wait(JOB_ID),
+        "job status",
+    ),
+    "cancel": (
+        lambda srv, emu, to: srv.route("DELETE", JOB, to),
+        lambda client: client.cancel(JOB_ID),
+        "cancel job",
+    ),
+    "quick query": (
+        lambda srv, emu, to: _redirect_quick(emu, "SELECT 4", to),
+        lambda client: client.quick_query("SELECT 4 AS Column1"),
+        "quick query",
+    ),
+    "table drop": (
+        lambda srv, emu, to: _redirect_quick(emu, "IF OBJECT_ID", to),
+        lambda client: client.drop_table("mgs_labels"),
+        "drop table",
+    ),
+    "row count": (
+        lambda srv, emu, to: _redirect_quick(emu, "SELECT COUNT", to),
+        lambda client: client.download_table("mgs_labels", order_by="objid"),
+        "download",
+    ),
+    "second page": (
+        lambda srv, emu, to: _redirect_quick(emu, "OFFSET 2 ROWS", to),
+        lambda client: client.download_table("mgs_labels", order_by="objid"),
+        "download",
+    ),
+}
+
+
+@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("call", list(REDIRECTED_CALLS))
+def test_redirect_to_another_origin_is_refused_on_every_call(
+    server, elsewhere, clock, debug_logs, call, status
+):
+    """Each request path of the client, redirected to http://localhost:<other port>: the client
+    raises, naming both URLs, and the other server receives nothing, the token least of all."""
+    emulator = serve_mydb(server)
+    arrange, act, word = REDIRECTED_CALLS[call]
+    target = elsewhere.localhost_url + "/collect"
+    arrange(server, emulator, redirect(target, status))
+    client = make_client(server, clock, page_rows=2)
+
+    with pytest.raises(RemoteQueryError) as caught:
+        act(client)
+
+    assert carrying_the_token(elsewhere) == []  # first: what the other origin received
+    assert elsewhere.requests == []  # nothing at all: refused before any connection to it
+    assert isinstance(caught.value, CasJobsRedirectError)
+    message = str(caught.value)
+    redirected = [r for r in server.requests if r.path != "/collect"][-1]
+    assert f"{server.url}{redirected.path} redirected (HTTP {status}) to {target}" in message
+    assert "query.casjobs_url" in message and "token was not sent" in message
+    assert message.startswith(f"CasJobs {word}: ")
+    assert len(server.requests_to(redirected.path)) >= 1
+    assert_no_token(debug_logs, caught.value, caught.value.__cause__, caught.value.__context__)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["same host, other port", "same port, other host name", "http to https"],
+)
+def test_every_kind_of_other_origin_is_refused(server, elsewhere, clock, where):
+    target = {
+        "same host, other port": f"http://127.0.0.1:{elsewhere.port}/collect",
+        "same port, other host name": f"{server.localhost_url}/collect",
+        "http to https": f"https://127.0.0.1:{server.port}/collect",
+    }[where]
+    server.route("GET", TABLES, redirect(target, 307))
+    server.route("GET", "/collect", Reply(200, "[]"))
+    with pytest.raises(CasJobsRedirectError, match="token was not sent"):
+        make_client(server, clock).check_auth()
+    assert server.requests_to("/collect") == [] and elsewhere.requests == []
+
+
+class _ScriptedAdapter(requests.adapters.BaseAdapter):
+    """A transport for https://casjobs.test without a network: answers from `script`
+    ({url: (status, location)}) and records every request it is handed."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = script
+        self.sent: list[requests.PreparedRequest] = []
+
+    def send(self, request, **kwargs):
+        self.sent.append(request)
+        status, location = self.script.get(request.url, (200, None))
+        response = requests.Response()
+        response.status_code = status
+        response.url = request.url
+        response.request = request
+        response._content = b"[]"
+        if location:
+            response.headers["Location"] = location
+        return response
+
+    def close(self):
+        pass
+
+
+def scripted_session(script) -> tuple[requests.Session, _ScriptedAdapter]:
+    session = requests.Session()
+    session.trust_env = False
+    adapter = _ScriptedAdapter(script)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session, adapter
+
+
+def test_https_to_http_downgrade_is_refused():
+    base = "https://casjobs.test/RestApi"
+    session, adapter = scripted_session({base + TABLES: (301, "http://casjobs.test/RestApi/T")})
+    client = CasJobsClient(base_url=base, token=TOKEN, retries=0, session=session)
+    with pytest.raises(CasJobsRedirectError, match="to http://casjobs.test/RestApi/T, which is"):
+        client.check_auth()
+    assert [r.url for r in adapter.sent] == [base + TABLES]
+
+
+def test_same_origin_with_the_default_port_spelled_out_is_followed():
+    base = "https://casjobs.test/RestApi"
+    moved = "https://CasJobs.test:443/RestApi/v2/Tables"
+    session, adapter = scripted_session({base + TABLES: (302, moved)})
+    CasJobsClient(base_url=base, token=TOKEN, retries=0, session=session).check_auth()
+    assert [r.url for r in adapter.sent] == [
+        base + TABLES,
+        "https://casjobs.test:443/RestApi/v2/Tables",  # requests lowercases the host
+    ]
+    assert all(r.headers["X-Auth-Token"] == TOKEN for r in adapter.sent)
+
+
+def test_same_origin_redirects_are_followed_with_the_token(server, clock, debug_logs):
+    """Relative and absolute Locations on the same scheme, host and port: GETs through 302 and
+    303, the submit (PUT) through 307 with its body, the downloads (POST) through 308."""
+    emulator = serve_mydb(server)
+    listing = server.routes[("GET", TABLES)]
+    quick = server.routes[("POST", QUERY)]
+    server.route("GET", TABLES, redirect("/v2" + TABLES, 302))
+    server.route("GET", "/v2" + TABLES, listing)
+    server.route("PUT", SUBMIT, redirect(server.url + "/v2/jobs", 307))
+    server.route("PUT", "/v2/jobs", Reply(200, str(JOB_ID)))
+    server.route("GET", JOB, redirect(f"/v2/jobs/{JOB_ID}?detail=1", 303))
+    server.route("GET", f"/v2/jobs/{JOB_ID}", job(JobStatus.FINISHED))
+    server.route("POST", QUERY, redirect("v2/query", 308))  # relative to /contexts/MyDB/
+    server.route("POST", "/contexts/MyDB/v2/query", quick)
+
+    frame = make_client(server, clock).query(SQL)
+
+    pd.testing.assert_frame_equal(frame, CATALOGUE)
+    followed = [r.path for r in server.requests if "/v2" in r.path]
+    assert followed[:3] == ["/v2" + TABLES, "/v2/jobs", f"/v2/jobs/{JOB_ID}"]
+    assert followed[3:] == ["/contexts/MyDB/v2/query"] * 2  # the count, then the table
+    assert all(r.headers.get("X-Auth-Token") == TOKEN for r in server.requests)
+    assert server.requests_to("/v2/jobs")[0].json()["Query"] == SQL
+    assert server.requests_to(f"/v2/jobs/{JOB_ID}")[0].query == {"detail": "1"}
+    assert len(emulator.quick_queries()) == 2
+    assert_no_token(debug_logs)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+def test_a_redirect_that_would_turn_the_submit_into_a_get_is_refused(server, clock, status):
+    serve_mydb(server)
+    server.route("PUT", SUBMIT, redirect("/v2/jobs", status))
+    with pytest.raises(CasJobsRedirectError, match=f"redirected PUT \\(HTTP {status}\\)"):
+        make_client(server, clock).submit(SQL)
+    assert server.requests_to("/v2/jobs") == []
+
+
+def test_a_redirect_loop_is_cut(server, clock):
+    server.route("GET", TABLES, redirect(TABLES, 307))
+    with pytest.raises(CasJobsRedirectError, match="more than 5 redirects"):
+        make_client(server, clock).check_auth()
+    assert len(server.requests_to(TABLES)) == 6  # the request and five hops, never retried
+
+
+def test_a_redirect_without_location_is_an_error(server, clock):
+    server.route("GET", TABLES, Reply(302, ""))
+    with pytest.raises(CasJobsRedirectError, match="has no Location"):
+        make_client(server, clock).check_auth()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test on any name lookup or connection; record what was attempted."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError(f"network traffic attempted: {args!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(requests.Session, "request", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://skyserver.sdss.org/CasJobs/RestApi",
+        "http://10.1.2.3:8080/RestApi",
+        "http://localhost.example.org/RestApi",
+        "http://127.0.0.1.example.org/RestApi",
+        "ftp://skyserver.sdss.org/CasJobs/RestApi",
+        "skyserver.sdss.org/CasJobs/RestApi",
+        "https:///RestApi",
+        "https://user:pw@skyserver.sdss.org/CasJobs/RestApi",
+    ],
+)
+def test_a_casjobs_url_that_is_not_https_is_refused_before_any_traffic(no_network, url):
+    with pytest.raises(ValueError, match="query.casjobs_url must be an https:// URL") as caught:
+        CasJobsClient(base_url=url, token=TOKEN)
+    assert repr(url) in str(caught.value)
+    assert no_network == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://skyserver.sdss.org/CasJobs/RestApi/",
+        "HTTPS://SkyServer.sdss.org/CasJobs/RestApi",
+        "http://127.0.0.1:8123/RestApi",
+        "http://[::1]:8123",
+        "http://localhost:8123/x",
+    ],
+)
+def test_https_and_loopback_http_urls_are_accepted(no_network, url):
+    client = CasJobsClient(base_url=url, token=TOKEN)
+    assert client.base_url == url.rstrip("/") == check_base_url(url)
+    assert no_network == []

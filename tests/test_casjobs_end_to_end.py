@@ -11,15 +11,21 @@ after "into"), which must come through every run untouched.
 from __future__ import annotations
 
 import math
+import socket
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from labeled_reference import labeled_specobjids
-from loopback_server import CasJobsEmulator, LoopbackServer
+from loopback_server import CasJobsEmulator, LoopbackServer, redirect
 
-from ssl_photoz.query.casjobs import CasJobsClient, CasJobsError, CasJobsJobError
+from ssl_photoz.query.casjobs import (
+    CasJobsClient,
+    CasJobsError,
+    CasJobsJobError,
+    CasJobsRedirectError,
+)
 from ssl_photoz.query.run import run_duckdb, run_query
 from ssl_photoz.query.sql import load_query
 
@@ -234,3 +240,42 @@ def test_a_small_table_comes_in_one_answer(casjobs):
     downloads = [q for q in casjobs.quick_queries() if q.startswith("SELECT *")]
     assert downloads == ["SELECT *, 1 AS ssl_photoz_end FROM ssl_photoz_unlabeled"]
     assert len(frame) == record["rows"] > 2 * PAGE_ROWS
+
+
+def test_a_redirect_to_another_origin_mid_run_stops_it_and_keeps_the_token_home(casjobs):
+    """The job ran and the first page came; the second page is redirected to another origin
+    (http://localhost:<other port>). The run stops with the two URLs; the other server saw no
+    request, so no token; nothing was asked again."""
+    with LoopbackServer() as elsewhere:
+        target = elsewhere.localhost_url + "/collect"
+        casjobs.fault = lambda sql, reply: (
+            redirect(target, 307) if f"OFFSET {PAGE_ROWS} ROWS" in sql else None
+        )
+        with pytest.raises(CasJobsRedirectError) as caught:
+            run_query("labeled", CFG, client=make_client(casjobs))
+        assert elsewhere.requests == []
+    assert f"{casjobs.server.url}/contexts/MyDB/query redirected (HTTP 307) to {target}" in str(
+        caught.value
+    )
+    assert TOKEN not in str(caught.value)
+    assert len([q for q in casjobs.quick_queries() if f"OFFSET {PAGE_ROWS} ROWS" in q]) == 1
+
+
+def test_an_http_casjobs_url_is_refused_before_any_traffic(monkeypatch):
+    """query.casjobs_url as the config gives it to run_query: http:// to a real host is refused
+    while building the client, before a name lookup or a connection."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError("network traffic attempted")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("SSL_PHOTOZ_TEST_TOKEN", TOKEN)
+    url = "http://skyserver.sdss.org/CasJobs/RestApi"
+    cfg = {**CFG, "casjobs_url": url, "casjobs_token_env": "SSL_PHOTOZ_TEST_TOKEN"}
+    with pytest.raises(ValueError, match="query.casjobs_url must be an https:// URL") as caught:
+        run_query("labeled", cfg)
+    assert repr(url) in str(caught.value) and TOKEN not in str(caught.value)
+    assert attempts == []

@@ -27,6 +27,18 @@ The token travels only in the ``X-Auth-Token`` header. It is kept in a wrapper w
 ``<redacted>``, scrubbed from every message built from server text, and never logged; exceptions
 from `requests` (which hold the request and so the header) are not chained onto ours.
 
+Where the token may go: only to the origin (scheme, host, port) of ``base_url``
+(``query.casjobs_url``), which must be ``https://``; plain ``http://`` is accepted only for a
+loopback host (127.0.0.0/8, ``::1``, ``localhost``), which is what the offline tests serve on.
+`requests` strips only ``Authorization`` on a cross-host redirect, not a custom header such as
+``X-Auth-Token``, so no request lets `requests` follow redirects (``allow_redirects=False``); the
+client follows them itself. A redirect to another origin (another host, another port, https to
+http or http to https) is refused with `CasJobsRedirectError`, naming the URL it came from and the
+one it points to, before anything is sent there. A same-origin redirect is followed, token
+included (that host already has it), up to `MAX_REDIRECTS` hops: 307/308 with the same method and
+body, 301/302/303 only for a GET (after them clients may re-send a PUT, POST or DELETE as a GET
+without its body, which would silently lose the query, so they are refused).
+
 Retries: idempotent calls (status, download, auth check) are retried on transient errors, as in
 the SkyServer client. Submitting is not idempotent, so it is retried only when the server clearly
 did not take the job (connect timeout, HTTP 429/503).
@@ -34,6 +46,7 @@ did not take the job (connect timeout, HTTP 429/503).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -42,6 +55,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import pandas as pd
 import requests
@@ -69,8 +83,10 @@ __all__ = [
     "CasJobsClient",
     "CasJobsError",
     "CasJobsJobError",
+    "CasJobsRedirectError",
     "CasJobsTimeoutError",
     "JobStatus",
+    "check_base_url",
     "into_table",
 ]
 
@@ -84,6 +100,12 @@ CSV_ACCEPT = "text/plain"  # CasJobs answers CSV for text/plain (SciScript's "cs
 MYDB = "MyDB"
 
 END_COLUMN = "ssl_photoz_end"  # constant last column of every download: a cut row loses it
+
+URL_KEY = "query.casjobs_url"  # the config key that base_url comes from, named in its errors
+MAX_REDIRECTS = 5  # same-origin hops followed for one request
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_METHOD_KEEPING_REDIRECTS = frozenset({307, 308})  # the others turn a PUT/POST into a GET
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _TABLE = re.compile(rf"(?:mydb\.(?:dbo\.)?)?({_NAME})", re.IGNORECASE)
@@ -125,6 +147,54 @@ class CasJobsTimeoutError(CasJobsError):
     """The job did not finish within the client's timeout (it was asked to cancel)."""
 
 
+class CasJobsRedirectError(CasJobsError):
+    """The server redirected a request where the client does not follow (another origin, a
+    method-changing redirect, too many hops); nothing, the token included, was sent there."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL with the scheme's default port filled in; None if the URL
+    has no host or a malformed port (it then matches no origin)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    port = port if port is not None else _DEFAULT_PORTS.get(scheme)
+    if not host or port is None:
+        return None
+    return scheme, host, port
+
+
+def check_base_url(url: str) -> str:
+    """`url` without its trailing slash, if the token may be sent there: an ``https://`` URL with
+    a host, or ``http://`` to a loopback host (127.0.0.0/8, ``::1``, ``localhost``: a test server
+    on this machine, where nothing crosses a network). Anything else raises ValueError naming
+    ``query.casjobs_url`` and the value; no request is made either way."""
+    text = str(url).strip()
+    parts = urlsplit(text)
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if _origin(text) is not None and parts.username is None and parts.password is None:
+        if scheme == "https" or (scheme == "http" and _is_loopback(host)):
+            return text.rstrip("/")
+    raise ValueError(
+        f"{URL_KEY} must be an https:// URL (the SciServer token is sent with every request), "
+        f"got {text!r}; plain http:// is accepted only for a loopback host (127.0.0.1, ::1, "
+        "localhost)"
+    )
+
+
 class _Secret:
     """Holds the token so that repr/str/logging of any holder cannot show it."""
 
@@ -156,6 +226,11 @@ class CasJobsClient:
     constructor raises `CasJobsAuthError`. `poll_interval_s` is the first wait between status polls;
     it grows by half each time up to `max_poll_interval_s`. `timeout_s` bounds the whole wait for a
     job. `clock`, `sleep` and `session` are injectable for tests.
+
+    `base_url` (config ``query.casjobs_url``) must be ``https://``; ``http://`` is accepted only
+    for a loopback host (127.0.0.1, ::1, localhost), which the offline tests serve on plain HTTP.
+    Anything else raises ValueError here, before any request. Redirects are followed only within
+    the origin of `base_url` (see the module docstring); the token never goes anywhere else.
     """
 
     def __init__(
@@ -178,6 +253,7 @@ class CasJobsClient:
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
     ):
+        self.base_url = check_base_url(base_url)
         value = token if token is not None else os.environ.get(token_env, "")
         if not value.strip():
             raise CasJobsAuthError(
@@ -185,7 +261,6 @@ class CasJobsClient:
             )
         self._token = _Secret(value.strip())
         self.token_source = "argument" if token is not None else f"${token_env}"
-        self.base_url = base_url.rstrip("/")
         self.context = context
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
@@ -495,21 +570,29 @@ class CasJobsClient:
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(json_body)
-        try:
-            response = self._session.request(
-                method,
-                self.base_url + path,
-                headers=headers,
-                data=data,
-                timeout=self.request_timeout_s,
+        url = self.base_url + path
+        response = self._send(method, url, headers, data, what, idempotent)
+        hops = 0
+        while response.status_code in _REDIRECT_STATUSES:
+            target = self._redirect_target(response, method, url, what)
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise CasJobsRedirectError(
+                    self._redact(
+                        f"CasJobs {what}: more than {MAX_REDIRECTS} redirects, the last from "
+                        f"{url} to {target}; refused"
+                    )
+                )
+            log.info(
+                "CasJobs %s: HTTP %d from %s to %s (same origin), following",
+                what,
+                response.status_code,
+                self._redact(url),
+                self._redact(target),
             )
-        except requests.RequestException as exc:
-            # Not chained: a requests exception holds the request, headers (token) included.
-            transient = transient_from_requests(exc)
-            safe_to_repeat = idempotent or isinstance(exc, requests.ConnectTimeout)
-            if transient is not None and safe_to_repeat:
-                raise type(transient)(self._redact(str(transient))) from None
-            raise CasJobsError(f"CasJobs {what} failed: {self._redact(str(exc))}") from None
+            response.close()
+            url = target
+            response = self._send(method, url, headers, data, what, idempotent)
 
         status = response.status_code
         if status < 300:
@@ -527,6 +610,58 @@ class CasJobsClient:
                 f"CasJobs {what}: HTTP {status}: {message[:300]}", retry_after_seconds(response)
             )
         raise CasJobsError(f"CasJobs {what}: HTTP {status}: {message}")
+
+    def _send(self, method, url, headers, data, what, idempotent) -> requests.Response:
+        """The only place a request leaves the client: redirects are never followed by
+        `requests`, which would send the token header to whatever host they name."""
+        try:
+            return self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=self.request_timeout_s,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            # Not chained: a requests exception holds the request, headers (token) included.
+            transient = transient_from_requests(exc)
+            safe_to_repeat = idempotent or isinstance(exc, requests.ConnectTimeout)
+            if transient is not None and safe_to_repeat:
+                raise type(transient)(self._redact(str(transient))) from None
+            raise CasJobsError(f"CasJobs {what} failed: {self._redact(str(exc))}") from None
+
+    def _redirect_target(self, response: requests.Response, method, url, what) -> str:
+        """Where a redirect answer to `url` may be followed, or CasJobsRedirectError."""
+        status = response.status_code
+        location = response.headers.get("Location", "").strip()
+        if not location:
+            raise CasJobsRedirectError(
+                self._redact(f"CasJobs {what}: HTTP {status} redirect from {url} has no Location")
+            )
+        target = urljoin(url, location)
+        origin = _origin(self.base_url)
+        if _origin(target) != origin:
+            scheme, host, port = origin
+            host = f"[{host}]" if ":" in host else host
+            raise CasJobsRedirectError(
+                self._redact(
+                    f"CasJobs {what}: {url} redirected (HTTP {status}) to {target}, which is not "
+                    f"the origin of {URL_KEY} ({scheme}://{host}:{port}); refused, "
+                    "and the token was not sent there. If the service has moved, set "
+                    f"{URL_KEY} to its new https:// address"
+                )
+            )
+        if status not in _METHOD_KEEPING_REDIRECTS and method != "GET":
+            raise CasJobsRedirectError(
+                self._redact(
+                    f"CasJobs {what}: {url} redirected {method} (HTTP {status}) to {target}; "
+                    f"after HTTP {status} clients may re-send it as a GET without its body, "
+                    "which would lose the request, so it is refused (only 307/308 promise to "
+                    "keep the method and body)"
+                )
+            )
+        return target
 
 
 def read_casjobs_csv(response: requests.Response, *, sql: str = "") -> pd.DataFrame:
