@@ -69,6 +69,19 @@ def test_resnet_small_width():
         build_backbone("vgg16")
 
 
+def test_backbone_from_config_takes_the_width_of_resnet_small_only():
+    """``model.width`` exists for resnet_small alone (the schema requires it there and forbids
+    it for the paper archs, which have torchvision's widths)."""
+    from ssl_photoz.config import with_defaults
+    from ssl_photoz.models import backbone_from_config
+
+    small = backbone_from_config(with_defaults("model", {"arch": "resnet_small", "width": 16}))
+    assert small.feature_dim == 128 and small.conv1.out_channels == 16
+    with torch.device("meta"):
+        paper = backbone_from_config(with_defaults("model", {"arch": "resnet18"}))
+    assert paper.feature_dim == 512 and paper.conv1.out_channels == 64
+
+
 # ---------------------------------------------------------------------------------------------
 # MoCo
 

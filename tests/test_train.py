@@ -13,6 +13,7 @@ import pytest
 import torch
 import zarr
 
+from ssl_photoz.config import with_defaults
 from ssl_photoz.precision import Precision
 from ssl_photoz.train import (
     Runtime,
@@ -23,40 +24,52 @@ from ssl_photoz.train import (
     train_classifier,
 )
 
-MODEL = {"arch": "resnet_small", "width": 16}
-PRETRAIN = {
-    "epochs": 2,
-    "warmup_epochs": 0,
-    "batch_size": 16,
-    "lr": 0.05,
-    "weight_decay": 0.0001,
-    "dim": 16,
-    "queue_size": 20,  # below the smallest pretraining pool of the tests (25 in test_similarity)
-    "momentum": 0.9,
-    "temperature": 0.2,
-    "seed": 0,
-}
-FINETUNE = {
-    "epochs": 2,
-    "batch_size": 16,
-    "lr": 0.003,
-    "backbone_lr_factor": 0.1,
-    "weight_decay": 0.0,
-    "n_bins": 180,
-    "z_min": 0.0,
-    "z_max": 0.4,
-}
+# Hand-written sections, filled with their schema defaults as the CLI fills them.
+MODEL = with_defaults("model", {"arch": "resnet_small", "width": 16})
+PRETRAIN = with_defaults(
+    "pretrain",
+    {
+        "epochs": 2,
+        "warmup_epochs": 0,
+        "batch_size": 16,
+        "lr": 0.05,
+        "weight_decay": 0.0001,
+        "dim": 16,
+        "queue_size": 20,  # below the tests' smallest pretraining pool (25 in test_similarity)
+        "momentum": 0.9,
+        "temperature": 0.2,
+        "seed": 0,
+    },
+)
+FINETUNE = with_defaults(
+    "finetune",
+    {
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.003,
+        "backbone_lr_factor": 0.1,
+        "weight_decay": 0.0,
+        "n_bins": 180,
+        "z_min": 0.0,
+        "z_max": 0.4,
+    },
+)
 # The supervised baselines' own recipe: one learning rate for every layer.
-SUPERVISED = {k: v for k, v in FINETUNE.items() if k != "backbone_lr_factor"}
+SUPERVISED = with_defaults(
+    "supervised", {k: v for k, v in FINETUNE.items() if k != "backbone_lr_factor"}
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     """96 synthetic galaxies whose size and colour follow z, in the store's contract layout."""
-    root = tmp_path_factory.mktemp("store")
+    return _write_store(tmp_path_factory.mktemp("store"))
+
+
+def _write_store(root: Path, seed: int = 0) -> tuple[Path, Path]:
     store = root / "cutouts.zarr"
     n = 96
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     z = rng.uniform(0.02, 0.3, n)
     yy, xx = np.mgrid[:107, :107] - 53.0
     images = np.empty((n, 5, 107, 107), np.float32)
@@ -161,21 +174,57 @@ def _weights(path):
     return {k: v for k, v in load_checkpoint(path)["model"].items()}
 
 
-def test_killed_pretraining_resumes_to_the_same_weights(tiny_store, tmp_path):
-    store, stats = tiny_store
-    straight = tmp_path / "straight" / "model.pt"
-    pretrain(MODEL, PRETRAIN, store, stats, straight, _cpu())
-    resumed = tmp_path / "resumed" / "model.pt"
-    pretrain(MODEL, PRETRAIN, store, stats, resumed, _cpu(), max_epochs=1)  # "killed" after 1
-    assert not resumed.exists()
-    pretrain(MODEL, PRETRAIN, store, stats, resumed, _cpu())
-    a, b = load_checkpoint(straight)["moco"], load_checkpoint(resumed)["moco"]
+def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-def test_finetune_and_supervised_train_and_resume(tiny_store, tmp_path):
+def _differ(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """Counts the optimiser steps the training loops take."""
+    from ssl_photoz import train
+
+    taken = []
+    original = train._optimizer_step
+
+    def counted(*args, **kwargs):
+        taken.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_optimizer_step", counted)
+    return taken
+
+
+def _manifest(path: Path, n_ok: int = 96) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"n_objects": 96, "n_ok": n_ok, "n_failed": 96 - n_ok}))
+    return path
+
+
+def test_killed_pretraining_resumes_to_the_same_weights(tiny_store, tmp_path, steps, caplog):
+    store, stats = tiny_store
+    manifest = _manifest(tmp_path / "manifest.json")
+    straight = tmp_path / "straight" / "model.pt"
+    pretrain(MODEL, PRETRAIN, store, stats, straight, _cpu(), manifest=manifest)
+    per_epoch = len(steps) // PRETRAIN["epochs"]
+    assert per_epoch == 72 // 16
+    resumed = tmp_path / "resumed" / "model.pt"
+    pretrain(MODEL, PRETRAIN, store, stats, resumed, _cpu(), max_epochs=1, manifest=manifest)
+    assert not resumed.exists()  # "killed" after epoch 1
+    steps.clear()
+    caplog.set_level("INFO", logger="ssl_photoz")
+    pretrain(MODEL, PRETRAIN, store, stats, resumed, _cpu(), manifest=manifest)
+    # It resumed (a fresh run would give the same weights too): only epoch 2's steps were taken.
+    assert len(steps) == per_epoch and "resuming after epoch 1" in caplog.text
+    _assert_same(load_checkpoint(straight)["moco"], load_checkpoint(resumed)["moco"])
+
+
+def test_finetune_and_supervised_train_and_resume(tiny_store, tmp_path, steps):
     store, stats = tiny_store
     pre = tmp_path / "pre" / "model.pt"
     pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
@@ -186,15 +235,140 @@ def test_finetune_and_supervised_train_and_resume(tiny_store, tmp_path):
     assert np.isfinite(s["history"][-1]["sigma_mad"])
     resumed = tmp_path / "ft2" / "model.pt"
     train_classifier(MODEL, FINETUNE, store, resumed, _cpu(), 1.0, 0, pretrained=pre, max_epochs=1)
+    steps.clear()
     train_classifier(MODEL, FINETUNE, store, resumed, _cpu(), 1.0, 0, pretrained=pre)
-    for key, value in _weights(straight).items():
-        torch.testing.assert_close(value, _weights(resumed)[key], rtol=0, atol=0, msg=key)
+    assert len(steps) == s["recipe"]["steps_per_epoch"]  # resumed: epoch 2 only
+    _assert_same(_weights(straight), _weights(resumed))
     sup = train_classifier(MODEL, SUPERVISED, store, tmp_path / "sup" / "model.pt", _cpu(), 0.5, 1)
     assert sup["kind"] == "supervised" and sup["n_train"] < s["n_train"]
     # The summaries record the recipe as run: optimiser, rates, batch and the steps taken.
     assert s["recipe"]["lr"] == {"backbone": pytest.approx(0.0003), "head": 0.003}
     assert s["recipe"]["steps_done"] == 2 * s["recipe"]["steps_per_epoch"] > 0
     assert sup["recipe"]["optimizer"] == "Adam" and sup["recipe"]["batch_size"] == 16
+
+
+# -- a checkpoint resumes only a run with the same inputs (issue 19: "a rerun retrains") --------
+def test_finetuning_after_another_pretrained_model_retrains(tiny_store, tmp_path, caplog):
+    """The pretraining reruns into the same file (a changed pretrain.lr, say): the fine-tuning's
+    finished checkpoint, of an unchanged finetune config, must not be resumed."""
+    store, stats = tiny_store
+    pre = tmp_path / "pre" / "model.pt"
+    ft_cfg = {**FINETUNE, "epochs": 1}
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
+    ft = tmp_path / "ft" / "model.pt"
+    train_classifier(MODEL, ft_cfg, store, ft, _cpu(), 1.0, 0, pretrained=pre)
+    before = _weights(ft)
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1, "lr": 0.5}, store, stats, pre, _cpu())
+    caplog.set_level("INFO", logger="ssl_photoz")
+    train_classifier(MODEL, ft_cfg, store, ft, _cpu(), 1.0, 0, pretrained=pre)
+    assert "pretrained model differs" in caplog.text and "starting afresh" in caplog.text
+    assert "resuming" not in caplog.text
+    after = _weights(ft)
+    assert _differ(before, after), "the fine-tuned weights are those of the old pretraining"
+    # ... and they are those of a fine-tuning from the new pretrained model in a clean folder.
+    clean = tmp_path / "clean" / "model.pt"
+    train_classifier(MODEL, ft_cfg, store, clean, _cpu(), 1.0, 0, pretrained=pre)
+    _assert_same(after, _weights(clean))
+
+
+def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatch, caplog):
+    """Editing the training code changes its digest (the rule's code param): a rerun must not
+    resume the finished checkpoint written by the old code."""
+    from ssl_photoz import codehash, models
+
+    store, stats = tiny_store
+    cfg = {**PRETRAIN, "epochs": 1}
+    out = tmp_path / "pre" / "model.pt"
+    pretrain(MODEL, cfg, store, stats, out, _cpu())
+    old = load_checkpoint(out)["moco"]
+    # The "edit": the loss doubled (so the weights change), and with it the code's digest.
+    info_nce = models.info_nce
+    monkeypatch.setattr(models, "info_nce", lambda logits, labels: 2 * info_nce(logits, labels))
+    # Without a new digest the finished checkpoint is resumed: no step, the old weights.
+    pretrain(MODEL, cfg, store, stats, out, _cpu())
+    _assert_same(old, load_checkpoint(out)["moco"])
+    digest = codehash.code_digest("ssl_photoz.train")
+    monkeypatch.setattr(codehash, "code_digest", lambda *modules: "0123456789abcdef")
+    caplog.set_level("INFO", logger="ssl_photoz")
+    pretrain(MODEL, cfg, store, stats, out, _cpu())
+    assert "code (ssl_photoz.train and the modules it imports) differs" in caplog.text
+    assert f"{digest[:12]} there, 0123456789ab now" in caplog.text
+    new = load_checkpoint(out)["moco"]
+    assert _differ(old, new)
+    assert load_checkpoint(out)["inputs"]["code"] == "0123456789abcdef"
+    clean = tmp_path / "clean" / "model.pt"
+    pretrain(MODEL, cfg, store, stats, clean, _cpu())
+    _assert_same(new, load_checkpoint(clean)["moco"])
+
+
+def test_a_rebuilt_store_retrains(tiny_store, tmp_path, steps, caplog):
+    """Another store's content (a rebuilt store: its arrays and metadata written again), or
+    another manifest, starts afresh; a copy of the same store elsewhere resumes."""
+    import shutil
+
+    from ssl_photoz.train import store_digest
+
+    store, stats = tiny_store
+    (tmp_path / "rebuilt").mkdir()
+    other, _ = _write_store(tmp_path / "rebuilt", seed=1)
+    copy = tmp_path / "copy" / "cutouts.zarr"
+    shutil.copytree(store, copy)
+    assert store_digest(copy) == store_digest(store) != store_digest(other)
+    cfg = {**PRETRAIN, "epochs": 1}
+    out = tmp_path / "pre" / "model.pt"
+    pretrain(MODEL, cfg, store, stats, out, _cpu())
+    old = load_checkpoint(out)["moco"]
+    caplog.set_level("INFO", logger="ssl_photoz")
+    steps.clear()
+    pretrain(MODEL, cfg, copy, stats, out, _cpu())  # the same content: resumed, no step
+    assert not steps and "resuming after epoch 1" in caplog.text
+    caplog.clear()
+    pretrain(MODEL, cfg, other, stats, out, _cpu())
+    assert "store (the cut-out store and its manifest) differs" in caplog.text
+    new = load_checkpoint(out)["moco"]
+    assert _differ(old, new)
+    clean = tmp_path / "clean" / "model.pt"
+    pretrain(MODEL, cfg, other, stats, clean, _cpu())
+    _assert_same(new, load_checkpoint(clean)["moco"])
+    # The manifest is part of the store's identity: a new one retrains the same store.
+    sup = tmp_path / "sup" / "model.pt"
+    sup_cfg = {**SUPERVISED, "epochs": 1}
+    first = _manifest(tmp_path / "m1" / "manifest.json")
+    train_classifier(MODEL, sup_cfg, store, sup, _cpu(), 1.0, 0, manifest=first)
+    caplog.clear()
+    steps.clear()
+    second = _manifest(tmp_path / "m2" / "manifest.json", n_ok=95)
+    summary = train_classifier(MODEL, sup_cfg, store, sup, _cpu(), 1.0, 0, manifest=second)
+    assert len(steps) == summary["recipe"]["steps_per_epoch"] > 0
+    assert "store (the cut-out store and its manifest) differs" in caplog.text
+
+
+def test_a_checkpoint_that_would_run_a_command_is_not_resumed_nor_run(tiny_store, tmp_path, caplog):
+    from test_import_checkpoint import _RunsACommand
+
+    from ssl_photoz.train import plain, save_checkpoint
+
+    store, _ = tiny_store
+    marker = tmp_path / "pwned"
+    out = tmp_path / "sup" / "model.pt"
+    out.parent.mkdir()
+    torch.save(
+        {"kind": "supervised", "epoch": 0, "x": _RunsACommand(marker)}, out.parent / "checkpoint.pt"
+    )
+    caplog.set_level("INFO", logger="ssl_photoz")
+    train_classifier(MODEL, {**SUPERVISED, "epochs": 1}, store, out, _cpu(), 1.0, 0)
+    assert not marker.exists()
+    assert "not resumable" in caplog.text and "posix.system" in caplog.text
+    assert load_checkpoint(out.parent / "checkpoint.pt")["epoch"] == 0  # trained afresh
+    # What we save is plain data: numpy numbers in a history become Python ones.
+    history = [{"loss": np.float32(0.5), "n": np.int64(3), "bins": np.arange(2), "ok": np.bool_(1)}]
+    save_checkpoint(tmp_path / "h.pt", {"history": plain(history), "t": (1, 2)})
+    loaded = load_checkpoint(tmp_path / "h.pt")["history"]
+    assert loaded == [{"loss": 0.5, "n": 3, "bins": [0, 1], "ok": True}]
+    assert type(loaded[0]["loss"]) is float and type(loaded[0]["n"]) is int
+    save_checkpoint(tmp_path / "np.pt", {"history": history})
+    with pytest.raises(ValueError, match="refused"):  # what plain() is for
+        load_checkpoint(tmp_path / "np.pt")
 
 
 def _param_group_lrs(checkpoint):
@@ -232,7 +406,7 @@ def test_finetune_refuses_a_mismatched_backbone(tiny_store, tmp_path):
     pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
     with pytest.raises(ValueError, match="pretrained with model"):
         train_classifier(
-            {"arch": "resnet_small", "width": 32},
+            with_defaults("model", {"arch": "resnet_small", "width": 32}),
             FINETUNE,
             store,
             tmp_path / "x.pt",

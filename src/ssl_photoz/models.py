@@ -15,7 +15,10 @@ fixed device; everything follows the inputs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import pickle
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -103,9 +106,10 @@ def build_backbone(
 
 def backbone_from_config(model_cfg: dict) -> nn.Module:
     """The backbone of the config section ``model`` (arch, width, input_softening)."""
+    width = model_cfg.get("width")  # resnet_small's only (the paper archs have their own)
     return build_backbone(
         model_cfg["arch"],
-        width=model_cfg.get("width", 64),
+        **({} if width is None else {"width": width}),
         input_softening=model_cfg.get("input_softening"),
     )
 
@@ -506,3 +510,70 @@ def _fill_bn_counters(out: dict, expected: Mapping[str, torch.Tensor]) -> None:
             prefix = key.removesuffix("num_batches_tracked")
             if prefix + "running_mean" in out:
                 out[key] = torch.zeros((), dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe loading: torch.load(weights_only=True), never the pickle's own code
+
+
+def _authors_safe_globals() -> list:
+    """The globals beyond plain data and tensors that MoCo / torchvision-style training scripts
+    put in their ``.pth.tar`` files: an ``argparse.Namespace`` of the run's arguments (``args``),
+    numpy scalars (a best accuracy, say). Each only builds data; none calls anything."""
+    import argparse
+
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar
+    dtypes = [
+        getattr(np.dtypes, f"{kind}{bits}DType")
+        for kind, sizes in (("Float", (16, 32, 64)), ("Int", (8, 16, 32, 64)),
+                            ("UInt", (8, 16, 32, 64)))
+        for bits in sizes
+    ]  # fmt: skip
+    return [
+        argparse.Namespace,
+        scalar,
+        (scalar, "numpy.core.multiarray.scalar"),  # the name in files written under numpy 1
+        np.dtype,
+        np.dtypes.BoolDType,
+        *dtypes,
+    ]
+
+
+def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+    """The globals of ``path`` that weights_only loading refuses (under the current allow-list)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: the name is in the error's text
+        found = []
+    return found or sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+
+
+def safe_load(path: Path | str, allowed: Sequence = (), what: str = "checkpoint"):
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with the globals ``allowed``
+    (objects, or (object, "module.name") pairs) added to torch's plain-data ones. A file whose
+    pickle needs any other global (a class to build, a function to call) is refused, with a
+    ValueError naming the file and the global(s); nothing of the file is run."""
+    path = Path(path)
+    with torch.serialization.safe_globals(list(allowed)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            unsafe = _unsafe_globals(path, exc)
+            if unsafe:
+                kinds = "plain data and tensors" + (" (and the allow-listed types)" * bool(allowed))
+                raise ValueError(
+                    f"{path}: refused: the {what} needs the global(s) {', '.join(unsafe)} to "
+                    f"load; only {kinds} are loaded, and nothing of the file was run"
+                ) from exc
+            raise ValueError(f"{path}: cannot read the {what}: {exc}") from exc
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot read the {what}: {exc}") from exc
+
+
+def read_authors_checkpoint(path: Path | str):
+    """One of the authors' released files (``.pth`` / ``.pth.tar``), loaded safely: plain data,
+    tensors and the globals of ``_authors_safe_globals``; pass the result to
+    ``load_authors_checkpoint``."""
+    return safe_load(path, _authors_safe_globals(), what="released checkpoint")

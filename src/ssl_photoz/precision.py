@@ -146,11 +146,18 @@ def cache_path() -> Path:
     return Path(root) / "precision.json"
 
 
+def _probe_name(probe: dict) -> str:
+    """``resnet_small w32``; a paper arch by its name alone (``model.width`` is resnet_small's
+    only: the paper archs have torchvision's widths)."""
+    width = probe.get("width")
+    return probe["arch"] if width is None else f"{probe['arch']} w{width}"
+
+
 def _probe_key(info: dict, probe: dict) -> str:
     bf16 = sorted(f for f in info["flags"] if "bf16" in f)
     return (
         f"{info['model']} | {info['machine']} | flags {','.join(bf16) or '-'} | "
-        f"torch {torch.__version__} | {probe['arch']} w{probe.get('width', 64)}"
+        f"torch {torch.__version__} | {_probe_name(probe)}"
     )
 
 
@@ -164,7 +171,7 @@ def measure_cpu_step_rates(
     shared machine only ever add time, so the minimum is the least disturbed estimate."""
     from .models import RedshiftClassifier, build_backbone
 
-    arch, width = probe["arch"], probe.get("width", 64)
+    arch, width = probe["arch"], probe.get("width")  # resnet_small's only
     if batch is None:
         batch = 32 if arch == "resnet_small" else 8
     torch.manual_seed(0)
@@ -172,7 +179,9 @@ def measure_cpu_step_rates(
     y = torch.randint(0, 180, (batch,))
     nets = {}
     for name in ("fp32", "bf16"):
-        net = RedshiftClassifier(build_backbone(arch, width=width))
+        net = RedshiftClassifier(
+            build_backbone(arch, **({} if width is None else {"width": width}))
+        )
         net = net.to(memory_format=torch.channels_last).train()
         nets[name] = (net, torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9))
 
@@ -321,8 +330,8 @@ def _resolve_cpu(requested: str, probe: dict) -> Precision:
     speedup = bf16 / fp32
     chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     reason = (
-        f"auto: {cpu} has {evidence}; a training step of {probe['arch']} "
-        f"w{probe.get('width', 64)} (batch {rates['batch']}) ran {fp32:.1f} img/s in fp32 and "
+        f"auto: {cpu} has {evidence}; a training step of {_probe_name(probe)} "
+        f"(batch {rates['batch']}) ran {fp32:.1f} img/s in fp32 and "
         f"{bf16:.1f} img/s in bf16 ({speedup:.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x), {where}"
     )
     return Precision(chosen, "cpu", requested, reason)

@@ -19,10 +19,22 @@ Resume. A checkpoint is written atomically after every epoch with the model, opt
 scheduler, scaler, MoCo queue (a buffer of the model), epoch, config and every random state.
 Data order and augmentations are drawn from generators reseeded per epoch from (seed, epoch), so
 a run killed after epoch e and resumed continues exactly as an uninterrupted run would.
+A checkpoint also records the run's inputs (``run_inputs``): the config, the digest of the
+training code (``codehash.code_digest("ssl_photoz.train")``, the rule's ``code`` param), the
+store's identity and, for pretraining, the channel statistics; for fine-tuning, the sha256 of
+the pretrained model. Only a run with the same inputs resumes from it; any other starts afresh
+and logs which input differs (Snakemake never deletes checkpoint.pt, which is no declared
+output: a rerun after a change upstream would otherwise "resume" a finished run and keep its
+old weights).
+
+Loading. Every checkpoint is read with ``torch.load(weights_only=True)`` (``models.safe_load``):
+what we save is plain data (dicts, lists, tensors, str/int/float/bool/None), and a file whose
+pickle names any other global is refused, never run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -36,15 +48,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import augment, data, models
+from . import augment, codehash, data, models
 from . import precision as precision_mod
 from .atomic import atomic_path, write_json
-from .config import PAPER_CROP, crop_size
+from .config import crop_size
 from .provenance import stable_hash
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the run's inputs (config, code, store, pretrained model)
 
 
 # -- the machine --------------------------------------------------------------------------------
@@ -118,10 +130,105 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the checkpoint: {exc}") from exc
+    """One of our checkpoints, read with ``torch.load(weights_only=True)``: plain data and
+    tensors only; a file that needs any other global is refused (ValueError), never run."""
+    return models.safe_load(path)
+
+
+def plain(obj):
+    """``obj`` with numpy scalars and arrays made Python numbers and lists, tuples lists, and
+    every mapping a dict with string keys: data that ``weights_only`` loading accepts."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray | np.generic):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# -- what a run is made of: a checkpoint resumes only a run with the same inputs -----------------
+TRAINING_CODE = "ssl_photoz.train"  # the entry module of the training rules' code param
+
+INPUT_NAMES = {  # the inputs of a run's fingerprint, as the log names them
+    "config": "config",
+    "code": f"code ({TRAINING_CODE} and the modules it imports)",
+    "store": "store (the cut-out store and its manifest)",
+    "stats": "channel statistics",
+    "pretrained": "pretrained model",
+}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def store_digest(store_path: Path, manifest: Path | None = None) -> str:
+    """The identity of a cut-out store, cheap whatever its size: sha256 over the manifest's bytes
+    (when given), the bytes of every store file but the image chunks (the Zarr metadata, whose
+    attributes ``gather`` rewrites with its provenance and time on every build of the store, and
+    the 1-D arrays: objid, split, z_spec, fraction_rank, ok, ...) and the name and size of each
+    image chunk file. The images themselves (up to hundreds of GB) are not read: a rebuilt store
+    is one that ``gather`` wrote again."""
+    store_path = Path(store_path)
+    if not store_path.is_dir():
+        raise FileNotFoundError(f"{store_path}: the cut-out store is missing")
+    digest = hashlib.sha256()
+    if manifest is not None:
+        digest.update(b"manifest\0" + Path(manifest).read_bytes())
+    for path in sorted(p for p in store_path.rglob("*") if p.is_file()):
+        rel = path.relative_to(store_path).as_posix()
+        digest.update(rel.encode() + b"\0")
+        if rel.startswith("images/") and path.name != "zarr.json":
+            digest.update(str(path.stat().st_size).encode())
+        else:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def code_digest() -> str:
+    """The digest of the training code, the same as the training rules' ``code`` param."""
+    return codehash.code_digest(TRAINING_CODE)
+
+
+def run_inputs(
+    store_path: Path,
+    manifest: Path | None = None,
+    stats_path: Path | None = None,
+    pretrained: Path | None = None,
+) -> dict:
+    """A run's inputs but its config (``EpochLoop`` adds its hash): the code digest, the store's
+    identity and the digests of the channel statistics (pretraining) or of the pretrained model
+    (fine-tuning)."""
+    inputs = {"code": code_digest(), "store": store_digest(store_path, manifest)}
+    if stats_path is not None:
+        inputs["stats"] = file_digest(stats_path)
+    if pretrained is not None:
+        inputs["pretrained"] = file_digest(pretrained)
+    return inputs
+
+
+def _differences(saved: dict, now: dict) -> str:
+    """Which inputs differ, e.g. "pretrained model differs (3f2a... there, 9c41... now)"."""
+    keys = [k for k in INPUT_NAMES if saved.get(k) != now.get(k)]
+    keys += sorted(
+        k for k in set(saved) | set(now) if k not in INPUT_NAMES and saved.get(k) != now.get(k)
+    )
+
+    def short(value) -> str:
+        return "none" if value is None else str(value)[:12]
+
+    return "; ".join(
+        f"{INPUT_NAMES.get(k, k)} differs ({short(saved.get(k))} there, {short(now.get(k))} now)"
+        for k in keys
+    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -143,23 +250,42 @@ def _cosine(optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0
 class EpochLoop:
     """Shared skeleton: resume, per-epoch seeding, checkpoint after each epoch, final model."""
 
-    def __init__(self, kind: str, cfg: dict, runtime: Runtime, work_dir: Path):
+    def __init__(self, kind: str, cfg: dict, runtime: Runtime, work_dir: Path, inputs: dict):
         self.kind = kind
-        self.cfg = cfg
+        self.cfg = plain(cfg)
         self.rt = runtime
         self.work_dir = Path(work_dir)
         self.checkpoint = self.work_dir / "checkpoint.pt"
-        self.config_hash = stable_hash(cfg)
+        self.config_hash = stable_hash(self.cfg)
+        # The run's fingerprint (run_inputs and the config): only a checkpoint of the same resumes.
+        self.inputs = {"config": self.config_hash, **inputs}
         self.history: list[dict] = []
 
+    def _afresh(self, why: str) -> int:
+        log.warning("%s: %s; starting afresh", self.checkpoint, why)
+        return 0
+
     def resume(self, model, optimizer, scheduler, scaler) -> int:
-        """Load the last epoch's checkpoint if it belongs to this config; return the next epoch."""
+        """Load the last epoch's checkpoint if it is of a run with the same inputs (config, code,
+        store, pretrained model); return the next epoch. Any other starts afresh, saying why."""
         if not self.checkpoint.exists():
             return 0
-        state = load_checkpoint(self.checkpoint)
-        if state.get("config_hash") != self.config_hash or state.get("kind") != self.kind:
-            log.warning("%s: checkpoint of another config; starting afresh", self.checkpoint)
-            return 0
+        try:
+            state = load_checkpoint(self.checkpoint)
+        except ValueError as exc:
+            return self._afresh(f"not resumable ({exc})")
+        if state.get("kind") != self.kind:
+            return self._afresh(f"checkpoint of a {state.get('kind')} run, not {self.kind}")
+        recorded = state.get("inputs")
+        if state.get("version") != CHECKPOINT_VERSION or not isinstance(recorded, dict):
+            return self._afresh(
+                f"checkpoint of version {state.get('version')}, which does not record its "
+                f"inputs (this is version {CHECKPOINT_VERSION})"
+            )
+        if recorded != self.inputs:
+            return self._afresh(
+                f"checkpoint of other inputs: {_differences(recorded, self.inputs)}"
+            )
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -188,11 +314,12 @@ class EpochLoop:
                 "epoch": epoch,
                 "config": self.cfg,
                 "config_hash": self.config_hash,
+                "inputs": self.inputs,
                 "model": _unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "history": self.history,
+                "history": plain(self.history),
                 "precision": self.rt.precision.name,
                 **(extra or {}),
             },
@@ -260,7 +387,7 @@ def pretrain_bn_splits(cfg: dict, batch_size: int, runtime: Runtime) -> int:
     a sub-batch there, with the keys shuffled across ranks). The batch must divide evenly."""
     if runtime.distributed:
         return 1
-    splits = int(cfg.get("bn_splits", 1))
+    splits = int(cfg["bn_splits"])
     if batch_size % splits:
         raise ValueError(
             f"pretrain.bn_splits {splits} does not divide the batch of {batch_size} images "
@@ -302,8 +429,10 @@ def pretrain(
     out_path: Path,
     runtime: Runtime,
     max_epochs: int | None = None,
+    manifest: Path | None = None,
 ) -> dict:
-    """MoCo v2 on the pretraining pool. ``max_epochs`` stops early (tests of resumption)."""
+    """MoCo v2 on the pretraining pool. ``max_epochs`` stops early (tests of resumption);
+    ``manifest`` (the store's, from gather) is part of the store's identity (``run_inputs``)."""
     seed_everything(cfg["seed"])
     store = data.open_store(store_path)
     indices = data.pretrain_indices(store)
@@ -335,9 +464,11 @@ def pretrain(
         moco.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"]
     )
     steps = max(1, len(dataset) // effective_batch)
-    scheduler = _cosine(optimizer, cfg["epochs"], steps, cfg.get("warmup_epochs", 0))
+    scheduler = _cosine(optimizer, cfg["epochs"], steps, cfg["warmup_epochs"])
     scaler = runtime.precision.grad_scaler()
-    loop = EpochLoop("pretrain", {"model": model_cfg, "pretrain": cfg}, runtime, out_path.parent)
+    inputs = run_inputs(store_path, manifest, stats_path=stats_path)
+    run_cfg = {"model": model_cfg, "pretrain": cfg}
+    loop = EpochLoop("pretrain", run_cfg, runtime, out_path.parent, inputs)
     start = loop.resume(model, optimizer, scheduler, scaler)
     last = cfg["epochs"] if max_epochs is None else min(cfg["epochs"], max_epochs)
     for epoch in range(start, last):
@@ -374,7 +505,7 @@ def pretrain(
         "recipe": {
             "optimizer": "SGD (momentum 0.9)",
             "lr": {"all": cfg["lr"]},
-            "schedule": f"cosine per step, {cfg.get('warmup_epochs', 0)} warm-up epoch(s)",
+            "schedule": f"cosine per step, {cfg['warmup_epochs']} warm-up epoch(s)",
             "batch_size": batch_size,
             "world_size": runtime.world_size,
             "per_process_batch": batch_size,
@@ -396,10 +527,11 @@ def pretrain(
             out_path,
             {
                 "kind": "pretrain",
-                "config": {"model": model_cfg, "pretrain": cfg},
+                "config": loop.cfg,
+                "inputs": loop.inputs,
                 "backbone": moco.backbone.state_dict(),
                 "moco": moco.state_dict(),
-                "history": loop.history,
+                "history": plain(loop.history),
             },
         )
     return summary
@@ -428,24 +560,26 @@ def train_classifier(
     seed: int,
     pretrained: Path | None = None,
     max_epochs: int | None = None,
+    manifest: Path | None = None,
 ) -> dict:
     """Fine-tune (from ``pretrained``) or train from scratch (supervised) the redshift classifier
     on the training objects with ``fraction_rank < fraction``; validate on the val split.
 
     ``cfg`` is the run's recipe: the ``finetune`` section (head at ``lr``, convolutions at
-    ``lr * backbone_lr_factor``) or the ``supervised`` one (every layer at ``lr``; a
-    ``backbone_lr_factor`` other than 1 is refused)."""
+    ``lr * backbone_lr_factor``) or the ``supervised`` one (every layer at ``lr``: the section
+    has no ``backbone_lr_factor``, and one given is refused). ``manifest`` (the store's, from
+    gather) is part of the store's identity (``run_inputs``)."""
     kind = "finetune" if pretrained is not None else "supervised"
     if kind == "finetune":
         backbone_lr_factor = cfg["backbone_lr_factor"]
     else:
-        backbone_lr_factor = cfg.get("backbone_lr_factor", 1.0)
-        if backbone_lr_factor != 1.0:
+        if "backbone_lr_factor" in cfg:
             raise ValueError(
                 f"a supervised run trains every layer at one learning rate (the authors' "
-                f"baseline); got backbone_lr_factor {backbone_lr_factor}: give the supervised "
-                f"section's lr alone"
+                f"baseline); got backbone_lr_factor {cfg['backbone_lr_factor']}: give the "
+                f"supervised section's lr alone"
             )
+        backbone_lr_factor = 1.0
     seed_everything(seed)
     store = data.open_store(store_path)
     train_idx = data.labeled_indices(store, "train", fraction=fraction)
@@ -458,7 +592,7 @@ def train_classifier(
         state = load_checkpoint(pretrained)
         if state.get("kind") != "pretrain":
             raise ValueError(f"{pretrained}: not a pretraining checkpoint")
-        if state["config"]["model"] != model_cfg:
+        if state["config"]["model"] != plain(model_cfg):
             raise ValueError(
                 f"{pretrained}: pretrained with model {state['config']['model']}, "
                 f"but this run asks for {model_cfg}"
@@ -490,7 +624,8 @@ def train_classifier(
         "kind": kind,
         "pretrained": str(pretrained) if pretrained else None,
     }
-    loop = EpochLoop(kind, run_cfg, runtime, out_path.parent)
+    inputs = run_inputs(store_path, manifest, pretrained=pretrained)
+    loop = EpochLoop(kind, run_cfg, runtime, out_path.parent, inputs)
     start = loop.resume(model, optimizer, scheduler, scaler)
     train_aug = augment.FinetuneAugment(size=crop_size(model_cfg))
     # The validation curve is a diagnostic (the last epoch's weights are kept, never the best
@@ -548,14 +683,20 @@ def train_classifier(
     if runtime.is_main and last == epochs:
         save_checkpoint(
             out_path,
-            {"kind": kind, "config": run_cfg, "model": net.state_dict(), "history": loop.history},
+            {
+                "kind": kind,
+                "config": loop.cfg,
+                "inputs": loop.inputs,
+                "model": net.state_dict(),
+                "history": plain(loop.history),
+            },
         )
     return summary
 
 
 @torch.no_grad()
 def evaluate_classifier(
-    net, dataset, runtime: Runtime, batch_size: int = 256, crop_size: int = PAPER_CROP
+    net, dataset, runtime: Runtime, batch_size: int = 256, *, crop_size: int
 ) -> dict:
     """sigma_MAD, eta and bias of z_p = E(z) on a dataset (centre crops, no augmentation)."""
     from .metrics import photoz_metrics

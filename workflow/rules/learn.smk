@@ -6,6 +6,9 @@
 # changing it does not rerun finished stages. Each network job runs under `ssl-photoz gpu-run`,
 # which gives it free cards of its own (CUDA_VISIBLE_DEVICES, a lock file per card) and takes
 # them back when it ends; with gpu=0 it runs the command unchanged.
+# Each job resumes its own checkpoint.pt (no declared output: Snakemake never removes it) only
+# when its inputs are the same: config, training code, the store (its manifest, passed with
+# --manifest) and, for finetune, the pretrained model's content; else it trains afresh.
 # Data-parallel pretraining (machine settings, the profile's set-resources for pretrain):
 # ddp_processes=N ranks (default 1: one process), each with an equal share of pretrain.batch_size
 # (the effective batch and the lr stay the configured ones); ddp_launcher=torchrun starts them on
@@ -44,7 +47,8 @@ rule pretrain:
         " --torchrun --processes {resources.ddp_processes} --launcher {resources.ddp_launcher}"
         " --threads {threads} --"
         " ssl-photoz pretrain --sections-json {params.sections:q} --store {params.store}"
-        " --stats {input.stats} --out {output.model} --summary {output.summary}"
+        " --manifest {input.manifest} --stats {input.stats}"
+        " --out {output.model} --summary {output.summary}"
         " --device {params.device} --precision {resources.precision} > {log} 2>&1"
 
 
@@ -78,8 +82,9 @@ rule finetune:
     shell:
         "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
         " ssl-photoz finetune --sections-json {params.sections:q} --store {params.store}"
-        " --pretrained {input.pretrained} --fraction {wildcards.fraction}"
-        " --seed {wildcards.seed} --out {output.model} --summary {output.summary}"
+        " --manifest {input.manifest} --pretrained {input.pretrained}"
+        " --fraction {wildcards.fraction} --seed {wildcards.seed}"
+        " --out {output.model} --summary {output.summary}"
         " --device {params.device} --precision {resources.precision} > {log} 2>&1"
 
 
@@ -112,6 +117,6 @@ rule supervised:
     shell:
         "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
         " ssl-photoz supervised --sections-json {params.sections:q} --store {params.store}"
-        " --fraction {wildcards.fraction} --seed {wildcards.seed} --out {output.model}"
-        " --summary {output.summary} --device {params.device}"
+        " --manifest {input.manifest} --fraction {wildcards.fraction} --seed {wildcards.seed}"
+        " --out {output.model} --summary {output.summary} --device {params.device}"
         " --precision {resources.precision} > {log} 2>&1"
