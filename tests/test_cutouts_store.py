@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 import sys
 import types
 
@@ -297,3 +299,303 @@ def test_mock_frames_still_cut_through_montage(tmp_path, tiny_sky):
     assert [s["ok"] for s in statuses] == [True] * 3, statuses
     images = zarr.open_group(str(store), mode="r")["images"][:]
     assert images.shape == (3, 5, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(images).all()
+
+
+# -- issue 19: what reruns, what is kept, integrity ----------------------------------------------
+SOURCE = {"frame_source": "dir", "frame_dir": "frames"}
+
+
+class CountingSource(FakeSource):
+    def __init__(self):
+        super().__init__()
+        self.fetched: list[str] = []
+
+    def fetch(self, fid, band, window=None):
+        self.fetched.append(f"{fid.run}-{fid.camcol}-{fid.field}-{band}")
+        return super().fetch(fid, band, window)
+
+
+def _files(store) -> dict:
+    """Every shard file of the store: (inode, mtime_ns, bytes)."""
+    return {
+        str(p.relative_to(store)): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted((store / "images" / "c").rglob("*"))
+        if p.is_file()
+    }
+
+
+def _cut_all(plan, objects, store, source, tmp_path, code="code-1"):
+    statuses = []
+    for shard in plan["shards"]:
+        zs = cutouts.job_zarr_shards(shard, plan["store_shard"])
+        fps = [plan["fingerprints"][z] for z in zs]
+        statuses += cut_shard(
+            shard, objects, store, len(objects), plan["store_shard"], source, tmp_path,
+            fingerprints=fps, code=code,
+        )  # fmt: skip
+    return statuses
+
+
+def test_settings_are_split_into_pixels_machine_and_statistics():
+    from ssl_photoz.config import load_schema
+
+    keys = set(load_schema()["properties"]["cutouts"]["properties"])
+    parts = [set(cutouts.PLAN_KEYS), set(cutouts.MACHINE_KEYS), set(cutouts.STATS_KEYS)]
+    assert set().union(*parts) == keys, "every cutouts key must be classified"
+    assert sum(map(len, parts)) == len(keys), "no key in two parts"
+    given = {"frame_source": "sas", "shard_size": 64, "store_shard": 32, "retries": 9}
+    full = cutouts.settings_part(given, cutouts.PLAN_KEYS)
+    assert full["rerun"] == 301 and full["data_release"] == 12 and "retries" not in full
+    assert cutouts.plan_settings(full) == {
+        "frame_source": "sas", "shard_size": 64, "store_shard": 32, "data_release": 12,
+        "rerun": 301,
+    }  # fmt: skip
+    stats = cutouts.settings_part({"stats_max_images": 9}, cutouts.STATS_KEYS)
+    assert stats == {"stats_max_images": 9, "seed": 0}
+
+
+def test_settings_parts_are_validated():
+    from ssl_photoz.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stats_max_images"):
+        cutouts.settings_part({"seed": 1}, cutouts.STATS_KEYS)
+    with pytest.raises(ConfigError, match="retries"):
+        cutouts.settings_part({"stats_max_images": 9, "retries": -1}, cutouts.STATS_KEYS)
+    with pytest.raises(ConfigError, match="unexpected"):
+        cutouts.settings_part({"stats_max_images": 9, "colour": 1}, cutouts.STATS_KEYS)
+    plan = json.dumps({"frame_source": "mock", "shard_size": 64, "store_shard": 32})
+    keys = (*cutouts.PLAN_KEYS, *cutouts.MACHINE_KEYS)
+    got = cutouts.settings_from_cli(keys, plan, machine_json='{"retries": 9, "timeout_s": 7.5}')
+    assert got["retries"] == 9 and got["timeout_s"] == 7.5 and got["backoff_s"] == 2.0
+    with pytest.raises(ConfigError, match="not machine or network settings"):
+        cutouts.settings_from_cli(keys, plan, machine_json='{"store_shard": 16}')
+
+
+def _digests(package_root) -> dict:
+    """Every cut-out digest, computed from the package at ``package_root`` (a fresh process)."""
+    code = (
+        "import json; from ssl_photoz import cutouts as c; print(json.dumps({f'{s}/{k}': "
+        "c.stage_code(s, k) for s in ('plan_shards', 'cutouts') for k in ('mock', 'sas', 'dir')}"
+        " | {f'cutting/{k}': c.cutting_code(k) for k in ('mock', 'sas', 'dir')}))"
+    )
+    env = {"PYTHONPATH": str(package_root), "PATH": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def _edited_copy(tmp_path, module: str, edit: str):
+    import shutil
+
+    from conftest import PROJECT_ROOT
+
+    root = tmp_path / f"edit{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(PROJECT_ROOT / "src" / "ssl_photoz", root / "ssl_photoz")
+    path = root / "ssl_photoz" / module
+    path.write_text(path.read_text() + edit)
+    return root
+
+
+def test_the_simulator_counts_in_the_digests_only_for_mock_frames(tmp_path):
+    from conftest import PROJECT_ROOT
+
+    base = _digests(PROJECT_ROOT / "src")
+    render = _digests(_edited_copy(tmp_path, "sky/render.py", "\nRENDER_EDITED = 1\n"))
+    changed = {k for k in base if base[k] != render[k]}
+    assert changed == {"plan_shards/mock", "cutouts/mock", "cutting/mock"}, changed
+    for kind in ("sas", "dir"):
+        modules = cutouts.code_modules(kind, *cutouts.STEP_ENTRIES["cutouts"])
+        assert "ssl_photoz.frames" in modules and not any("sky" in m for m in modules)
+    assert "ssl_photoz.sky.render" in cutouts.code_modules("mock", "ssl_photoz.cutouts")
+    # frames.py: the jobs' code and the pixels, not the plan.
+    frames = _digests(_edited_copy(tmp_path, "frames.py", "\nFRAMES_EDITED = 1\n"))
+    changed = {k for k in base if base[k] != frames[k]}
+    assert changed == {f"{s}/{k}" for s in ("cutouts", "cutting") for k in ("mock", "sas", "dir")}
+    # Planning or gather code in cutouts.py: both rules rerun, no Zarr shard is re-cut.
+    gather = _digests(_edited_copy(tmp_path, "cutouts.py", "\nGATHER_EDITED = 1\n"))
+    changed = {k for k in base if base[k] != gather[k]}
+    assert changed == {
+        f"{s}/{k}" for s in ("plan_shards", "cutouts") for k in ("mock", "sas", "dir")
+    }
+    # What cut_shard runs is in the cutting code.
+    window = _digests(_edited_copy(tmp_path, "cutouts.py", "\nFRAMES_KEPT = 41\n"))
+    assert all(window[f"cutting/{k}"] != base[f"cutting/{k}"] for k in ("mock", "sas", "dir"))
+
+
+def test_fingerprints_follow_the_objects_and_the_frame_source():
+    objects = _objects(100)
+    plan = plan_shards(objects, shard_size=64, store_shard=32, source=SOURCE)
+    assert len(plan["fingerprints"]) == 4 and len(set(plan["fingerprints"])) == 4
+    again = plan_shards(objects, shard_size=32, store_shard=32, source=SOURCE)
+    assert again["fingerprints"] == plan["fingerprints"]  # jobs of another size, same pixels
+    moved = objects.copy()
+    moved.loc[40, "ra"] += 1e-6
+    moved_plan = plan_shards(moved, shard_size=64, store_shard=32, source=SOURCE)
+    differ = [a != b for a, b in zip(plan["fingerprints"], moved_plan["fingerprints"], strict=True)]
+    assert differ == [False, True, False, False]
+    other = plan_shards(objects, 64, 32, source={**SOURCE, "frame_dir": "other"})
+    assert not set(other["fingerprints"]) & set(plan["fingerprints"])
+
+
+def test_a_replan_keeps_the_store_and_the_jobs_keep_what_they_cut(tmp_path, fake_montage):
+    objects = _objects(100)
+    store = tmp_path / "cutouts.zarr"
+    plan = plan_shards(objects, shard_size=64, store_shard=32, source=SOURCE)
+    assert cutouts.prepare_store(store, 100, 32, plan["fingerprints"])["store"] == "new"
+    first = _cut_all(plan, objects, store, CountingSource(), tmp_path)
+    gather(store, objects, first, {}, plan=plan)
+    before = _files(store)
+
+    # The same plan again (e.g. plan_shards' code edited): nothing is wiped or re-cut.
+    plan = plan_shards(objects, shard_size=64, store_shard=32, source=SOURCE)
+    state = cutouts.prepare_store(store, 100, 32, plan["fingerprints"])
+    assert state == {"store": "kept", "reusable": 4, "to_cut": 0}
+    import zarr
+
+    assert sorted(zarr.open_group(str(store), mode="r").keys()) == ["cut", "images"]  # no gather
+    source = CountingSource()
+    assert _cut_all(plan, objects, store, source, tmp_path) == first
+    assert source.fetched == [] and _files(store) == before
+
+    # One object moved: its Zarr shard alone is cut again.
+    moved = objects.copy()
+    moved.loc[40, "ra"] += 1e-4
+    plan = plan_shards(moved, shard_size=64, store_shard=32, source=SOURCE)
+    assert cutouts.prepare_store(store, 100, 32, plan["fingerprints"])["to_cut"] == 1
+    source = CountingSource()
+    _cut_all(plan, moved, store, source, tmp_path)
+    after = _files(store)
+    assert {k for k in before if after[k] != before[k]} == {"images/c/1/0/0/0"}
+    assert len(source.fetched) > 0
+
+    # New cutting code: every shard is cut again.
+    source = CountingSource()
+    _cut_all(plan, moved, store, source, tmp_path, code="code-2")
+    assert all(after[k][:2] != v[:2] for k, v in _files(store).items())
+    assert cutouts.read_record(store, 0)["code"] == "code-2"
+
+
+def test_a_layout_change_remakes_the_store(tmp_path, fake_montage):
+    objects = _objects(100)
+    store = tmp_path / "cutouts.zarr"
+    plan = plan_shards(objects, 64, 32, source=SOURCE)
+    cutouts.prepare_store(store, 100, 32, plan["fingerprints"])
+    statuses = _cut_all(plan, objects, store, FakeSource(), tmp_path)
+    import zarr
+
+    old = zarr.open_array(str(store / "images"), mode="r")[:]
+    plan16 = plan_shards(objects, 64, 16, source=SOURCE)
+    assert cutouts.prepare_store(store, 100, 16, plan16["fingerprints"])["store"] == "remade"
+    assert not (store / "images" / "c").exists()
+    assert _cut_all(plan16, objects, store, FakeSource(), tmp_path) == statuses
+    gather(store, objects, statuses, {}, plan=plan16)
+    images = zarr.open_array(str(store / "images"), mode="r")
+    assert images.shards[0] == 16 and len(_files(store)) == 7
+    np.testing.assert_array_equal(images[:], old)  # the same pixels in the new layout
+    # another number of objects is another layout too
+    fewer = plan_shards(objects.iloc[:90], 64, 16, source=SOURCE)
+    assert cutouts.prepare_store(store, 90, 16, fewer["fingerprints"])["store"] == "remade"
+
+
+def _flip(path, position: int, bit: int) -> bytes:
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[position] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    return original
+
+
+def test_flipped_bits_in_a_shard_fail_every_read(tmp_path, fake_montage):
+    """60 random single-bit flips in a shard file's chunk data: every read fails (before the
+    CRC32C codec none did: zstd without a checksum decodes damaged bytes to other pixels)."""
+    import zarr
+
+    objects = _objects(32)
+    plan = plan_shards(objects, 32, 32)
+    store = tmp_path / "cutouts.zarr"
+    create_store(store, 32, 32)
+    cut_shard(plan["shards"][0], objects, store, 32, 32, FakeSource(), tmp_path)
+    path = cutouts._shard_file(store, 0)
+    index_bytes = 32 * 16 + 4  # (offset, length) per chunk and the index's own CRC32C
+    rng = np.random.default_rng(19)
+    failed = 0
+    for _ in range(60):
+        position = int(rng.integers(path.stat().st_size - index_bytes))
+        original = _flip(path, position, int(rng.integers(8)))
+        try:
+            zarr.open_array(str(store / "images"), mode="r")[:]
+        except ValueError as exc:
+            failed += "checksum" in str(exc)
+        path.write_bytes(original)
+    assert failed == 60
+
+
+def test_gather_names_a_damaged_or_missing_shard_and_its_objects(tmp_path, fake_montage):
+    objects = _objects(100)
+    store = tmp_path / "cutouts.zarr"
+    plan = plan_shards(objects, 64, 32, source=SOURCE)
+    cutouts.prepare_store(store, 100, 32, plan["fingerprints"])
+    statuses = _cut_all(plan, objects, store, FakeSource(), tmp_path)
+    objid = objects["objid"].to_numpy()
+    span = f"rows 32..63, objid {objid[32]}..{objid[63]}"
+    path = cutouts._shard_file(store, 1)
+
+    original = _flip(path, 1000, 3)
+    with pytest.raises(cutouts.CorruptStoreError) as caught:
+        gather(store, objects, statuses, {})
+    message = str(caught.value)
+    assert str(store) in message and str(path) in message and span in message
+    assert "checksum" in message
+    path.write_bytes(original)
+
+    path.rename(tmp_path / "away")
+    with pytest.raises(cutouts.CorruptStoreError, match=f"{path}.*{span}.*is missing"):
+        gather(store, objects, statuses, {})
+    with pytest.raises(cutouts.CorruptStoreError, match="is missing or not the file"):
+        gather(store, objects, statuses, {}, plan=plan)
+    (tmp_path / "away").rename(path)
+
+    other = plan_shards(objects, 64, 32, source={**SOURCE, "frame_dir": "other"})
+    with pytest.raises(cutouts.CorruptStoreError, match="not recorded as cut for this plan"):
+        gather(store, objects, statuses, {}, plan=other)
+    gather(store, objects, statuses, {}, plan=plan)
+
+
+def test_objects_without_a_usable_field_are_rejects(tmp_path, fake_montage):
+    objects = _objects(40)
+    objects["run"] = objects["run"].astype("float64")
+    objects["camcol"] = objects["camcol"].astype("Int64")
+    objects.loc[3, "run"] = np.nan
+    objects.loc[5, "camcol"] = pd.NA
+    objects.loc[7, "field"] = -1
+    objects.loc[9, "ra"] = np.nan
+    plan = plan_shards(objects, 32, 32, source=SOURCE)
+    assert plan["n_unusable"] == 4
+    assert all(len(s["frames"]) > 0 for s in plan["shards"])
+    store = tmp_path / "cutouts.zarr"
+    cutouts.prepare_store(store, 40, 32, plan["fingerprints"])
+    statuses = _cut_all(plan, objects, store, FakeSource(), tmp_path)
+    bad = {k: statuses[k]["reason"] for k in (3, 5, 7, 9)}
+    assert not any(statuses[k]["ok"] for k in bad)
+    assert "run=nan" in bad[3] and "camcol=<NA>" in bad[5] and "field=-1" in bad[7]
+    assert all("run/camcol/field" in bad[k] for k in (3, 5, 7)) and "ra=nan" in bad[9]
+    gather(store, objects, statuses, {}, plan=plan)  # the rejects are NaN images, as others
+
+
+def test_a_recorded_shard_that_is_damaged_is_cut_again(tmp_path, fake_montage, caplog):
+    objects = _objects(64)
+    store = tmp_path / "cutouts.zarr"
+    plan = plan_shards(objects, 64, 32, source=SOURCE)
+    cutouts.prepare_store(store, 64, 32, plan["fingerprints"])
+    first = _cut_all(plan, objects, store, FakeSource(), tmp_path)
+    good = _files(store)
+    _flip(cutouts._shard_file(store, 1), 5000, 0)
+    source = CountingSource()
+    assert _cut_all(plan, objects, store, source, tmp_path) == first
+    assert "Zarr shard 1 is damaged" in caplog.text and source.fetched
+    fields = {int(name.split("-")[2]) for name in source.fetched}
+    assert fields <= {f + d for f in objects["field"][32:] for d in (-1, 0, 1)}
+    after = _files(store)
+    assert after["images/c/0/0/0/0"] == good["images/c/0/0/0/0"]  # untouched
+    assert after["images/c/1/0/0/0"][2] == good["images/c/1/0/0/0"][2]  # the same bytes again

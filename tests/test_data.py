@@ -26,8 +26,11 @@ N = 40
 SPLIT_CODES = ["train", "val", "unlabeled"]
 
 
-def write_store(path, n: int = N, seed: int = 0, split=None, ok=None):
-    """A tiny store with the contract's layout; image values encode (row, band) for checks."""
+def write_store(path, n: int = N, seed: int = 0, split=None, ok=None, checksums=False):
+    """A tiny store with the contract's layout; image values encode (row, band) for checks.
+    ``checksums``: the images' codecs as the pipeline writes them (zstd, then CRC32C)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     rng = np.random.default_rng(seed)
     images = zarr.create_array(
         store=path,
@@ -37,6 +40,7 @@ def write_store(path, n: int = N, seed: int = 0, split=None, ok=None):
         shards=(16, 5, 107, 107),
         dtype="float32",
         fill_value=np.nan,
+        compressors=[ZstdCodec(level=0, checksum=False), Crc32cCodec()] if checksums else "auto",
     )
     values = rng.uniform(0.5, 1.5, (n, 5, 107, 107)).astype(np.float32)
     values[:, :, 0, 0] = np.arange(n)[:, None]  # row number in a corner pixel
@@ -189,6 +193,40 @@ def test_dataset_refuses_bad_rows(store_path):
         CutoutDataset(path, [], deredden=False)
     with pytest.raises(IndexError):
         CutoutDataset(path, [N], deredden=False)
+
+
+def test_a_damaged_shard_fails_the_read_naming_the_store_shard_and_objects(tmp_path):
+    path = tmp_path / "cutouts.zarr"
+    columns, values = write_store(path, checksums=True)
+    ds = CutoutDataset(path, np.arange(N), deredden=False)
+    shard_file = path / "images" / "c" / "1" / "0" / "0" / "0"
+    span = f"rows 16..31, objid {columns['objid'][16]}..{columns['objid'][31]}"
+    original = shard_file.read_bytes()
+    damaged = bytearray(original)
+    damaged[100] ^= 0x10  # inside the first image of the shard: row 16
+    shard_file.write_bytes(bytes(damaged))
+    with pytest.raises(data.CorruptStoreError) as caught:
+        ds[16]
+    message = str(caught.value)
+    assert str(path) in message and str(shard_file) in message and span in message
+    assert "checksum" in message
+    np.testing.assert_array_equal(ds[17]["image"].numpy(), values[17])  # its own CRC32C: fine
+    with pytest.raises(data.CorruptStoreError, match="rows 16..31"):
+        next(iter(make_loader(ds, 32, shuffle=False, num_workers=0, seed=0, drop_last=False)))
+    shard_file.write_bytes(original)
+    assert open_store(path).image(16).shape == (5, 107, 107)
+
+
+def test_a_missing_shard_fails_the_read_never_nan(tmp_path):
+    path = tmp_path / "cutouts.zarr"
+    columns, _ = write_store(path, checksums=True)
+    shard_file = path / "images" / "c" / "2" / "0" / "0" / "0"
+    shard_file.unlink()
+    ds = CutoutDataset(path, np.arange(N), deredden=False)
+    with pytest.raises(data.CorruptStoreError, match=rf"{shard_file} \(rows 32..39.*is missing"):
+        ds[35]
+    with pytest.raises(data.CorruptStoreError, match="is missing"):
+        open_store(path).image(39)
 
 
 def test_dataset_pickles_after_use(store_path):

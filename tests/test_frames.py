@@ -20,6 +20,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from loopback_server import LoopbackServer, Reply, replies
 
+from ssl_photoz.config import with_defaults
 from ssl_photoz.frames import (
     SAS_FRAME_PATHS,
     CorruptFrameError,
@@ -406,29 +407,27 @@ def test_dir_corrupt_bz2_is_reported_and_leaves_nothing(tmp_path):
 
 # -- the factory ----------------------------------------------------------------------------------
 def test_make_frame_source_from_config(tmp_path, tiny_sky):
+    def cfg(**section):  # the CLI's sections come with the schema's defaults filled in
+        return with_defaults("cutouts", section)
+
     work = tmp_path / "work"
-    mock = make_frame_source({"frame_source": "mock"}, work, sky_dir=tiny_sky)
+    mock = make_frame_source(cfg(frame_source="mock"), work, sky_dir=tiny_sky)
     assert isinstance(mock, MockFrameSource)
     sas = make_frame_source(
-        {
-            "frame_source": "sas",
-            "cache_dir": "cache",
-            "sas_url": "http://x/sas/",
-            "data_release": 17,
-        },
+        cfg(frame_source="sas", cache_dir="cache", sas_url="http://x/sas/", data_release=17),
         work,
         root=tmp_path,
     )
     assert isinstance(sas, SasFrameSource) and sas.cache_dir == tmp_path / "cache"
     assert sas.url(FID_4510, "u").startswith("http://x/sas/dr17/eboss/")
-    folder = make_frame_source({"frame_source": "dir", "frame_dir": str(TRACTOR)}, work)
+    folder = make_frame_source(cfg(frame_source="dir", frame_dir=str(TRACTOR)), work)
     assert isinstance(folder, DirFrameSource) and folder.folder == TRACTOR
     with pytest.raises(ValueError, match="cutouts.frame_dir"):
-        make_frame_source({"frame_source": "dir"}, work)
+        make_frame_source(cfg(frame_source="dir"), work)
     with pytest.raises(ValueError, match="'ftp'"):
-        make_frame_source({"frame_source": "ftp"}, work)
+        make_frame_source(cfg(frame_source="ftp"), work)
     with pytest.raises(ValueError, match="sky_dir"):
-        make_frame_source({"frame_source": "mock"}, work)
+        make_frame_source(cfg(frame_source="mock"), work)
 
 
 def test_frames_module_imports_neither_the_simulation_nor_torch():

@@ -33,6 +33,8 @@ from test_montage import CENTRE, SDSS_SCALE, _aperture_flux, _centroid, _frame_p
 
 from ssl_photoz.cli import build_parser
 from ssl_photoz.cutouts import (
+    MACHINE_KEYS,
+    PLAN_KEYS,
     NoFramesError,
     create_store,
     cut_shard,
@@ -145,20 +147,24 @@ def _cli(*argv: str) -> None:
 
 
 def _run_stage(tmp: Path, objects: pd.DataFrame, section: str) -> dict:
-    """plan-shards, cutouts for every shard, gather: what the workflow's rules run."""
+    """plan-shards, cutouts for every shard, gather: what the workflow's rules run, with the
+    section split as they split it (the machine and network settings through --machine-json)."""
     tmp.mkdir(parents=True, exist_ok=True)
     objects.to_parquet(tmp / "objects.parquet")
     paths = {k: tmp / v for k, v in (("plan", "plan.json"), ("store", "cutouts.zarr"))}
+    given = json.loads(section)
+    plan_part = json.dumps({k: v for k, v in given.items() if k in PLAN_KEYS})
+    machine = json.dumps({k: v for k, v in given.items() if k in MACHINE_KEYS})
     _cli(
-        "plan-shards", "--section-json", section, "--objects", tmp / "objects.parquet",
+        "plan-shards", "--section-json", plan_part, "--objects", tmp / "objects.parquet",
         "--plan", paths["plan"], "--store", paths["store"],
     )  # fmt: skip
     plan = json.loads(paths["plan"].read_text())
     for k in range(plan["n_shards"]):
         _cli(
-            "cutouts", "--section-json", section, "--objects", tmp / "objects.parquet",
-            "--plan", paths["plan"], "--shard", k, "--store", paths["store"],
-            "--out", tmp / "shards" / f"{k}.json",
+            "cutouts", "--section-json", plan_part, "--machine-json", machine,
+            "--objects", tmp / "objects.parquet", "--plan", paths["plan"], "--shard", k,
+            "--store", paths["store"], "--out", tmp / "shards" / f"{k}.json",
         )  # fmt: skip
     _cli(
         "gather", "--section-json", section, "--objects", tmp / "objects.parquet",
@@ -312,6 +318,31 @@ def test_sas_404_for_the_neighbours_finishes_the_shard(objects, real_frames_dir,
     assert absent and all(
         re.search(r"frame-[ugriz]-004510-4-00(28|29|31|32)\.fits\.bz2$", p) for p in absent
     )
+
+
+def test_objects_without_a_usable_field_are_rejects_with_their_reason(
+    objects, real_frames_dir, tmp_path
+):
+    """A NaN or missing run/camcol/field in objects.parquet: a reject in rejects.parquet naming
+    it, not a crash of plan-shards; the other objects are cut as before."""
+    few = _few(objects)
+    few["run"] = few["run"].astype("float64")
+    few["camcol"] = few["camcol"].astype("Int64")
+    few.loc[0, "run"] = np.nan
+    few.loc[1, "camcol"] = pd.NA
+    few.loc[2, "field"] = np.nan
+    section = _section(frame_source="dir", frame_dir=str(real_frames_dir))
+    run = _run_stage(tmp_path / "run", few, section)
+    assert run["plan"]["n_unusable"] == 3
+    rejects = pd.read_parquet(run["tmp"] / "rejects.parquet").set_index("objid")
+    for k, given in ((0, "run=nan"), (1, "camcol=<NA>"), (2, "field=nan")):
+        reason = rejects.loc[few["objid"][k], "reason"]
+        assert given in reason and "run/camcol/field" in reason, reason
+        assert rejects.loc[few["objid"][k], "stage"] == "cutouts"
+    ok = [s["ok"] for s in run["statuses"]]
+    usable = (few["kind"] != "edge").to_numpy().copy()
+    usable[:3] = False
+    assert ok == usable.tolist(), run["statuses"]
 
 
 # ---------------------------------------------------------------- frames that exist but are broken

@@ -21,6 +21,7 @@ from .extinction import deredden_factor
 from .sdss import BANDS
 
 __all__ = [
+    "CorruptStoreError",
     "CutoutDataset",
     "CutoutStore",
     "EmptySelectionError",
@@ -29,6 +30,7 @@ __all__ = [
     "make_loader",
     "open_store",
     "pretrain_indices",
+    "read_image",
 ]
 
 COLUMNS = ("objid", "ra", "dec", "z_spec", "ebv", "split", "fraction_rank", "ok")
@@ -37,6 +39,46 @@ PRETRAIN_SPLITS = ("train", "unlabeled")  # never "val": validation images stay 
 
 class EmptySelectionError(ValueError):
     """A selection of objects that came out empty (a training run on it would mean nothing)."""
+
+
+class CorruptStoreError(ValueError):
+    """An image that should be there cannot be read: its shard file is missing or damaged (a
+    CRC32C mismatch, non-finite pixels). Names the store, the shard file and its objects."""
+
+
+def _shard_of(store_path: Path, images, row: int) -> tuple[Path, str]:
+    """The shard file holding ``row`` and 'shard file <path> (rows 96..127, objid A..B)'."""
+    per = images.shards[0] if images.shards else images.chunks[0]
+    k = row // per
+    start, stop = k * per, min((k + 1) * per, images.shape[0])
+    path = store_path / "images" / images.metadata.encode_chunk_key((k,) + (0,) * (images.ndim - 1))
+    try:
+        objid = zarr.open_array(store_path / "objid", mode="r")[start:stop]
+        span = f", objid {int(objid[0])}..{int(objid[-1])}"
+    except Exception:  # the description must not fail in turn
+        span = ""
+    return path, f"shard file {path} (rows {start}..{stop - 1}{span})"
+
+
+def read_image(images, store_path, row: int) -> np.ndarray:
+    """Row ``row`` of the images array as float32, for an object whose cut-out is ok: a failed
+    read or a non-finite pixel raises ``CorruptStoreError`` (never NaN or zeros silently)."""
+    store_path = Path(store_path)
+    try:
+        image = np.asarray(images[row], dtype=np.float32)
+    except Exception as exc:  # zarr and numcodecs raise several types for damaged bytes
+        _, where = _shard_of(store_path, images, row)
+        raise CorruptStoreError(
+            f"{store_path}: cannot read row {row} from {where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not np.isfinite(image).all():
+        path, where = _shard_of(store_path, images, row)
+        state = "is missing" if not path.exists() else "holds non-finite pixels for it"
+        raise CorruptStoreError(
+            f"{store_path}: row {row} is an ok cut-out but its {where} {state}; rerun that "
+            "shard's cut-out job and gather"
+        )
+    return image
 
 
 @dataclass
@@ -65,6 +107,11 @@ class CutoutStore:
 
     def in_split(self, *names: str) -> np.ndarray:
         return np.isin(self.split, [self.split_code(n) for n in names])
+
+    def image(self, row: int) -> np.ndarray:
+        """One ok object's image (5, 107, 107) float32; a damaged or missing shard raises
+        ``CorruptStoreError`` naming it."""
+        return read_image(self.images, self.path, int(row))
 
 
 def open_store(path) -> CutoutStore:
@@ -172,7 +219,7 @@ class CutoutDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = int(self.indices[i])
-        image = np.asarray(self._image_array()[row], dtype=np.float32)
+        image = read_image(self._image_array(), self.store_path, row)
         if self.flux_factor is not None:
             image = image * self.flux_factor[i][:, None, None]
         return {

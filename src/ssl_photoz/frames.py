@@ -612,17 +612,18 @@ def make_frame_source(
 ) -> FrameSource:
     """The frame source that ``cutouts_cfg`` names.
 
-    Keys: ``frame_source`` (mock | sas | dir); for ``sas``: ``cache_dir`` (required),
-    ``sas_url`` (default the public SAS), ``data_release`` (default 12) and optionally ``rerun``,
+    ``cutouts_cfg`` is a cutouts section with the schema's defaults filled in
+    (``ssl_photoz.config.with_defaults``; the CLI's sections come so). Keys: ``frame_source``
+    (mock | sas | dir); for ``sas``: ``cache_dir``, ``sas_url``, ``data_release``, ``rerun``,
     ``timeout_s``, ``retries``, ``backoff_s``; for ``dir``: ``frame_dir``. ``sky_dir`` is the
-    simulated survey for ``mock``. Relative paths in the config are taken from ``root`` (default:
-    the current folder).
+    simulated survey for ``mock``. Relative paths in the config are taken from ``root``
+    (default: the current folder).
     """
-    kind = cutouts_cfg.get("frame_source", "mock")
+    kind = cutouts_cfg["frame_source"]
     base = Path(root) if root is not None else Path.cwd()
 
     def path_of(key: str) -> Path:
-        value = cutouts_cfg.get(key)
+        value = cutouts_cfg[key]
         if not value:
             raise ValueError(f"cutouts.{key} is required when cutouts.frame_source is {kind!r}")
         return base / Path(value)
@@ -632,17 +633,15 @@ def make_frame_source(
             raise ValueError("cutouts.frame_source 'mock' needs the simulated survey's sky_dir")
         return MockFrameSource(sky_dir, work_dir)
     if kind == "sas":
-        optional = {
-            k: cutouts_cfg[k]
-            for k in ("rerun", "timeout_s", "retries", "backoff_s")
-            if k in cutouts_cfg
-        }
         return SasFrameSource(
             path_of("cache_dir"),
             work_dir,
-            base_url=cutouts_cfg.get("sas_url") or SAS_BASE_URL,
-            data_release=int(cutouts_cfg.get("data_release", DEFAULT_DATA_RELEASE)),
-            **optional,
+            base_url=cutouts_cfg["sas_url"],
+            data_release=int(cutouts_cfg["data_release"]),
+            rerun=cutouts_cfg["rerun"],
+            timeout_s=cutouts_cfg["timeout_s"],
+            retries=cutouts_cfg["retries"],
+            backoff_s=cutouts_cfg["backoff_s"],
         )
     if kind == "dir":
         return DirFrameSource(path_of("frame_dir"), work_dir)

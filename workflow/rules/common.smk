@@ -122,3 +122,38 @@ def final_targets(wildcards):
     if config["source"] == "mock":
         targets += [f"{SKY_DIR}/sky.json", f"{RESULTS}/sky/realism.txt"]
     return targets
+
+
+# -- the cut-out stage: which settings and code are whose trigger (ssl_photoz.cutouts) ----------
+def cutouts_code(step):
+    """The code digest of the step plan_shards or cutouts (ssl_photoz.cutouts.stage_code); the
+    simulator (ssl_photoz.sky.*) counts only when the frames are simulated (frame_source: mock).
+    """
+    from ssl_photoz.cutouts import stage_code as cutouts_stage_code
+
+    return cutouts_stage_code(step, config["cutouts"]["frame_source"])
+
+
+def cutouts_plan_json():
+    """What decides the plan, the pixels and the store's layout: plan_shards' and the jobs'
+    params (frame_source, shard_size, store_shard and that source's own identity keys).
+    """
+    from ssl_photoz.cutouts import plan_settings
+
+    return json.dumps(plan_settings(config["cutouts"]), sort_keys=True)
+
+
+def cutouts_stats_json():
+    """The statistics settings (stats_max_images, seed): the stats rule's params only."""
+    from ssl_photoz.cutouts import stats_settings
+
+    return json.dumps(stats_settings(config["cutouts"]), sort_keys=True)
+
+
+def cutouts_machine_json(wildcards):
+    """The machine and network settings (sas_url, cache_dir, timeout_s, retries, backoff_s) for
+    the cut-out jobs' resources: they reach the command at run time and rerun nothing.
+    """
+    from ssl_photoz.cutouts import machine_settings
+
+    return json.dumps(machine_settings(config["cutouts"]), sort_keys=True)

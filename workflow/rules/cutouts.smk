@@ -1,4 +1,10 @@
 # Stage 2: Montage cut-outs of every object into the sharded Zarr store, then channel statistics.
+# Triggers: plan_shards and the jobs see only what decides the pixels and the layout
+# (cutouts_plan_json) and their code (the simulator's only for frame_source mock); a re-plan keeps
+# the store and the jobs keep the Zarr shards already cut from the same objects, frames and
+# cutting code. The machine and network settings (sas_url, cache_dir, timeout_s, retries,
+# backoff_s) reach the jobs through the resource `machine`, not params: changing them reruns
+# nothing. stats_max_images and seed are the stats rule's alone.
 
 
 checkpoint plan_shards:
@@ -14,8 +20,8 @@ checkpoint plan_shards:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.cutouts", "ssl_photoz.sky.survey"),
-        section=section_json("cutouts"),
+        code=cutouts_code("plan_shards"),
+        section=cutouts_plan_json(),
         store=STORE,
         sky_dir=sky_dir_argument,
     shell:
@@ -43,13 +49,15 @@ rule cutouts:
         # SAS downloads at once: capped by the profile's global sdss_sas (compute nodes then
         # need outbound HTTPS; without it, fetch the frames first and use frame_source: dir).
         sdss_sas=1 if config["cutouts"]["frame_source"] == "sas" else 0,
+        machine=cutouts_machine_json,  # machine and network settings: no rerun trigger
     params:
-        code=stage_code("ssl_photoz.cutouts", "ssl_photoz.frames"),
-        section=section_json("cutouts"),
+        code=cutouts_code("cutouts"),
+        section=cutouts_plan_json(),
         store=STORE,
         sky_dir=sky_dir_argument,
     shell:
-        "ssl-photoz cutouts --section-json {params.section:q} --objects {input.objects}"
+        "ssl-photoz cutouts --section-json {params.section:q}"
+        " --machine-json {resources.machine:q} --objects {input.objects}"
         " --plan {input.plan} --shard {wildcards.shard} --store {params.store}"
         " {params.sky_dir} --out {output.status} > {log} 2>&1"
 
@@ -91,7 +99,7 @@ rule stats:
         "../../envs/pipeline.yaml"
     params:
         code=stage_code("ssl_photoz.cutouts"),
-        section=section_json("cutouts"),
+        section=cutouts_stats_json(),
         store=STORE,
     shell:
         "ssl-photoz stats --section-json {params.section:q} --store {params.store}"
