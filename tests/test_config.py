@@ -84,7 +84,7 @@ def test_label_runs_add_seeds_to_the_lowest_fractions(default_config):
         validate_config(bad)
 
 
-# --- one source of defaults ------------------------------------------------------------------------
+# --- one source of defaults ---------------------------------------------------------------
 
 
 def _defaulted_keys(schema: dict) -> dict[str, object]:
