@@ -15,7 +15,6 @@ anomalies are :mod:`ssl_photoz.search`; Fig. 1 and the anomaly figure are
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .config import crop_size
+from .provenance import file_sha256
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -129,7 +129,7 @@ def compute_embeddings(
         state["config"],
         kind="embeddings",
         checkpoint=str(checkpoint),
-        checkpoint_sha256=_file_sha256(checkpoint),
+        checkpoint_sha256=file_sha256(checkpoint),
         store=str(store_path),
         stats=str(stats_path) if stats_path is not None else None,
         mad=mad,
@@ -157,14 +157,6 @@ def _moco_from_checkpoint(state: dict, path: Path):
     moco = models.build_moco(model_cfg, cfg)
     moco.load_state_dict(state["moco"])
     return moco
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_embeddings(path: Path, table: pd.DataFrame, vectors: np.ndarray, meta: dict) -> None:

@@ -79,6 +79,7 @@ from .frame_errors import (  # noqa: E402
     FrameNotFoundError,
     describe_frame,
 )
+from .provenance import file_sha256  # noqa: E402
 
 __all__ = [
     "CorruptFrameError",
@@ -98,14 +99,6 @@ def frame_name(fid: FieldId, band: str, suffix: str = ".fits.bz2") -> str:
 def _check_band(fid: FieldId, band: str) -> None:
     if band not in BANDS:
         raise ValueError(f"{describe_frame(fid, band)}: band must be one of {BANDS}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Bunzip:
@@ -423,13 +416,13 @@ class SasFrameSource(FrameSource):
             recorded = sidecar.read_text().split()[0]
         except (FileNotFoundError, IndexError):
             recorded = None
-        if recorded is not None and _sha256(cached) == recorded:
+        if recorded is not None and file_sha256(cached) == recorded:
             return True
         if recorded is None:
             # Another process may have published the file but not yet its sidecar: check the
             # content itself before calling it bad.
             if self._content_is_good(cached):
-                self._write_sidecar(cached, _sha256(cached))
+                self._write_sidecar(cached, file_sha256(cached))
                 return True
             why = "no checksum sidecar and the content does not check out"
         else:

@@ -14,6 +14,15 @@ from . import __version__
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks (checkpoints, frames, statistics)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def stable_hash(obj) -> str:
     """SHA-256 of an object's canonical JSON (sorted keys), or of a string as is."""
     text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)

@@ -52,7 +52,7 @@ from . import augment, codehash, data, models
 from . import precision as precision_mod
 from .atomic import atomic_path, write_json
 from .config import crop_size
-from .provenance import stable_hash
+from .provenance import file_sha256, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +161,6 @@ INPUT_NAMES = {  # the inputs of a run's fingerprint, as the log names them
 }
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def store_digest(store_path: Path, manifest: Path | None = None) -> str:
     """The identity of a cut-out store, cheap whatever its size: sha256 over the manifest's bytes
     (when given), the bytes of every store file but the image chunks (the Zarr metadata, whose
@@ -209,9 +200,9 @@ def run_inputs(
     (fine-tuning)."""
     inputs = {"code": code_digest(), "store": store_digest(store_path, manifest)}
     if stats_path is not None:
-        inputs["stats"] = file_digest(stats_path)
+        inputs["stats"] = file_sha256(stats_path)
     if pretrained is not None:
-        inputs["pretrained"] = file_digest(pretrained)
+        inputs["pretrained"] = file_sha256(pretrained)
     return inputs
 
 
