@@ -47,7 +47,8 @@ def rule_command(store, stats, out: Path, processes: int, launcher: str, threads
             gpu=0, gpu_ids="auto", ddp_processes=processes, ddp_launcher=launcher, precision="fp32"
         ),
         params=SimpleNamespace(store=q(str(store)), device="cpu"),
-        input=SimpleNamespace(stats=q(str(stats))),
+        # The manifest is part of the run's inputs (its digest); any fixed file does here.
+        input=SimpleNamespace(stats=q(str(stats)), manifest=q(str(stats))),
         output=SimpleNamespace(model=q(str(out / "model.pt")), summary=q(str(out / "s.json"))),
         log=q(str(out / "pretrain.log")),
         threads=threads,
