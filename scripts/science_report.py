@@ -23,8 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ssl_photoz import kinds  # noqa: E402 (the model kinds: names, order)
+
 FIGURES = ("fig2_sigma_vs_fraction.png", "fig2_label_efficiency.png", "dz_vs_zspec.png")
-NAMES = {"colours_knn": "colours 10-NN", "supervised": "supervised CNN", "finetune": "MoCo + FT"}
+SUP, SSL, KNN = kinds.SUPERVISED, kinds.SELF_SUPERVISED, kinds.CATALOGUE_BASELINE
 # Issue 13's targets.
 SUPERVISED_WITHIN = 0.10  # supervised CNN at the largest label set vs colours kNN
 SSL_GAIN = 0.15  # MoCo + fine-tune vs supervised at the two lowest fractions
@@ -85,14 +87,17 @@ def results_table(results: Path) -> tuple[pd.DataFrame, list[str]]:
         run = json.loads(path.read_text())
         fraction = _fraction_of(path.parent)
         n_train[fraction] = run["n_train"]
+    # The baselines, then the networks, each in summary.md's order.
+    columns = [k.name for k in sorted(kinds.table_order(), key=lambda k: k.image)]
     lines = [
-        "| label fraction | labels | colours 10-NN | supervised CNN | MoCo + FT "
-        "| MoCo + FT vs supervised |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| label fraction | labels | "
+        + " | ".join(kinds.get(k).report_name for k in columns)
+        + f" | {kinds.get(SSL).report_name} vs supervised |",
+        "| --- | --- |" + " --- |" * (len(columns) + 1),
     ]
     for fraction in sorted(summary["fraction"].dropna().unique()):
         cells = {}
-        for kind in ("colours_knn", "supervised", "finetune"):
+        for kind in columns:
             row = summary[(summary["kind"] == kind) & (summary["fraction"] == fraction)]
             if not len(row):
                 cells[kind] = "-"
@@ -104,9 +109,9 @@ def results_table(results: Path) -> tuple[pd.DataFrame, list[str]]:
                 cells[kind] += f" [{one['sigma_mad_lo']:.4f}, {one['sigma_mad_hi']:.4f}]"
         gain = _gain(summary, fraction)
         lines.append(
-            f"| {fraction:g} | {n_train.get(fraction, '-')} | {cells['colours_knn']} "
-            f"| {cells['supervised']} | {cells['finetune']} "
-            f"| {'-' if gain is None else f'{100 * gain:+.1f} %'} |"
+            f"| {fraction:g} | {n_train.get(fraction, '-')} | "
+            + " | ".join(cells[kind] for kind in columns)
+            + f" | {'-' if gain is None else f'{100 * gain:+.1f} %'} |"
         )
     return summary, lines
 
@@ -118,31 +123,33 @@ def _row(summary, kind, fraction):
 
 def _gain(summary, fraction) -> float | None:
     """Relative sigma_MAD improvement of MoCo + FT over supervised (positive: MoCo better)."""
-    sup, ft = _row(summary, "supervised", fraction), _row(summary, "finetune", fraction)
+    sup, ft = _row(summary, SUP, fraction), _row(summary, SSL, fraction)
     if sup is None or ft is None:
         return None
     return 1.0 - ft["sigma_mad_mean"] / sup["sigma_mad_mean"]
 
 
 def targets(summary: pd.DataFrame, probe: pd.DataFrame) -> list[str]:
-    fractions = sorted(summary[summary["kind"] == "supervised"]["fraction"].unique())
+    fractions = sorted(summary[summary["kind"] == SUP]["fraction"].unique())
     lines = ["| target | measured | verdict |", "| --- | --- | --- |"]
     top = fractions[-1]
-    sup, knn = _row(summary, "supervised", top), _row(summary, "colours_knn", top)
+    sup, knn = _row(summary, SUP, top), _row(summary, KNN, top)
     ratio = sup["sigma_mad_mean"] / knn["sigma_mad_mean"]
     lines.append(
-        f"| supervised CNN within {100 * SUPERVISED_WITHIN:.0f} % of colours 10-NN at "
+        f"| {kinds.get(SUP).report_name} within {100 * SUPERVISED_WITHIN:.0f} % of "
+        f"{kinds.get(KNN).report_name} at "
         f"{top:g} of the labels | {sup['sigma_mad_mean']:.4f} vs {knn['sigma_mad_mean']:.4f} "
         f"({100 * (ratio - 1):+.1f} %) | {'met' if ratio <= 1 + SUPERVISED_WITHIN else 'missed'} |"
     )
     for fraction in fractions[:2]:
-        sup, ft = _row(summary, "supervised", fraction), _row(summary, "finetune", fraction)
+        sup, ft = _row(summary, SUP, fraction), _row(summary, SSL, fraction)
         gain = 1.0 - ft["sigma_mad_mean"] / sup["sigma_mad_mean"]
         diff = sup["sigma_mad_mean"] - ft["sigma_mad_mean"]
         spread = max(_std(sup), _std(ft))
         met = gain >= SSL_GAIN and diff > 2 * spread
         lines.append(
-            f"| MoCo + FT at least {100 * SSL_GAIN:.0f} % better than supervised at {fraction:g}, "
+            f"| {kinds.get(SSL).report_name} at least {100 * SSL_GAIN:.0f} % better than "
+            f"supervised at {fraction:g}, "
             f"difference > 2 x the seeds' spread | {ft['sigma_mad_mean']:.4f} vs "
             f"{sup['sigma_mad_mean']:.4f}: {100 * gain:+.1f} %, difference {diff:.4f} vs "
             f"2 x {spread:.4f} | {'met' if met else 'missed'} |"
@@ -201,9 +208,9 @@ def training_curves(results: Path, out: Path) -> None:
             [(h["epoch"] + 1) * per_epoch for h in scored],
             [h["sigma_mad"] for h in scored],
             color=colours[fractions.index(fraction) % len(colours)],
-            linestyle="-" if run["kind"] == "finetune" else "--",
+            linestyle="-" if run["kind"] == SSL else "--",
             alpha=0.8,
-            label=f"{NAMES[run['kind']]} {fraction:g}"
+            label=f"{kinds.get(run['kind']).report_name} {fraction:g}"
             if path.parent.name.endswith("_s0")
             else None,
         )

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import explore_assets
+from . import explore_assets, kinds
 from .atomic import atomic_path
 from .pdf_metrics import pit  # the shared PIT (re-exported)
 
@@ -80,13 +80,16 @@ def load_predictions(paths) -> dict[str, pd.DataFrame]:
 
 
 def _model_order(names) -> list[str]:
-    """Fine-tuned runs, then supervised ones, then the rest; by label fraction (largest first)."""
+    """The image models in the registry's order (fine-tuned runs, then supervised ones), then
+    the rest; by label fraction (largest first)."""
+    networks = kinds.names(family="image")
 
     def key(name: str):
-        kind = name.split("_f")[0]
-        rank = {"finetune": 0, "supervised": 1}.get(kind, 2)
+        registered = kinds.kind_of(name)
+        kind = registered.name if registered else name.split("_f")[0]
+        rank = networks.index(kind) if kind in networks else len(networks)
         try:
-            fraction = -float(name.split("_f")[1].split("_s")[0])
+            fraction = -float(name[len(kind) :].split("_f")[1].split("_s")[0])
         except (IndexError, ValueError):
             fraction = 0.0
         return rank, fraction, name

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from . import kinds
 from .atomic import atomic_path
 from .metrics import OUTLIER_THRESHOLD, delta_z, photoz_metrics
 
@@ -43,14 +44,10 @@ __all__ = [
 ]
 
 DPI = 120
-SSL_KIND, SUP_KIND, KNN_KIND = "finetune", "supervised", "colours_knn"
-KIND_LABELS = {
-    SSL_KIND: "self-supervised (MoCo v2 + fine-tune)",
-    SUP_KIND: "supervised (from scratch)",
-    KNN_KIND: "colours kNN",
-}
+# The kinds' labels, colours and markers are in the registry (ssl_photoz.kinds), read at each
+# call; the label-efficiency comparison is between these two:
+SSL_KIND, SUP_KIND = kinds.SELF_SUPERVISED, kinds.SUPERVISED
 RUN_LABEL = "each run: 68% bootstrap interval"
-KIND_COLOURS = {SSL_KIND: "tab:blue", SUP_KIND: "tab:orange", KNN_KIND: "tab:green"}
 
 # Published values on the real SDSS MGS, as listed in DESIGN.md ("The paper in numbers"): only the
 # full-label (100 %) results are given there, so they are drawn as points at fraction 1.
@@ -240,6 +237,36 @@ def _fraction_axis(ax, fractions: Iterable[float]) -> None:
 # --- Fig. 2 left: sigma_MAD against the label fraction ------------------------------------------
 
 
+def _baseline_curve(ax, rows: pd.DataFrame, kind: kinds.Kind, fractions: set) -> None:
+    """An unseeded baseline (its ``rows`` of the metrics summary) as a dashed curve over the label
+    fractions, or a horizontal line where it has no fraction; nothing without rows."""
+    per_fraction = rows[np.isfinite(rows["fraction"].to_numpy(float))].sort_values("fraction")
+    if not per_fraction.empty:
+        # Scored at every label fraction on the image models' training objects: a curve.
+        x = per_fraction["fraction"].to_numpy(float)
+        fractions.update(x)
+        ax.plot(
+            x,
+            per_fraction["sigma_mad_mean"].to_numpy(float),
+            color=kind.colour,
+            ls="--",
+            marker=kind.marker,
+            ms=5,
+            lw=1.8,
+            label=f"{kind.label}: same training labels per fraction",
+            zorder=3,
+        )
+    elif not rows.empty:  # an older run: one baseline on every label
+        level = float(rows["sigma_mad_mean"].mean())
+        ax.axhline(
+            level,
+            color=kind.colour,
+            ls="--",
+            lw=1.8,
+            label=f"{kind.label} (all labels): {level:.4f}",
+        )
+
+
 def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -> Path:
     """sigma_MAD against the label fraction: self-supervised and supervised, mean over seeds with
     the seed standard deviation as error bars; the colours kNN at each label fraction (trained on
@@ -250,7 +277,12 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
     SDSS values (only 100 % numbers are known: points at fraction 1, and the colours-NN level).
     """
     frame, name = _table(summary, SUMMARY_COLUMNS, "metrics summary")
-    curves = {k: _kind_rows(frame, k, name, "metrics summary") for k in (SSL_KIND, SUP_KIND)}
+    # The seeded kinds as curves: the compared pair must be there, any other where it ran.
+    curves = {
+        k: _kind_rows(frame, k.name, name, "metrics summary")
+        for k in kinds.KINDS
+        if k.seeds and (k.name in (SSL_KIND, SUP_KIND) or (frame["kind"] == k.name).any())
+    }
     runs = None
     if metrics is not None:
         runs, _ = _table(metrics, METRICS_COLUMNS, "metrics table")
@@ -258,7 +290,6 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
     fig = _new_figure(8.0, 6.6)
     ax = fig.add_subplot()
     fractions = set()
-    dodge = {SSL_KIND: 1 / 1.04, SUP_KIND: 1.04}  # side by side where the points coincide
     for kind, rows in curves.items():
         x = rows["fraction"].to_numpy(float)
         fractions.update(x)
@@ -271,15 +302,15 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
         n = rows["n_seeds"].to_numpy(int) if "n_seeds" in rows else np.ones(len(y), int)
         seeds = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
         if np.isfinite(std).any():
-            label = f"{KIND_LABELS[kind]}: mean, bars = std of {seeds} seeds"
+            label = f"{kind.label}: mean, bars = std of {seeds} seeds"
         else:
-            label = f"{KIND_LABELS[kind]}: {seeds} seed (no std)"
+            label = f"{kind.label}: {seeds} seed (no std)"
         ax.errorbar(
-            x * dodge[kind],
+            x * kind.dodge,  # side by side where the points coincide
             y,
             yerr=np.where(np.isfinite(std), std, 0.0),
-            color=KIND_COLOURS[kind],
-            marker="o",
+            color=kind.colour,
+            marker=kind.marker,
             ms=6,
             lw=2,
             capsize=4,
@@ -287,18 +318,18 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
             zorder=3,
         )
         if runs is not None:
-            single = runs[runs["kind"] == kind]
+            single = runs[runs["kind"] == kind.name]
             if not single.empty and {"sigma_mad_lo", "sigma_mad_hi"} <= set(single.columns):
                 sy = single["sigma_mad"].to_numpy(float)
                 err = np.vstack(
                     [sy - single["sigma_mad_lo"].to_numpy(float), single["sigma_mad_hi"] - sy]
                 )
                 ax.errorbar(
-                    single["fraction"].to_numpy(float) * dodge[kind],
+                    single["fraction"].to_numpy(float) * kind.dodge,
                     sy,
                     yerr=np.clip(err, 0, None),
                     fmt="none",
-                    ecolor=KIND_COLOURS[kind],
+                    ecolor=kind.colour,
                     alpha=0.25,
                     lw=7,
                     zorder=2,
@@ -306,32 +337,8 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
     if runs is not None:
         ax.add_patch(Rectangle((np.nan, np.nan), 0, 0, color="grey", alpha=0.35, label=RUN_LABEL))
 
-    knn = frame[frame["kind"] == KNN_KIND]
-    per_fraction = knn[np.isfinite(knn["fraction"].to_numpy(float))].sort_values("fraction")
-    if not per_fraction.empty:
-        # Scored at every label fraction on the image models' training objects: a curve.
-        x = per_fraction["fraction"].to_numpy(float)
-        fractions.update(x)
-        ax.plot(
-            x,
-            per_fraction["sigma_mad_mean"].to_numpy(float),
-            color=KIND_COLOURS[KNN_KIND],
-            ls="--",
-            marker="s",
-            ms=5,
-            lw=1.8,
-            label=f"{KIND_LABELS[KNN_KIND]}: same training labels per fraction",
-            zorder=3,
-        )
-    elif not knn.empty:  # an older run: one colours kNN on every label
-        level = float(knn["sigma_mad_mean"].mean())
-        ax.axhline(
-            level,
-            color=KIND_COLOURS[KNN_KIND],
-            ls="--",
-            lw=1.8,
-            label=f"{KIND_LABELS[KNN_KIND]} (all labels): {level:.4f}",
-        )
+    for kind in (k for k in kinds.KINDS if not k.seeds):
+        _baseline_curve(ax, frame[frame["kind"] == kind.name], kind, fractions)
 
     if paper:
         grey = "0.45"
@@ -346,15 +353,15 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
             (
                 "hayat_finetune",
                 "D",
-                KIND_COLOURS[SSL_KIND],
-                dodge[SSL_KIND],
+                kinds.get(SSL_KIND).colour,
+                kinds.get(SSL_KIND).dodge,
                 "Hayat+21 (SDSS) self-sup.",
             ),
             (
                 "hayat_supervised",
                 "s",
-                KIND_COLOURS[SUP_KIND],
-                dodge[SUP_KIND],
+                kinds.get(SUP_KIND).colour,
+                kinds.get(SUP_KIND).dodge,
                 "Hayat+21 (SDSS) supervised",
             ),
             ("pasquet_cnn", "^", grey, 1.1, "Pasquet+19 (SDSS) CNN"),
@@ -380,7 +387,8 @@ def plot_sigma_vs_fraction(summary, out_png, metrics=None, paper: bool = True) -
     ax.set_title(r"Photo-z scatter against the label fraction (validation set)")
     ax.grid(True, which="both", alpha=0.25)
     handles, labels = ax.get_legend_handles_labels()
-    ours = (KIND_LABELS[SSL_KIND], KIND_LABELS[SUP_KIND], RUN_LABEL, KIND_LABELS[KNN_KIND])
+    # Ours first: the curves, the single runs, the baselines.
+    ours = (*(k.label for k in curves), RUN_LABEL, *(k.label for k in kinds.KINDS if not k.seeds))
     rank = [next((k for k, p in enumerate(ours) if t.startswith(p)), len(ours)) for t in labels]
     order = sorted(range(len(labels)), key=lambda k: (rank[k], k))
     fig.legend(
@@ -430,7 +438,7 @@ def plot_label_efficiency(eff, out_png) -> Path:
         zorder=0,
         label="< 1: self-supervised worse than supervised at the same fraction",
     )
-    colour = KIND_COLOURS[SSL_KIND]
+    colour = kinds.get(SSL_KIND).colour
     order = np.argsort(x[exact])
     ax.plot(x[exact][order], y[exact][order], color=colour, lw=1.2, alpha=0.5, zorder=2)
     if exact.any():
@@ -649,17 +657,17 @@ def choose_best_models(metrics, predictions) -> list[tuple[str, Path]]:
     if not by_stem:
         raise ValueError(f"{predictions}: no prediction Parquet files")
     chosen = []
-    for kind in (SSL_KIND, SUP_KIND, KNN_KIND):
-        rows = frame[(frame["kind"] == kind) & frame["model"].isin(list(by_stem))]
+    for kind in kinds.KINDS:
+        rows = frame[(frame["kind"] == kind.name) & frame["model"].isin(list(by_stem))]
         if rows.empty:
-            if kind == KNN_KIND:
+            if kind.name not in (SSL_KIND, SUP_KIND):  # the compared pair must be there
                 continue
             raise ValueError(
-                f"{name}: no {kind!r} run with a prediction file among {sorted(by_stem)}"
+                f"{name}: no {kind.name!r} run with a prediction file among {sorted(by_stem)}"
             )
         best = rows.loc[rows["sigma_mad"].idxmin()]
-        label = KIND_LABELS[kind]
-        if kind != KNN_KIND:
+        label = kind.label
+        if kind.seeds:
             label += f"\nbest run: {_percent(float(best['fraction']))} labels, seed {best['seed']}"
         elif np.isfinite(float(best["fraction"])):
             label += f"\nbest: {_percent(float(best['fraction']))} labels"
@@ -907,12 +915,12 @@ def _read_pdf_objects(path) -> tuple[pd.DataFrame, dict]:
     return table.to_pandas(), meta
 
 
-def _pdf_models(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """(kind, model) of the lowest-mean-CRPS run of each classifier kind in the table."""
+def _pdf_models(frame: pd.DataFrame) -> list[tuple[kinds.Kind, str]]:
+    """(kind, model) of the lowest-mean-CRPS run of each kind with PDFs in the table."""
     out = []
     scores = frame.groupby("model")["crps"].mean() if "crps" in frame else None
-    for kind in (SSL_KIND, SUP_KIND):
-        names = sorted(m for m in frame["model"].unique() if m.split("_")[0] == kind)
+    for kind in (k for k in kinds.KINDS if k.pdf):
+        names = sorted(m for m in frame["model"].unique() if kinds.kind_of(m) == kind)
         if names:
             best = min(names, key=lambda m: scores[m]) if scores is not None else names[0]
             out.append((kind, best))
@@ -939,9 +947,9 @@ def plot_pit_histograms(pdf_objects, out_png) -> Path:
             label="uniform: expected +- 2 sigma",
         )
         ax.axhline(expected, color="0.5", lw=0.8)
-        ax.hist(pit, bins=PIT_BINS, range=(0, 1), color=KIND_COLOURS[kind], alpha=0.8)
+        ax.hist(pit, bins=PIT_BINS, range=(0, 1), color=kind.colour, alpha=0.8)
         outside = np.mean((pit < 1e-4) | (pit > 1 - 1e-4))
-        ax.set_title(f"{KIND_LABELS[kind]}\n{model}: N = {n}, PIT outside: {100 * outside:.2g}%")
+        ax.set_title(f"{kind.label}\n{model}: N = {n}, PIT outside: {100 * outside:.2g}%")
         ax.set_xlabel("PIT = CDF(z_spec)")
         ax.set_ylabel("objects per bin")
         ax.set_xlim(0, 1)
@@ -962,9 +970,10 @@ def plot_coverage(pdf_objects, out_png) -> Path:
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8, label="calibrated")
     labelled = set()
     for model, rows in frame.groupby("model", sort=True):
-        kind = str(model).split("_")[0]
-        colour = KIND_COLOURS.get(kind, "0.3")
-        label = KIND_LABELS.get(kind, kind) if kind not in labelled else None
+        registered = kinds.kind_of(str(model))
+        kind = registered.name if registered else str(model).split("_")[0]
+        colour = registered.colour if registered else "0.3"
+        label = (registered.label if registered else kind) if kind not in labelled else None
         labelled.add(kind)
         ax.plot(nominal, coverage(rows["hdr_level"].to_numpy(float), nominal), color=colour,
                 lw=1.0, alpha=0.8, label=label)  # fmt: skip
@@ -1012,7 +1021,7 @@ def plot_pdf_examples(pdf_objects, predictions, out_png, n_examples: int = 6, se
             p = pdfs[model].loc[obj["objid"]].to_numpy()
             p = p / p.sum()
             edges = np.linspace(z_min, z_max, len(p) + 1)
-            ax.stairs(p / np.diff(edges), edges, color=KIND_COLOURS[kind], label=KIND_LABELS[kind])
+            ax.stairs(p / np.diff(edges), edges, color=kind.colour, label=kind.label)
         ax.axvline(obj["z_spec"], color="k", lw=1.0, label="z_spec")
         ax.set_title(f"objid {int(obj['objid'])}, PIT {obj['pit']:.2f}", fontsize="small")
         ax.set_xlabel("z")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import kinds
 from .atomic import atomic_path
 from .config import crop_size, with_defaults
 
@@ -38,11 +39,11 @@ SCIENCE_POINTER = (
     "docs/science.md of the repository."
 )
 
-KIND_NAMES = {
-    "supervised": "ours, supervised",
-    "finetune": "ours, MoCo v2 + fine-tuning",
-    "colours_knn": "ours, colours 10-NN",
-}
+
+def _kind_name(kind: str) -> str:
+    """The method column's text for a kind (its registry entry's summary_name)."""
+    registered = kinds.kind_of(kind)
+    return registered.summary_name if registered and registered.name == kind else kind
 
 
 def _fmt(value, digits: int = 5) -> str:
@@ -80,12 +81,12 @@ def _main_table(summary: pd.DataFrame, n_val: int, arch: str) -> list[str]:
     full = summary[
         (summary["fraction"].isna()) | (summary["fraction"] == summary["fraction"].max())
     ]
-    for kind in ("supervised", "finetune", "colours_knn"):
-        rows = full[full["kind"] == kind]
+    for kind in kinds.table_order():
+        rows = full[full["kind"] == kind.name]
         if rows.empty:
             continue
         row = rows.iloc[0]
-        name = KIND_NAMES[kind] + (f" ({arch})" if kind != "colours_knn" else "")
+        name = kind.summary_name + (f" ({arch})" if kind.image else "")
         lines.append(
             f"| **{name}** | {_mean_std(row, 'sigma_mad', 5)} | {_mean_std(row, 'eta', 2)} "
             f"| {_fmt(float(row['bias_mean']), 5)} | {n_val:,} | {int(row['n_seeds'])} |"
@@ -94,17 +95,20 @@ def _main_table(summary: pd.DataFrame, n_val: int, arch: str) -> list[str]:
 
 
 def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> list[str]:
-    pivot = summary[summary["kind"].isin(["supervised", "finetune", "colours_knn"])]
-    fractions = sorted(pivot[pivot["kind"] != "colours_knn"]["fraction"].dropna().unique())
+    columns = kinds.table_order()
+    pivot = summary[summary["kind"].isin([k.name for k in columns])]
+    seeded = [k.name for k in columns if k.seeds]  # the fractions are the trained models'
+    fractions = sorted(pivot[pivot["kind"].isin(seeded)]["fraction"].dropna().unique())
     lines = [
-        "| label fraction | supervised sigma_MAD | MoCo + fine-tune sigma_MAD "
-        "| colours 10-NN sigma_MAD (same labels) | label-efficiency factor |",
-        "| --- | --- | --- | --- | --- |",
+        "| label fraction | "
+        + " | ".join(k.fraction_column for k in columns)
+        + " | label-efficiency factor |",
+        "| --- |" + " --- |" * (len(columns) + 1),
     ]
     for fraction in fractions:
         cells = []
-        for kind in ("supervised", "finetune", "colours_knn"):
-            row = pivot[(pivot["kind"] == kind) & (pivot["fraction"] == fraction)]
+        for kind in columns:
+            row = pivot[(pivot["kind"] == kind.name) & (pivot["fraction"] == fraction)]
             cells.append(_mean_std(row.iloc[0], "sigma_mad", 5) if len(row) else "-")
         factor = "-"
         if efficiency is not None:
@@ -116,7 +120,7 @@ def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> l
                 bound = ">= " if row.get("lower_bound", False) else ""
                 bound = "<= " if row.get("upper_bound", False) else bound
                 factor = f"{bound}{value:.2f}x"
-        lines.append(f"| {fraction:g} | {cells[0]} | {cells[1]} | {cells[2]} | {factor} |")
+        lines.append(f"| {fraction:g} | " + " | ".join(cells) + f" | {factor} |")
     return lines
 
 
@@ -146,7 +150,7 @@ def _pdf_section(summary: pd.DataFrame) -> list[str]:
     ]
     for _, row in rows.sort_values(["kind", "fraction"]).iterrows():
         lines.append(
-            f"| {KIND_NAMES.get(row['kind'], row['kind'])} | {float(row['fraction']):g} "
+            f"| {_kind_name(row['kind'])} | {float(row['fraction']):g} "
             f"| {_mean_std(row, 'crps', 5)} | {_fmt(float(row['pit_ks_mean']), 3)} "
             f"| {_fmt(float(row['pit_cvm_mean']), 4)} "
             f"| {_fmt(100 * float(row['pit_outlier_fraction_mean']), 2)} "

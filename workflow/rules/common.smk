@@ -2,8 +2,8 @@
 import json
 import os
 
+from ssl_photoz import kinds
 from ssl_photoz.codehash import code_digest
-from ssl_photoz.config import label_runs
 
 # The Snakefile has filled the schema's defaults and validated the config (ssl_photoz.config).
 
@@ -45,22 +45,22 @@ def training_device(resources):
 
 
 def model_runs():
-    """Every (kind, fraction, seed) training run of the config."""
+    """Every (kind, fraction, seed) training run of the config: the kinds trained by a rule of
+    their own, one model per label fraction and seed (ssl_photoz.kinds)."""
     return [
-        (kind, fraction, seed)
-        for kind in ("finetune", "supervised")
-        for fraction, seed in label_runs(config["labels"])
+        (kind.name, fraction, seed)
+        for kind in kinds.KINDS
+        if kind.train_rule is not None
+        for fraction, seed in kind.runs(config["labels"])
     ]
 
 
 def prediction_files(wildcards):
-    files = [
-        f"{RESULTS}/predictions/{kind}_f{fraction}_s{seed}.parquet"
-        for kind, fraction, seed in model_runs()
-    ]
-    return files + [
-        f"{RESULTS}/predictions/colours_knn_f{fraction}.parquet"
-        for fraction in config["labels"]["fractions"]
+    """Every registered kind's prediction files, kind by kind in the registry's order."""
+    return [
+        f"{RESULTS}/predictions/{kind.stem(fraction, seed)}.parquet"
+        for kind in kinds.KINDS
+        for fraction, seed in kind.runs(config["labels"])
     ]
 
 
@@ -70,6 +70,11 @@ def training_summaries(wildcards):
         f"{RESULTS}/models/{kind}/f{fraction}_s{seed}/summary.json"
         for kind, fraction, seed in model_runs()
     ]
+
+
+def predict_kinds():
+    """The wildcard constraint of the predict rule: the kinds it serves (ssl_photoz.kinds)."""
+    return "|".join(kinds.names(rule="predict"))
 
 
 def query_inputs(wildcards):

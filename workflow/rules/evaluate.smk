@@ -13,7 +13,7 @@ rule predict:
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{kind}}_f{{fraction}}_s{{seed}}.tsv"
     wildcard_constraints:
-        kind="finetune|supervised",
+        kind=predict_kinds(),
         fraction=r"[0-9.]+",
         seed=r"\d+",
     conda:
