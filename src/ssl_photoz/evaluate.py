@@ -22,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import kinds
 from .atomic import atomic_path
 from .metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from .pdf_metrics import pdf_object_table, pdf_scores
@@ -104,13 +103,6 @@ def bootstrap_interval(z_phot, z_spec, n_boot: int = 200, seed: int = 0) -> dict
     }
 
 
-def _kind_of(name: str) -> str:
-    """A prediction file's kind from its name (``finetune_f1.0_s0``: ``finetune``) where its
-    metadata names none: the registered kind (ssl_photoz.kinds) it begins with, else the name."""
-    registered = kinds.kind_of(name)
-    return registered.name if registered else name
-
-
 def evaluate(
     prediction_files: list[Path],
     objects: pd.DataFrame,
@@ -155,7 +147,7 @@ def evaluate(
             )
         row = {
             "model": name,
-            "kind": meta.get("model") or _kind_of(name),
+            "kind": meta.get("model", name),
             "fraction": float(meta["fraction"]) if "fraction" in meta else np.nan,
             "seed": int(meta["seed"]) if "seed" in meta else -1,
             **photoz_metrics(pred["z_phot"], pred["z_spec"]),

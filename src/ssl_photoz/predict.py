@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import kinds
 from .atomic import atomic_path
 from .baselines import colour_features, knn_photoz
 from .config import crop_size
@@ -57,11 +56,7 @@ def predict_classifier(
     dev = torch.device(device)
     chosen = precision_mod.resolve(precision, dev, cfg["model"])
     log.info("predict: %s", chosen.describe())
-    # The run's recipe (its kind's config section, ssl_photoz.kinds): its bins. A checkpoint
-    # that names no kind has the fine-tuning section.
-    registered = kinds.kind_of(str(cfg.get("kind")))
-    section = registered.section if registered else cfg.get("kind")
-    recipe = cfg.get(section, cfg.get(kinds.get(kinds.SELF_SUPERVISED).section))
+    recipe = cfg.get(cfg.get("kind"), cfg.get("finetune"))  # the run's section: its bins
     net = models.RedshiftClassifier(
         models.backbone_from_config(cfg["model"]),
         n_bins=recipe["n_bins"],
@@ -146,11 +141,6 @@ def predict_colours(
         objects["z_spec"].to_numpy()[val],
         z_phot,
         None,
-        {
-            "model": kinds.CATALOGUE_BASELINE,
-            "k": k,
-            "fraction": fraction,
-            "n_train": int(train.sum()),
-        },
+        {"model": "colours_knn", "k": k, "fraction": fraction, "n_train": int(train.sum())},
     )
     return int(val.sum())
