@@ -18,7 +18,7 @@ import importlib.util
 from functools import cache, lru_cache
 from pathlib import Path
 
-__all__ = ["code_digest", "module_closure"]
+__all__ = ["code_digest", "digest_of", "imports_of", "module_closure", "syntax_tree"]
 
 PACKAGE = "ssl_photoz"
 
@@ -93,13 +93,28 @@ def _tree(name: str) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def module_closure(*entry_modules: str) -> list[str]:
-    """Every package module the entries import, transitively, with their parent packages."""
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def syntax_tree(name: str) -> ast.Module:
+    """The parsed module ``name`` (cached; never imported)."""
+    return _tree(name)
+
+
+def imports_of(name: str) -> set[str]:
+    """The package modules that module ``name`` imports anywhere in its body."""
+    return _imports(name, _tree(name))
+
+
+def module_closure(*entry_modules: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Every package module the entries import, transitively, with their parent packages; the
+    modules under ``exclude`` (package names) and what only they import are left out."""
     seen: set[str] = set()
     todo = list(entry_modules)
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or _under(name, exclude):
             continue
         if name.split(".")[0] != PACKAGE:
             raise ValueError(f"{name!r} is not a module of {PACKAGE}")
@@ -109,10 +124,16 @@ def module_closure(*entry_modules: str) -> list[str]:
     return sorted(seen)
 
 
-def code_digest(*entry_modules: str) -> str:
-    """A short sha256 over the syntax trees of ``module_closure(*entry_modules)``."""
+def digest_of(modules, extra: str = "") -> str:
+    """A short sha256 over the syntax trees of ``modules`` (sorted), then ``extra``."""
     digest = hashlib.sha256()
-    for name in module_closure(*entry_modules):
+    for name in sorted(modules):
         digest.update(name.encode())
         digest.update(ast.dump(_tree(name), include_attributes=False).encode())
+    digest.update(extra.encode())
     return digest.hexdigest()[:16]
+
+
+def code_digest(*entry_modules: str, exclude: tuple[str, ...] = ()) -> str:
+    """A short sha256 over the syntax trees of ``module_closure(*entry_modules, exclude=...)``."""
+    return digest_of(module_closure(*entry_modules, exclude=exclude))

@@ -187,47 +187,24 @@ STEP_ENTRIES = {
 }
 
 
-def _is_simulator(name: str) -> bool:
-    return name == SIMULATOR or name.startswith(SIMULATOR + ".")
-
-
 def code_modules(frame_source: str, *entries: str) -> list[str]:
     """The package modules ``entries`` run with this frame source: what they import, directly or
     not (``ssl_photoz.codehash``), with the simulator (``ssl_photoz.sky.*``: the mock footprint
     the plan reads, the renderer the frames come from) only when ``frame_source`` is ``mock``;
     the real frame sources never reach it."""
-    from .codehash import _imports, _tree, module_closure
+    from .codehash import module_closure
 
     if frame_source == "mock":
         return module_closure(*entries, f"{SIMULATOR}.survey")
-    seen: set[str] = set()
-    todo = list(entries)
-    while todo:
-        name = todo.pop()
-        if name in seen or _is_simulator(name):
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo.extend(".".join(parts[:k]) for k in range(1, len(parts)))
-        todo.extend(_imports(name, _tree(name)))
-    return sorted(seen)
-
-
-def _digest(modules, extra: str = "") -> str:
-    from .codehash import _tree
-
-    digest = hashlib.sha256()
-    for name in sorted(modules):
-        digest.update(name.encode())
-        digest.update(ast.dump(_tree(name), include_attributes=False).encode())
-    digest.update(extra.encode())
-    return digest.hexdigest()[:16]
+    return module_closure(*entries, exclude=(SIMULATOR,))
 
 
 def stage_code(step: str, frame_source: str) -> str:
     """The ``code`` param of rule ``plan_shards`` or ``cutouts`` (Snakemake's code trigger):
     the digest of ``code_modules`` of the step, the simulator counted only for ``mock``."""
-    return _digest(code_modules(frame_source, *STEP_ENTRIES[step]))
+    from .codehash import digest_of
+
+    return digest_of(code_modules(frame_source, *STEP_ENTRIES[step]))
 
 
 def _reached_definitions(tree: ast.Module, roots) -> list[ast.stmt]:
@@ -262,16 +239,16 @@ def cutting_code(frame_source: str) -> str:
     ``cut_shard`` reaches and the modules it runs (the frame sources, Montage; the simulator only
     for ``mock``). Planning, gather, the statistics and the package's version are not in it, so
     an edit there reruns the jobs (their ``code`` param) but re-cuts nothing."""
-    from .codehash import _imports, _tree
+    from .codehash import digest_of, imports_of, syntax_tree
 
-    tree = _tree(__name__)
-    entries = {m for m in _imports(__name__, tree) if m != __name__} | {"ssl_photoz.frames"}
+    tree = syntax_tree(__name__)
+    entries = {m for m in imports_of(__name__) if m != __name__} | {"ssl_photoz.frames"}
     modules = [m for m in code_modules(frame_source, *entries) if m not in ("ssl_photoz", __name__)]
     cutting = "".join(
         ast.dump(node, include_attributes=False)
         for node in _reached_definitions(tree, ("cut_shard",))
     )
-    return _digest(modules, extra=cutting)
+    return digest_of(modules, extra=cutting)
 
 
 # -- planning ---------------------------------------------------------------------------------
