@@ -2,7 +2,7 @@
 # Thin entry point: config, schema validation, includes and the final targets.
 from snakemake.utils import min_version
 
-from ssl_photoz.config import prepare_config
+from ssl_photoz.core.config import prepare_config
 
 min_version("9.0")
 

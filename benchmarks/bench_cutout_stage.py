@@ -43,7 +43,7 @@ def sky_config(region: str) -> dict:
 
 
 def ensure_sky(cfg: dict, sky_dir: Path) -> Path:
-    from ssl_photoz.sky.survey import META_NAME, SkySettings, build_survey
+    from ssl_photoz.surveys.sdss.sky.survey import META_NAME, SkySettings, build_survey
 
     want = SkySettings.from_config(cfg).to_json()
     meta = sky_dir / META_NAME
@@ -60,7 +60,7 @@ def mgs_objects(sky_dir: Path) -> pd.DataFrame:
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
-    from ssl_photoz.sky.survey import DB_NAME
+    from ssl_photoz.surveys.sdss.sky.survey import DB_NAME
 
     con = duckdb.connect(str(sky_dir / DB_NAME), read_only=True)
     try:
@@ -84,9 +84,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the jobs here")
     args = parser.parse_args()
 
-    from ssl_photoz.cutouts import create_store, cut_shard, plan_shards
-    from ssl_photoz.frames import MockFrameSource
-    from ssl_photoz.sky.survey import MockSky
+    from ssl_photoz.cutouts.stage import create_store, cut_shard, plan_shards
+    from ssl_photoz.surveys.sdss.frames import MockFrameSource
+    from ssl_photoz.surveys.sdss.sky.survey import MockSky
 
     cfg = sky_config(args.region)
     sky_dir = args.sky_dir or Path(tempfile.gettempdir()) / f"ssl-photoz-bench-sky-{args.region}"

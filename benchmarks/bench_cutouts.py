@@ -4,7 +4,8 @@
 
 Same run, same objects (stars and other sources of SDSS field 4510-4-0030 whose patch lies inside
 the frame), same output grid. The naive method projects each whole (decompressed) frame onto
-the object's header, once per object and band. The piecewise method (ssl_photoz.montage.cutout)
+the object's header, once per object and band. The piecewise method
+(ssl_photoz.cutouts.montage.cutout)
 includes its one-off per-field cost (prepare_frame on the decompressed frames) in its time.
 CPU time is process time (MontagePy runs in-process). Copy the table into docs/benchmarks.md.
 """
@@ -25,8 +26,8 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from MontagePy.main import mProjectPP
 
-from ssl_photoz.montage import BANDS, check_status, cutout, prepare_frame, write_header
-from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
+from ssl_photoz.cutouts.montage import BANDS, check_status, cutout, prepare_frame, write_header
+from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
 
 
 def pick_objects(frame: Path, catalogue: Path, n: int) -> list[tuple[float, float]]:

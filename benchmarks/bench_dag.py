@@ -37,7 +37,7 @@ PAPER_LABELED, PAPER_UNLABELED = 502_977, 1_194_779
 def synthetic_objects(n: int, seed: int = 0) -> pd.DataFrame:
     """``n`` objects sorted by objID (field order) in about 430,000 fields (800 runs x 6 camcols x
     90 fields), about SDSS's 14,555 deg^2 of imaging in 0.034 deg^2 fields."""
-    from ssl_photoz.sdss import pack_objid, unpack_objid
+    from ssl_photoz.surveys.sdss.conventions import pack_objid, unpack_objid
 
     rng = np.random.default_rng(seed)
     runs = np.sort(rng.choice(np.arange(94, 8200), 800, replace=False))

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import zarr
 
-from ssl_photoz.augment import MocoViews
-from ssl_photoz.data import CutoutDataset, make_loader, open_store, pretrain_indices
+from ssl_photoz.learn.augment import MocoViews
+from ssl_photoz.learn.data import CutoutDataset, make_loader, open_store, pretrain_indices
 
 MAD = [0.0188, 0.0076, 0.0115, 0.0185, 0.0783]  # the small real store's stats.json
 SHARD = 64

@@ -13,9 +13,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from ssl_photoz.sky.conditions import field_conditions
-from ssl_photoz.sky.footprint import BANDS, FRAME_HEIGHT_DEG, FRAME_WIDTH_DEG, Footprint
-from ssl_photoz.sky.render import FAINT_MAG, FrameModel, render_frame
+from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
+from ssl_photoz.surveys.sdss.sky.footprint import (
+    BANDS,
+    FRAME_HEIGHT_DEG,
+    FRAME_WIDTH_DEG,
+    Footprint,
+)
+from ssl_photoz.surveys.sdss.sky.render import FAINT_MAG, FrameModel, render_frame
 
 
 def synthetic_sources(

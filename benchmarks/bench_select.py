@@ -3,7 +3,8 @@
     python benchmarks/bench_select.py                     # 0.55 M labeled + 1.2 M unlabeled rows
     python benchmarks/bench_select.py --labeled 55000 --unlabeled 120000
 
-The synthetic catalogue has every column of the packaged queries (src/ssl_photoz/query/queries/
+The synthetic catalogue has every column of the packaged queries
+(src/ssl_photoz/surveys/sdss/query/queries/
 {labeled,unlabeled}.sql), about 8 % repeat spectra, a third of the unlabeled rows also in the
 labeled query, positions over the whole sky (so the latitude cut bites) and a sprinkling of
 NaN / -9999 values. It is built and selected in a fresh child process, so ru_maxrss is that
@@ -30,7 +31,7 @@ CHILD = textwrap.dedent(
     import pandas as pd
     sys.path.insert(0, sys.argv[3])
     from bench_select import synthetic_catalog
-    from ssl_photoz.select import select_catalog, write_selection
+    from ssl_photoz.catalog.select import select_catalog, write_selection
 
     def peak_gb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -63,7 +64,7 @@ def synthetic_catalog(n_labeled: int, n_unlabeled: int, seed: int = 0):
     import pandas as pd
     from astropy.coordinates import SkyCoord
 
-    from ssl_photoz.sdss import BANDS, pack_objid
+    from ssl_photoz.surveys.sdss.conventions import BANDS, pack_objid
 
     rng = np.random.default_rng(seed)
     n_lab_obj = int(n_labeled / 1.088)  # DR12: 547,224 spectra of 502,977 objects
@@ -97,7 +98,7 @@ def synthetic_catalog(n_labeled: int, n_unlabeled: int, seed: int = 0):
     }
     colour = np.array([1.8, 0.8, 0.0, -0.4, -0.7])
     for k, band in enumerate(BANDS):
-        # SDSS's extinction_x: SFD98 coefficients times E(B-V) (ssl_photoz.extinction)
+        # SDSS's extinction_x: SFD98 coefficients times E(B-V) (ssl_photoz.surveys.sdss.extinction)
         ext = ext_r * (np.array([5.155, 3.793, 2.751, 2.086, 1.479])[k] / 2.751)
         photo[f"petroMag_{band}"] = r0 + colour[k] + ext + rng.normal(0, 0.1, n_obj)
         photo[f"petroMagErr_{band}"] = rng.uniform(0.005, 0.1, n_obj)

@@ -11,7 +11,7 @@ learned embeddings have low intrinsic dimension, which is what approximate index
 fresh draws from the same distribution (like validation galaxies against the training pool).
 
 Measured in one process, on the same data: the exact FAISS flat inner-product index of
-ssl_photoz.faiss_index against numpy brute force (one matrix-vector product, argpartition and a
+ssl_photoz.similarity.index against numpy brute force (one matrix-vector product, argpartition and a
 sort per query), one query at a time and all queries in one batch; then an approximate IVF-flat
 index (and HNSW with ``--hnsw``) at several probe settings with its recall@k against the exact
 search; with ``--pipeline-index``, what ``faiss_index.write_index`` builds at this size (its build
@@ -98,7 +98,7 @@ def main() -> None:
 
     import faiss
 
-    from ssl_photoz import faiss_index as sim
+    from ssl_photoz.similarity import index as sim
 
     print(
         f"# {args.n:,} x {args.dim}-d {args.structure} unit vectors, {args.queries} queries, "

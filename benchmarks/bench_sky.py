@@ -24,8 +24,8 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     from pathlib import Path
     import duckdb
-    from ssl_photoz.config import load_config
-    from ssl_photoz.sky.survey import build_survey
+    from ssl_photoz.core.config import load_config
+    from ssl_photoz.surveys.sdss.sky.survey import build_survey
 
     cfg = load_config(sys.argv[1])
     out = Path(sys.argv[2])

@@ -26,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ssl_photoz import precision as precision_mod
-from ssl_photoz.models import MoCo, RedshiftClassifier, build_backbone, info_nce
+from ssl_photoz.learn import precision as precision_mod
+from ssl_photoz.learn.models import MoCo, RedshiftClassifier, build_backbone, info_nce
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ssl_photoz import kinds  # noqa: E402 (the model kinds: names, order)
+from ssl_photoz.core import kinds  # noqa: E402 (the model kinds: names, order)
 
 FIGURES = ("fig2_sigma_vs_fraction.png", "fig2_label_efficiency.png", "dz_vs_zspec.png")
 SUP, SSL, KNN = kinds.SUPERVISED, kinds.SELF_SUPERVISED, kinds.CATALOGUE_BASELINE

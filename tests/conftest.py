@@ -12,7 +12,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Real SDSS files the tests read (tests/data/real/MANIFEST.md); the ones the package itself
-# reads (the MGS sample, the 4510-4-0030 frames) are package data: ssl_photoz.refdata.
+# reads (the MGS sample, the 4510-4-0030 frames) are package data: ssl_photoz.surveys.sdss.refdata.
 REAL_DATA = PROJECT_ROOT / "tests" / "data" / "real"
 BIN = Path(sys.executable).parent
 
@@ -45,14 +45,14 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def real_frames_dir() -> Path:
     """The packaged strip of the five real frames of field 4510-4-0030 and its stars."""
-    from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
+    from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
 
     return real_path(*FRAMES_4510_4_0030)
 
 
 @pytest.fixture(scope="session")
 def real_mgs_path() -> Path:
-    from ssl_photoz.refdata import MGS_SAMPLE, real_path
+    from ssl_photoz.surveys.sdss.refdata import MGS_SAMPLE, real_path
 
     return real_path(*MGS_SAMPLE)
 
@@ -75,7 +75,7 @@ VALIDATION_SKY = {
 
 @pytest.fixture(scope="session")
 def tiny_sky(tmp_path_factory) -> Path:
-    from ssl_photoz.sky.survey import build_survey
+    from ssl_photoz.surveys.sdss.sky.survey import build_survey
 
     out = tmp_path_factory.mktemp("tiny_sky")
     build_survey(TINY_SKY, out)
@@ -84,7 +84,7 @@ def tiny_sky(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def validation_sky(tmp_path_factory) -> Path:
-    from ssl_photoz.sky.survey import build_survey
+    from ssl_photoz.surveys.sdss.sky.survey import build_survey
 
     out = tmp_path_factory.mktemp("validation_sky")
     build_survey(VALIDATION_SKY, out)

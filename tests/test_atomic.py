@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ssl_photoz.atomic import atomic_path, write_json
+from ssl_photoz.core.atomic import atomic_path, write_json
 
 
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):

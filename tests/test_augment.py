@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_photoz import augment
-from ssl_photoz.augment import (
+from ssl_photoz.learn import augment
+from ssl_photoz.learn.augment import (
     EvalTransform,
     FinetuneAugment,
     MocoViews,
@@ -24,7 +24,7 @@ from ssl_photoz.augment import (
     rotate,
     rotate_crop,
 )
-from ssl_photoz.extinction import SF11_VECTOR
+from ssl_photoz.surveys.sdss.extinction import SF11_VECTOR
 
 SIZE = 107
 CENTRE = SIZE // 2  # 53: the middle pixel

@@ -17,7 +17,7 @@ import pytest
 import requests
 from loopback_server import CasJobsEmulator, LoopbackServer, Reply, redirect, replies
 
-from ssl_photoz.query.casjobs import (
+from ssl_photoz.surveys.sdss.query.casjobs import (
     CasJobsAuthError,
     CasJobsClient,
     CasJobsError,
@@ -29,7 +29,7 @@ from ssl_photoz.query.casjobs import (
     into_table,
     read_casjobs_csv,
 )
-from ssl_photoz.query.http_errors import (
+from ssl_photoz.surveys.sdss.query.http_errors import (
     QueryError,
     RemoteQueryError,
     RetriesExhaustedError,

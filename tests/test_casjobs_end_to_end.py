@@ -20,14 +20,14 @@ import pytest
 from labeled_reference import labeled_specobjids
 from loopback_server import CasJobsEmulator, LoopbackServer, redirect
 
-from ssl_photoz.query.casjobs import (
+from ssl_photoz.surveys.sdss.query.casjobs import (
     CasJobsClient,
     CasJobsError,
     CasJobsJobError,
     CasJobsRedirectError,
 )
-from ssl_photoz.query.run import run_duckdb, run_query
-from ssl_photoz.query.sql import load_query
+from ssl_photoz.surveys.sdss.query.run import run_duckdb, run_query
+from ssl_photoz.surveys.sdss.query.sql import load_query
 
 TOKEN = "e2e-T0KEN-1d2c"
 PAGE_ROWS = 9

@@ -10,23 +10,25 @@ import sys
 import pytest
 from conftest import PROJECT_ROOT
 
-from ssl_photoz.codehash import code_digest, module_closure
+from ssl_photoz.core.codehash import code_digest, module_closure
 
 
 def test_closure_follows_imports_inside_functions_and_parent_packages():
-    closure = module_closure("ssl_photoz.train")
-    assert {"ssl_photoz.models", "ssl_photoz.augment", "ssl_photoz.data"} <= set(closure)
-    assert not any(m.startswith("ssl_photoz.sky") for m in closure)
+    closure = module_closure("ssl_photoz.learn.train")
+    assert {"ssl_photoz.learn.models", "ssl_photoz.learn.augment", "ssl_photoz.learn.data"} <= set(
+        closure
+    )
+    assert not any(m.startswith("ssl_photoz.surveys.sdss.sky") for m in closure)
     assert "ssl_photoz.cli" not in closure
-    sky = module_closure("ssl_photoz.sky.survey")
-    assert "ssl_photoz.sky" in sky and "ssl_photoz.sky.render" in sky
+    sky = module_closure("ssl_photoz.surveys.sdss.sky.survey")
+    assert "ssl_photoz.surveys.sdss.sky" in sky and "ssl_photoz.surveys.sdss.sky.render" in sky
 
 
 def test_computing_the_digest_imports_nothing_heavy():
     code = (
-        "import sys; from ssl_photoz.codehash import code_digest; "
-        "code_digest('ssl_photoz.train', 'ssl_photoz.cutouts'); "
-        "print(sorted(m for m in ('torch', 'zarr', 'ssl_photoz.train') if m in sys.modules))"
+        "import sys; from ssl_photoz.core.codehash import code_digest; "
+        "code_digest('ssl_photoz.learn.train', 'ssl_photoz.cutouts.stage'); "
+        "print(sorted(m for m in ('torch', 'zarr', 'ssl_photoz.learn.train') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -39,15 +41,18 @@ def test_unknown_module_is_an_error():
         module_closure("numpy")
 
 
-def _digests_of_a_copy(tmp_path, edit: str | None, module: str = "models.py") -> dict[str, str]:
+def _digests_of_a_copy(
+    tmp_path, edit: str | None, module: str = "learn/models.py"
+) -> dict[str, str]:
     copy = tmp_path / "src"
     shutil.copytree(PROJECT_ROOT / "src" / "ssl_photoz", copy / "ssl_photoz")
     if edit is not None:
         path = copy / "ssl_photoz" / module
         path.write_text(path.read_text() + edit)
     code = (
-        "import json; from ssl_photoz.codehash import code_digest; print(json.dumps({m: "
-        "code_digest(m) for m in ('ssl_photoz.train', 'ssl_photoz.evaluate', 'ssl_photoz.select')"
+        "import json; from ssl_photoz.core.codehash import code_digest; print(json.dumps({m: "
+        "code_digest(m) for m in ('ssl_photoz.learn.train', 'ssl_photoz.evaluate.scores', "
+        "'ssl_photoz.catalog.select')"
         "}))"
     )
     out = subprocess.run(
@@ -62,10 +67,12 @@ def _digests_of_a_copy(tmp_path, edit: str | None, module: str = "models.py") ->
 
 def test_an_edit_changes_the_digests_of_the_stages_that_import_it_only(tmp_path):
     before = _digests_of_a_copy(tmp_path / "a", None)
-    assert before["ssl_photoz.train"] == code_digest("ssl_photoz.train")
+    assert before["ssl_photoz.learn.train"] == code_digest("ssl_photoz.learn.train")
     comment = _digests_of_a_copy(tmp_path / "b", "\n# only a comment\n")
     assert comment == before
     code = _digests_of_a_copy(tmp_path / "c", "\nNEW_CONSTANT = 1\n")
-    assert code["ssl_photoz.train"] != before["ssl_photoz.train"]  # train imports models
-    assert code["ssl_photoz.evaluate"] == before["ssl_photoz.evaluate"]
-    assert code["ssl_photoz.select"] == before["ssl_photoz.select"]
+    assert (
+        code["ssl_photoz.learn.train"] != before["ssl_photoz.learn.train"]
+    )  # train imports models
+    assert code["ssl_photoz.evaluate.scores"] == before["ssl_photoz.evaluate.scores"]
+    assert code["ssl_photoz.catalog.select"] == before["ssl_photoz.catalog.select"]

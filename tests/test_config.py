@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT
 
-from ssl_photoz.config import ConfigError, load_config, validate_config, validate_section
+from ssl_photoz.core.config import ConfigError, load_config, validate_config, validate_section
 
 
 @pytest.fixture()
@@ -68,7 +68,7 @@ def test_every_config_in_configs_is_valid():
 
 
 def test_label_runs_add_seeds_to_the_lowest_fractions(default_config):
-    from ssl_photoz.config import label_runs
+    from ssl_photoz.core.config import label_runs
 
     labels = {"fractions": [1.0, 0.02, 0.05, 0.4], "seeds": [0]}
     assert label_runs(labels) == [(1.0, 0), (0.02, 0), (0.05, 0), (0.4, 0)]
@@ -111,7 +111,7 @@ def test_no_module_restates_a_schema_default():
     from it): the loader fills every default, so the code indexes the key instead."""
     import ast
 
-    from ssl_photoz.config import load_schema
+    from ssl_photoz.core.config import load_schema
 
     keys = _defaulted_keys(load_schema())
     assert {"crop_size", "bn_splits", "casjobs_url", "anomaly_k"} <= set(keys)
@@ -133,7 +133,7 @@ def test_no_module_restates_a_schema_default():
 
 
 def test_the_loader_fills_every_default_for_snakemake_and_the_cli_alike(tmp_path):
-    from ssl_photoz.config import load_schema, prepare_config
+    from ssl_photoz.core.config import load_schema, prepare_config
 
     raw = yaml.safe_load((PROJECT_ROOT / "configs" / "paper.yaml").read_text())
     for section in ("explore", "similarity", "probe"):

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_photoz import cutouts
-from ssl_photoz.cutouts import (
+from ssl_photoz.cutouts import stage as cutouts
+from ssl_photoz.cutouts.stage import (
     IMAGE_SIZE,
     channel_mad,
     create_store,
@@ -22,7 +22,7 @@ from ssl_photoz.cutouts import (
     plan_shards,
     write_zarr_shard,
 )
-from ssl_photoz.sdss import FieldId, pack_objid
+from ssl_photoz.surveys.sdss.conventions import FieldId, pack_objid
 
 
 def _objects(n: int) -> pd.DataFrame:
@@ -69,7 +69,7 @@ class PartialSource(FakeSource):
         self.broken = broken
 
     def fetch(self, fid, band, window=None):
-        from ssl_photoz.frames import CorruptFrameError, FrameNotFoundError
+        from ssl_photoz.surveys.sdss.frames import CorruptFrameError, FrameNotFoundError
 
         name = f"{fid.run}-{fid.camcol}-{fid.field}-{band}"
         self.asked[name] = self.asked.get(name, 0) + 1
@@ -82,7 +82,7 @@ class PartialSource(FakeSource):
 
 @pytest.fixture()
 def fake_montage(monkeypatch):
-    """A stand-in for ssl_photoz.montage: deterministic images; objids ending in 7 fail."""
+    """A stand-in for ssl_photoz.cutouts.montage: deterministic images; objids ending in 7 fail."""
 
     class IncompleteCutout(RuntimeError):
         pass
@@ -97,7 +97,7 @@ def fake_montage(monkeypatch):
         return rng.normal(size=(5, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
 
     module = types.SimpleNamespace(cutout=cutout, IncompleteCutout=IncompleteCutout, calls=[])
-    monkeypatch.setitem(sys.modules, "ssl_photoz.montage", module)
+    monkeypatch.setitem(sys.modules, "ssl_photoz.cutouts.montage", module)
     return module
 
 
@@ -129,7 +129,7 @@ def test_plan_rejects_bad_sizes_and_unsorted_objects():
 
 
 def test_plan_with_the_mock_footprint_finds_overlapping_fields(tiny_sky):
-    from ssl_photoz.sky.survey import MockSky
+    from ssl_photoz.surveys.sdss.sky.survey import MockSky
 
     sky = MockSky(tiny_sky)
     fp = sky.footprint
@@ -252,7 +252,7 @@ def test_absent_frames_are_left_out_and_asked_for_once(tmp_path, fake_montage):
 
 
 def test_an_unreadable_frame_fails_the_job(tmp_path, fake_montage):
-    from ssl_photoz.frames import CorruptFrameError
+    from ssl_photoz.surveys.sdss.frames import CorruptFrameError
 
     objects = _objects(64)
     plan = plan_shards(objects, shard_size=64, store_shard=32)
@@ -274,8 +274,8 @@ def test_mock_frames_still_cut_through_montage(tmp_path, tiny_sky):
     """The simulated source: windows of the planned frames, real Montage, all objects cut."""
     import zarr
 
-    from ssl_photoz.frames import MockFrameSource
-    from ssl_photoz.sky.survey import MockSky
+    from ssl_photoz.surveys.sdss.frames import MockFrameSource
+    from ssl_photoz.surveys.sdss.sky.survey import MockSky
 
     fp = MockSky(tiny_sky).footprint
     ra_c, dec_c = fp.field_centre(5001, 3, 15)
@@ -337,7 +337,7 @@ def _cut_all(plan, objects, store, source, tmp_path, code="code-1"):
 
 
 def test_settings_are_split_into_pixels_machine_and_statistics():
-    from ssl_photoz.config import load_schema
+    from ssl_photoz.core.config import load_schema
 
     keys = set(load_schema()["properties"]["cutouts"]["properties"])
     parts = [set(cutouts.PLAN_KEYS), set(cutouts.MACHINE_KEYS), set(cutouts.STATS_KEYS)]
@@ -355,7 +355,7 @@ def test_settings_are_split_into_pixels_machine_and_statistics():
 
 
 def test_settings_parts_are_validated():
-    from ssl_photoz.config import ConfigError
+    from ssl_photoz.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="stats_max_images"):
         cutouts.settings_part({"seed": 1}, cutouts.STATS_KEYS)
@@ -374,7 +374,7 @@ def test_settings_parts_are_validated():
 def _digests(package_root) -> dict:
     """Every cut-out digest, computed from the package at ``package_root`` (a fresh process)."""
     code = (
-        "import json; from ssl_photoz import cutouts as c; print(json.dumps({f'{s}/{k}': "
+        "import json; from ssl_photoz.cutouts import stage as c; print(json.dumps({f'{s}/{k}': "
         "c.stage_code(s, k) for s in ('plan_shards', 'cutouts') for k in ('mock', 'sas', 'dir')}"
         " | {f'cutting/{k}': c.cutting_code(k) for k in ('mock', 'sas', 'dir')}))"
     )
@@ -401,25 +401,27 @@ def test_the_simulator_counts_in_the_digests_only_for_mock_frames(tmp_path):
     from conftest import PROJECT_ROOT
 
     base = _digests(PROJECT_ROOT / "src")
-    render = _digests(_edited_copy(tmp_path, "sky/render.py", "\nRENDER_EDITED = 1\n"))
+    render = _digests(_edited_copy(tmp_path, "surveys/sdss/sky/render.py", "\nRENDER_EDITED = 1\n"))
     changed = {k for k in base if base[k] != render[k]}
     assert changed == {"plan_shards/mock", "cutouts/mock", "cutting/mock"}, changed
     for kind in ("sas", "dir"):
         modules = cutouts.code_modules(kind, *cutouts.STEP_ENTRIES["cutouts"])
-        assert "ssl_photoz.frames" in modules and not any("sky" in m for m in modules)
-    assert "ssl_photoz.sky.render" in cutouts.code_modules("mock", "ssl_photoz.cutouts")
+        assert "ssl_photoz.surveys.sdss.frames" in modules and not any("sky" in m for m in modules)
+    assert "ssl_photoz.surveys.sdss.sky.render" in cutouts.code_modules(
+        "mock", "ssl_photoz.cutouts.stage"
+    )
     # frames.py: the jobs' code and the pixels, not the plan.
-    frames = _digests(_edited_copy(tmp_path, "frames.py", "\nFRAMES_EDITED = 1\n"))
+    frames = _digests(_edited_copy(tmp_path, "surveys/sdss/frames.py", "\nFRAMES_EDITED = 1\n"))
     changed = {k for k in base if base[k] != frames[k]}
     assert changed == {f"{s}/{k}" for s in ("cutouts", "cutting") for k in ("mock", "sas", "dir")}
     # Planning or gather code in cutouts.py: both rules rerun, no Zarr shard is re-cut.
-    gather = _digests(_edited_copy(tmp_path, "cutouts.py", "\nGATHER_EDITED = 1\n"))
+    gather = _digests(_edited_copy(tmp_path, "cutouts/stage.py", "\nGATHER_EDITED = 1\n"))
     changed = {k for k in base if base[k] != gather[k]}
     assert changed == {
         f"{s}/{k}" for s in ("plan_shards", "cutouts") for k in ("mock", "sas", "dir")
     }
     # What cut_shard runs is in the cutting code.
-    window = _digests(_edited_copy(tmp_path, "cutouts.py", "\nFRAMES_KEPT = 41\n"))
+    window = _digests(_edited_copy(tmp_path, "cutouts/stage.py", "\nFRAMES_KEPT = 41\n"))
     assert all(window[f"cutting/{k}"] != base[f"cutting/{k}"] for k in ("mock", "sas", "dir"))
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import zarr
 
-from ssl_photoz import data
-from ssl_photoz.data import (
+from ssl_photoz.learn import data
+from ssl_photoz.learn.data import (
     CutoutDataset,
     EmptySelectionError,
     labeled_indices,
@@ -20,7 +20,7 @@ from ssl_photoz.data import (
     open_store,
     pretrain_indices,
 )
-from ssl_photoz.extinction import SF11_VECTOR
+from ssl_photoz.surveys.sdss.extinction import SF11_VECTOR
 
 N = 40
 SPLIT_CODES = ["train", "val", "unlabeled"]

@@ -22,8 +22,8 @@ import torch
 from conftest import PROJECT_ROOT
 from test_train import MODEL, PRETRAIN, tiny_store  # noqa: F401 (a fixture)
 
-from ssl_photoz import gpu_slots
-from ssl_photoz.train import load_checkpoint
+from ssl_photoz.learn import gpu_slots
+from ssl_photoz.learn.train import load_checkpoint
 
 BIN = Path(sys.executable).parent
 SECTIONS = {"model": MODEL, "pretrain": {**PRETRAIN, "epochs": 2}}

@@ -7,12 +7,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ssl_photoz.baselines import colour_features, knn_photoz
-from ssl_photoz.config import with_defaults
-from ssl_photoz.evaluate import bootstrap_interval, evaluate, read_predictions
-from ssl_photoz.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
-from ssl_photoz.predict import predict_colours, write_predictions
-from ssl_photoz.sky.validate import load_real_mgs
+from ssl_photoz.baselines.colours_knn import colour_features, knn_photoz
+from ssl_photoz.core.config import with_defaults
+from ssl_photoz.evaluate.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
+from ssl_photoz.evaluate.predict import predict_colours, write_predictions
+from ssl_photoz.evaluate.scores import bootstrap_interval, evaluate, read_predictions
+from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs
 
 # The PDF bins of the classifiers (finetune's) and the evaluate section's metric bins.
 BINS = {"z_min": 0.0, "z_max": 0.4, **with_defaults("evaluate", {})}

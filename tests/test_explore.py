@@ -1,4 +1,5 @@
-"""The galaxy explorer (ssl_photoz.explore): its data, the PIT, the sample, and the page in a real
+"""The galaxy explorer (ssl_photoz.report.explore): its data, the PIT, the sample, and the page in
+a real
 headless Chromium (skipped where none is installed, unless SSL_PHOTOZ_REQUIRE_BROWSER=1)."""
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import pytest
 from conftest import BIN, tool_env
 from test_data import write_store
 
-from ssl_photoz import explore
-from ssl_photoz.config import with_defaults
-from ssl_photoz.data import open_store
-from ssl_photoz.embeddings import write_embeddings
-from ssl_photoz.faiss_index import write_index
-from ssl_photoz.predict import write_predictions
-from ssl_photoz.search import anomalies, query_neighbours
+from ssl_photoz.core.config import with_defaults
+from ssl_photoz.evaluate.predict import write_predictions
+from ssl_photoz.learn.data import open_store
+from ssl_photoz.report import explore
+from ssl_photoz.similarity.embeddings import write_embeddings
+from ssl_photoz.similarity.index import write_index
+from ssl_photoz.similarity.search import anomalies, query_neighbours
 
 N = 60
 Z_MIN, Z_MAX, N_BINS = 0.0, 0.4, 180
@@ -180,7 +181,7 @@ def test_the_page_holds_every_validation_galaxy_with_its_redshifts(synthetic_run
 def test_neighbours_and_anomaly_scores_are_the_search_modules(synthetic_run, site):
     data = _page_data(site[0])
     emb_path = synthetic_run["embeddings"]
-    from ssl_photoz.embeddings import load_embeddings
+    from ssl_photoz.similarity.embeddings import load_embeddings
 
     emb = load_embeddings(emb_path)
     every = anomalies(emb.vectors, k=10, n=len(emb.vectors), catalog=emb.table)
@@ -199,7 +200,7 @@ def test_neighbours_and_anomaly_scores_are_the_search_modules(synthetic_run, sit
 def test_every_picture_is_the_gri_centre_crop_as_jpeg(synthetic_run, site):
     from PIL import Image
 
-    from ssl_photoz.images import gri_image, store_cutouts
+    from ssl_photoz.cutouts.pictures import gri_image, store_cutouts
 
     data = _page_data(site[0])
     wanted = {g["objid"] for g in data["galaxies"]}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from ssl_photoz.extinction import (
+from ssl_photoz.surveys.sdss.extinction import (
     EXTINCTION_COLUMNS,
     SF11_VECTOR,
     SFD98_VECTOR,

@@ -12,9 +12,10 @@ import pytest
 from matplotlib.image import imread
 from test_data import write_store
 
-from ssl_photoz import figures
-from ssl_photoz.config import with_defaults
-from ssl_photoz.figures import (
+from ssl_photoz.core.config import with_defaults
+from ssl_photoz.evaluate.predict import write_predictions
+from ssl_photoz.report import figures
+from ssl_photoz.report.figures import (
     DPI,
     choose_best_models,
     label_efficiency,
@@ -25,7 +26,6 @@ from ssl_photoz.figures import (
     plot_label_efficiency,
     plot_sigma_vs_fraction,
 )
-from ssl_photoz.predict import write_predictions
 
 # --- label efficiency by hand -------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ def test_sigma_vs_fraction_png(tmp_path):
 
 
 def test_sigma_vs_fraction_draws_the_colours_knn_per_fraction(tmp_path, monkeypatch):
-    import ssl_photoz.figures as figures
+    import ssl_photoz.report.figures as figures
 
     metrics = _metrics()
     metrics = metrics[metrics["kind"] != "colours_knn"]
@@ -276,7 +276,7 @@ def test_augmentation_gallery_png(tiny_store, tmp_path):
 
 def test_augmentation_gallery_shows_the_configured_crop(tiny_store, tmp_path, monkeypatch):
     """model.crop_size reaches the gallery: its crops are the ones the networks see."""
-    from ssl_photoz import augment
+    from ssl_photoz.learn import augment
 
     sizes = set()
     original = augment.center_crop
@@ -340,7 +340,7 @@ def _pdf_run(tmp_path, n=400):
     """Two classifier runs with Gaussian PDFs (calibrated and 3x over-confident), evaluated."""
     from scipy import stats
 
-    from ssl_photoz.evaluate import evaluate
+    from ssl_photoz.evaluate.scores import evaluate
 
     rng = np.random.default_rng(7)
     objid = np.arange(n, dtype=np.int64) + 1

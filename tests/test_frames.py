@@ -20,8 +20,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from loopback_server import LoopbackServer, Reply, replies
 
-from ssl_photoz.config import with_defaults
-from ssl_photoz.frames import (
+from ssl_photoz.core.config import with_defaults
+from ssl_photoz.surveys.sdss.frames import (
     SAS_FRAME_PATHS,
     CorruptFrameError,
     DirFrameSource,
@@ -32,8 +32,8 @@ from ssl_photoz.frames import (
     SasFrameSource,
     make_frame_source,
 )
-from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
-from ssl_photoz.sky.footprint import FieldId
+from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
+from ssl_photoz.surveys.sdss.sky.footprint import FieldId
 
 FRAMES_4510 = real_path(*FRAMES_4510_4_0030)  # packaged strip of the field's five frames
 TRACTOR = Path(__file__).parent / "data" / "real" / "tractor_sdss_1000_1_100"
@@ -49,7 +49,7 @@ def files_under(folder: Path) -> list[str]:
 # -- mock -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mock_fid(tiny_sky) -> FieldId:
-    from ssl_photoz.sky.survey import MockSky
+    from ssl_photoz.surveys.sdss.sky.survey import MockSky
 
     fields = MockSky(tiny_sky).footprint.fields
     return fields[len(fields) // 2]
@@ -268,7 +268,7 @@ def test_sas_corrupt_cache_entry_is_downloaded_again(tmp_path, server, r_bz2, r_
     damaged = bytearray(sas.cached.read_bytes())
     damaged[1000:1004] = bytes(b ^ 0xFF for b in damaged[1000:1004])
     sas.cached.write_bytes(bytes(damaged))
-    with caplog.at_level(logging.WARNING, logger="ssl_photoz.frames"):
+    with caplog.at_level(logging.WARNING, logger="ssl_photoz.surveys.sdss.frames"):
         with SasFrameSource(sas.cache, tmp_path / "w2", base_url=server.url + "/sas") as again:
             assert again.fetch(FID_4510, "r").read_bytes() == r_plain
     assert len(server.requests_to(SAS_PATH_R)) == 2
@@ -432,8 +432,9 @@ def test_make_frame_source_from_config(tmp_path, tiny_sky):
 
 def test_frames_module_imports_neither_the_simulation_nor_torch():
     code = (
-        "import sys, ssl_photoz.frames; "
-        "bad = [m for m in sys.modules if m.startswith('ssl_photoz.sky') or m == 'torch']; "
+        "import sys, ssl_photoz.surveys.sdss.frames; "
+        "bad = [m for m in sys.modules "
+        "if m.startswith('ssl_photoz.surveys.sdss.sky') or m == 'torch']; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

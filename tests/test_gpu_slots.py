@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ssl_photoz import gpu_slots
-from ssl_photoz.gpu_slots import (
+from ssl_photoz.learn import gpu_slots
+from ssl_photoz.learn.gpu_slots import (
     GpuSlotTimeout,
     acquire,
     detect_ids,

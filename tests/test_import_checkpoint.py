@@ -12,8 +12,8 @@ from test_models import _authors_resnet50
 from torch import nn
 
 from ssl_photoz.cli import main
-from ssl_photoz.models import RedshiftClassifier, build_backbone
-from ssl_photoz.train import load_checkpoint
+from ssl_photoz.learn.models import RedshiftClassifier, build_backbone
+from ssl_photoz.learn.train import load_checkpoint
 
 
 def test_import_moco_checkpoint_gives_a_pretrain_checkpoint(tmp_path):

@@ -58,8 +58,8 @@ def test_installed_copy_is_used_not_the_source_tree(installed, tmp_path):
 def test_installed_package_carries_its_queries_and_reference_data(installed, tmp_path):
     target, env = installed
     code = (
-        "from ssl_photoz.query.sql import load_query\n"
-        "from ssl_photoz.sky.validate import load_real_mgs, real_pixel_reference\n"
+        "from ssl_photoz.surveys.sdss.query.sql import load_query\n"
+        "from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs, real_pixel_reference\n"
         "for s in ('labeled', 'unlabeled'):\n"
         "    q = load_query(s); assert q.into_table.startswith('ssl_photoz_'), q.path\n"
         "    print(q.path)\n"

@@ -1,4 +1,4 @@
-"""The model-kind registry (ssl_photoz.kinds): each entry agrees with the rules that make its
+"""The model-kind registry (ssl_photoz.core.kinds): each entry agrees with the rules that make its
 predictions, and a kind registered at run time flows through the figures, summary.md and the
 explorer's order with no edit elsewhere."""
 
@@ -18,12 +18,13 @@ from test_figures import FRACTIONS
 from test_figures import _metrics as figure_metrics
 from test_figures import _summary as seed_summary
 
-from ssl_photoz import explore, figures, kinds
-from ssl_photoz.config import with_defaults
-from ssl_photoz.evaluate import evaluate
-from ssl_photoz.leakage import leakage_report
-from ssl_photoz.predict import write_predictions
-from ssl_photoz.summary import write_summary
+from ssl_photoz.core import kinds
+from ssl_photoz.core.config import with_defaults
+from ssl_photoz.evaluate.leakage import leakage_report
+from ssl_photoz.evaluate.predict import write_predictions
+from ssl_photoz.evaluate.scores import evaluate
+from ssl_photoz.report import explore, figures
+from ssl_photoz.report.summary import write_summary
 
 # --- the registry against the rules -------------------------------------------------------------
 

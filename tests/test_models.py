@@ -1,4 +1,5 @@
-"""Tests of ssl_photoz.models: backbones, MoCo v2 (queue, momentum, DDP), the photo-z head and the
+"""Tests of ssl_photoz.learn.models: backbones, MoCo v2 (queue, momentum, DDP), the photo-z head
+and the
 conversion of the authors' checkpoints. All on CPU, small nets except where the paper net is needed.
 """
 
@@ -14,7 +15,7 @@ import torch.multiprocessing as mp
 import torchvision
 from torch import nn
 
-from ssl_photoz.models import (
+from ssl_photoz.learn.models import (
     ARCHS,
     MoCo,
     RedshiftClassifier,
@@ -72,8 +73,8 @@ def test_resnet_small_width():
 def test_backbone_from_config_takes_the_width_of_resnet_small_only():
     """``model.width`` exists for resnet_small alone (the schema requires it there and forbids
     it for the paper archs, which have torchvision's widths)."""
-    from ssl_photoz.config import with_defaults
-    from ssl_photoz.models import backbone_from_config
+    from ssl_photoz.core.config import with_defaults
+    from ssl_photoz.learn.models import backbone_from_config
 
     small = backbone_from_config(with_defaults("model", {"arch": "resnet_small", "width": 16}))
     assert small.feature_dim == 128 and small.conv1.out_channels == 16

@@ -21,8 +21,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 from scipy.ndimage import map_coordinates
 from scipy.optimize import curve_fit
 
-from ssl_photoz import montage
-from ssl_photoz.montage import (
+from ssl_photoz.cutouts import montage
+from ssl_photoz.cutouts.montage import (
     BANDS,
     IncompleteCutout,
     MontageError,
@@ -34,7 +34,7 @@ from ssl_photoz.montage import (
     prepare_frame,
     write_header,
 )
-from ssl_photoz.refdata import FRAMES_4510_4_0030, real_path
+from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ssl_photoz.pdf_metrics import (
+from ssl_photoz.evaluate.pdf_metrics import (
     coverage,
     crps,
     hdr_level,

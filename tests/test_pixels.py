@@ -6,7 +6,7 @@ import galsim
 import numpy as np
 import pytest
 
-from ssl_photoz.sky.pixels import background_sigma, median_star_fwhm_arcsec, star_fwhm
+from ssl_photoz.surveys.sdss.sky.pixels import background_sigma, median_star_fwhm_arcsec, star_fwhm
 
 
 def _star(profile: galsim.GSObject, size: int, x: float, y: float, flux: float) -> np.ndarray:

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from ssl_photoz import precision as prec
 from ssl_photoz.cli import build_parser
+from ssl_photoz.learn import precision as prec
 
 PROBE = {"arch": "resnet_small", "width": 8}
 

@@ -7,10 +7,10 @@ import pandas as pd
 import torch
 from test_train import MODEL, PRETRAIN, _cpu, tiny_store  # noqa: F401 (fixture)
 
-from ssl_photoz.metrics import delta_z, sigma_mad
-from ssl_photoz.models import build_backbone
-from ssl_photoz.probe import calibrate_batch_norm, knn_cosine, ridge_photoz, run_probe
-from ssl_photoz.train import pretrain
+from ssl_photoz.evaluate.metrics import delta_z, sigma_mad
+from ssl_photoz.evaluate.probe import calibrate_batch_norm, knn_cosine, ridge_photoz, run_probe
+from ssl_photoz.learn.models import build_backbone
+from ssl_photoz.learn.train import pretrain
 
 
 def test_probes_recover_z_from_features_that_encode_it():

@@ -14,8 +14,8 @@ import pytest
 from labeled_reference import labeled_specobjids
 from loopback_server import LoopbackServer, Reply
 
-from ssl_photoz.query.run import objid_edges, run_duckdb, run_query, write_query_output
-from ssl_photoz.query.sql import load_query, transpile_to_duckdb
+from ssl_photoz.surveys.sdss.query.run import objid_edges, run_duckdb, run_query, write_query_output
+from ssl_photoz.surveys.sdss.query.sql import load_query, transpile_to_duckdb
 
 DUCKDB_CFG = {"backend": "duckdb", "data_release": 12}
 
@@ -112,7 +112,7 @@ def test_skyserver_backend_returns_the_same_rows_as_duckdb(tiny_sky):
         return Reply(200, "#Table1\n" + part.to_csv(index=False, lineterminator="\n"))
 
     with LoopbackServer() as server:
-        from ssl_photoz.query.skyserver import SkyServerClient
+        from ssl_photoz.surveys.sdss.query.skyserver import SkyServerClient
 
         path = SkyServerClient(base_url=server.url, trust_env=False).query_url[len(server.url) :]
         server.route("GET", path, answer)
@@ -140,7 +140,7 @@ def test_casjobs_without_a_token_fails_before_any_work(monkeypatch):
         "casjobs_url": "http://127.0.0.1:9/never-contacted",
         "casjobs_token_env": "SCISERVER_TOKEN",
     }
-    from ssl_photoz.query.casjobs import CasJobsAuthError
+    from ssl_photoz.surveys.sdss.query.casjobs import CasJobsAuthError
 
     # The endpoint (port 9) would refuse a connection: the auth error must come before any call.
     with pytest.raises(CasJobsAuthError, match="(?i)token"):

@@ -32,7 +32,8 @@ from loopback_server import LoopbackServer, Reply
 from test_montage import CENTRE, SDSS_SCALE, _aperture_flux, _centroid, _frame_pixel_arcsec
 
 from ssl_photoz.cli import build_parser
-from ssl_photoz.cutouts import (
+from ssl_photoz.cutouts.montage import BANDS, cutout_wcs
+from ssl_photoz.cutouts.stage import (
     MACHINE_KEYS,
     PLAN_KEYS,
     NoFramesError,
@@ -41,15 +42,14 @@ from ssl_photoz.cutouts import (
     plan_shards,
     write_zarr_shard,
 )
-from ssl_photoz.frames import (
+from ssl_photoz.surveys.sdss.conventions import FieldId, pack_objid
+from ssl_photoz.surveys.sdss.frames import (
     CorruptFrameError,
     DirFrameSource,
     FrameDownloadError,
     SasFrameSource,
     frame_name,
 )
-from ssl_photoz.montage import BANDS, cutout_wcs
-from ssl_photoz.sdss import FieldId, pack_objid
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from ssl_photoz.query.casjobs import CasJobsClient
-from ssl_photoz.query.skyserver import SkyServerClient
+from ssl_photoz.surveys.sdss.query.casjobs import CasJobsClient
+from ssl_photoz.surveys.sdss.query.skyserver import SkyServerClient
 
 pytestmark = pytest.mark.remote_data
 
@@ -41,7 +41,7 @@ def test_skyserver_dr12_top10():
 
 
 def test_skyserver_dr12_sql_error_is_a_query_error():
-    from ssl_photoz.query.http_errors import QueryError
+    from ssl_photoz.surveys.sdss.query.http_errors import QueryError
 
     with pytest.raises(QueryError):
         SkyServerClient(timeout_s=120, retries=1).query("SELECT TOP 1 no_such_column FROM PhotoObj")

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_photoz.sky import render as R
-from ssl_photoz.sky.conditions import field_conditions
-from ssl_photoz.sky.footprint import BANDS, Footprint
-from ssl_photoz.sky.pixels import star_fwhm
+from ssl_photoz.surveys.sdss.sky import render as R
+from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
+from ssl_photoz.surveys.sdss.sky.footprint import BANDS, Footprint
+from ssl_photoz.surveys.sdss.sky.pixels import star_fwhm
 
 SEED = 5
 FP = Footprint(ra_min=150.0, ra_max=151.0, dec_min=1.0, n_runs=1, seed=SEED)
@@ -200,7 +200,7 @@ def test_lean_window_has_the_same_image_and_wcs_as_the_full_render():
 def test_sed_grid_as_one_matrix_equals_per_spectrum_integrals():
     """seds.magnitude_offset_grid (one matrix product) against the per-spectrum computation it
     replaced (np.interp of each redshifted spectrum, trapezoid integrals), on a few cells."""
-    from ssl_photoz.sky import seds
+    from ssl_photoz.surveys.sdss.sky import seds
 
     grid = seds.magnitude_offset_grid()
     rest_wave, _ = seds._rest_templates()

@@ -78,7 +78,7 @@ def _edited_package(tmp_path: Path, module: str, edit: str = "\nCODE_CHANGED_BY_
 
 
 def test_a_comment_is_not_a_code_change(tiny_run, tmp_path):
-    env = _edited_package(tmp_path, "train.py", edit="\n# a comment only\n")
+    env = _edited_package(tmp_path, "learn/train.py", edit="\n# a comment only\n")
     assert planned_jobs(tiny_run, env=env) == {}
 
 
@@ -86,17 +86,17 @@ def test_a_comment_is_not_a_code_change(tiny_run, tmp_path):
     ("module", "reruns", "untouched"),
     [
         (
-            "train.py",
+            "learn/train.py",
             {"pretrain", "finetune", "supervised", "predict", "evaluate"},
             UPSTREAM_OF_TRAINING | CUTOUT_STAGE,
         ),
         (
-            "evaluate.py",
+            "evaluate/scores.py",
             {"evaluate"},
             UPSTREAM_OF_TRAINING | CUTOUT_STAGE | {"pretrain", "finetune", "supervised", "predict"},
         ),
         (
-            "frames.py",  # frame sources: the cut-out jobs only, not the shard plan
+            "surveys/sdss/frames.py",  # frame sources: the cut-out jobs only, not the shard plan
             CUTOUT_STAGE | {"pretrain", "finetune", "supervised", "predict", "evaluate"},
             UPSTREAM_OF_TRAINING,
         ),
@@ -211,7 +211,7 @@ def test_a_code_edit_replans_but_keeps_the_store_and_its_shards(tiny_run, tmp_pa
     """cutouts.py edited outside what cut_shard runs: plan_shards and the jobs rerun (their code
     param), the plan comes out the same, the store and every Zarr shard file stay as they were."""
     run = _copy_of_run(tiny_run, tmp_path)
-    env = _edited_package(tmp_path, "cutouts.py")
+    env = _edited_package(tmp_path, "cutouts/stage.py")
     jobs = planned_jobs(run, "results/cutouts/manifest.json", env=env)
     assert {"plan_shards", "gather"} <= set(jobs), jobs  # the jobs follow the checkpoint
     store = run / "results/cutouts.zarr"

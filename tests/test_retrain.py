@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import snakemake
 
-from ssl_photoz.train import load_checkpoint
+from ssl_photoz.learn.train import load_checkpoint
 
 
 def _weights(path, key: str) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_photoz.sdss import pack_objid, pack_specobjid, unpack_objid
+from ssl_photoz.surveys.sdss.conventions import pack_objid, pack_specobjid, unpack_objid
 
 
 def test_objid_decodes_real_skyserver_rows(real_data):

@@ -12,21 +12,21 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
-from ssl_photoz import select as sel
-from ssl_photoz.extinction import (
-    SF11_COEFFICIENTS,
-    SFD98_COEFFICIENTS,
-    deredden_factor,
-    extinction_mag,
-)
-from ssl_photoz.sdss import BANDS, pack_objid
-from ssl_photoz.select import (
+from ssl_photoz.catalog import select as sel
+from ssl_photoz.catalog.select import (
     OUTPUT_COLUMNS,
     format_counts,
     rank_uniform,
     select_catalog,
     split_uniform,
     write_selection,
+)
+from ssl_photoz.surveys.sdss.conventions import BANDS, pack_objid
+from ssl_photoz.surveys.sdss.extinction import (
+    SF11_COEFFICIENTS,
+    SFD98_COEFFICIENTS,
+    deredden_factor,
+    extinction_mag,
 )
 
 CELESTE = Path("celeste") / "photoObj-003900-6-0269.fits"  # under the real_data fixture

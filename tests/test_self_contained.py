@@ -97,7 +97,7 @@ def test_nothing_refers_to_a_path_outside_the_repository():
     ],
 )
 def test_the_check_catches_paths_outside(line):
-    fake = ROOT / ("Makefile" if line.startswith("cp") else "src/ssl_photoz/sky/example.py")
+    fake = ROOT / ("Makefile" if line.startswith("cp") else "src/ssl_photoz/core/example.py")
     assert escapes(fake, line), line
 
 
@@ -140,8 +140,13 @@ def test_vendored_reference_data_is_small_and_has_a_manifest():
 
 
 def test_packaged_reference_data_is_readable():
-    from ssl_photoz.refdata import FRAMES_4510_4_0030, MGS_SAMPLE, ReferenceDataMissing, real_path
-    from ssl_photoz.sky.validate import load_real_mgs
+    from ssl_photoz.surveys.sdss.refdata import (
+        FRAMES_4510_4_0030,
+        MGS_SAMPLE,
+        ReferenceDataMissing,
+        real_path,
+    )
+    from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs
 
     assert len(load_real_mgs(real_path(*MGS_SAMPLE))) == 5000
     frames = real_path(*FRAMES_4510_4_0030)

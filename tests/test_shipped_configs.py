@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, TINY_SKY, make_workdir, snakemake
 
-from ssl_photoz.config import prepare_config
+from ssl_photoz.core.config import prepare_config
 
 SHIPPED = [
     "config.yaml",
@@ -118,7 +118,7 @@ def test_the_tiny_config_runs_every_stage(tiny_run):
 
 def check_run(results: Path, config: dict) -> None:
     """Every stage's output is there, and the networks trained are the config's."""
-    from ssl_photoz.train import load_checkpoint
+    from ssl_photoz.learn.train import load_checkpoint
 
     for rel in (
         "catalog/objects.parquet",

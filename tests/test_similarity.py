@@ -1,5 +1,6 @@
 """Similarity search: FAISS against brute force, lookups, pools, anomalies, embeddings, figures
-(ssl_photoz.embeddings, .faiss_index, .search, .similarity_figures) and the gri pictures."""
+(ssl_photoz.similarity.embeddings, .faiss_index, .search, .similarity_figures) and the gri
+pictures."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from matplotlib.image import imread
 from test_data import write_store
 from test_train import MODEL, PRETRAIN
 
-from ssl_photoz import embeddings as emb_mod
-from ssl_photoz import faiss_index as fi
-from ssl_photoz import search as srch
-from ssl_photoz import similarity_figures as figs
-from ssl_photoz.train import Runtime, load_checkpoint, pretrain
+from ssl_photoz.learn.train import Runtime, load_checkpoint, pretrain
+from ssl_photoz.similarity import embeddings as emb_mod
+from ssl_photoz.similarity import figures as figs
+from ssl_photoz.similarity import index as fi
+from ssl_photoz.similarity import search as srch
 
 
 def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -209,7 +210,7 @@ def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp
     first, n_rows = embedded
     assert n_rows == 38
     second = tmp_path / "again.parquet"
-    with caplog.at_level(logging.INFO, logger="ssl_photoz.embeddings"):
+    with caplog.at_level(logging.INFO, logger="ssl_photoz.similarity.embeddings"):
         assert emb_mod.compute_embeddings(model, store, None, second, batch_size=16) == 38
     assert "embedding 38 objects, skipping 2 with ok == False" in caplog.text
     a, b = emb_mod.load_embeddings(first), emb_mod.load_embeddings(second)
@@ -222,7 +223,7 @@ def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp
     assert a.metadata["checkpoint_sha256"] and a.metadata["n_skipped_not_ok"] == 2
 
     # The preprocessing is the dereddened centre crop through the query encoder and head.
-    from ssl_photoz import augment, data
+    from ssl_photoz.learn import augment, data
 
     moco = emb_mod._moco_from_checkpoint(load_checkpoint(model), model).eval()
     item = data.CutoutDataset(store, [5], deredden=False)[0]["image"][None]
@@ -309,7 +310,7 @@ def _recall_by_numpy(index, vectors, rows, k):
 
 def test_large_index_is_ivf_with_its_recall_recorded(ivf_file, caplog):
     path, vectors, _ = ivf_file
-    with caplog.at_level(logging.INFO, logger="ssl_photoz.faiss_index"):
+    with caplog.at_level(logging.INFO, logger="ssl_photoz.similarity.index"):
         saved = fi.write_index(path)
     assert "recall@5" in caplog.text
     info = json.loads(fi.index_info_path(saved).read_text())
@@ -406,7 +407,7 @@ def _galaxy_planes(noise: float = 0.01):
 def test_lupton_stretch_equals_astropys_wherever_the_intensity_is_positive():
     from astropy.visualization import make_lupton_rgb
 
-    from ssl_photoz.images import astropy_lupton_args, lupton_asinh
+    from ssl_photoz.cutouts.pictures import astropy_lupton_args, lupton_asinh
 
     planes = _galaxy_planes()
     ours = lupton_asinh(*planes)
@@ -424,7 +425,7 @@ def test_lupton_stretch_equals_astropys_wherever_the_intensity_is_positive():
 
 
 def test_gri_image_is_north_up_in_0_1_and_blank_where_not_finite():
-    from ssl_photoz.images import gri_image, lupton_asinh
+    from ssl_photoz.cutouts.pictures import gri_image, lupton_asinh
 
     i, r, g = _galaxy_planes()
     r[0, 0] = np.nan  # row 0 is south: it ends up at the bottom

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from conftest import PROJECT_ROOT
 
-from ssl_photoz.config import load_config
-from ssl_photoz.extinction import (
+from ssl_photoz.core.config import load_config
+from ssl_photoz.surveys.sdss.extinction import (
     SF11_VECTOR,
     SFD98_VECTOR,
     catalogue_extinction,
     ebv_from_extinction,
     extinction_mag,
 )
-from ssl_photoz.sky import dust, population, seds
-from ssl_photoz.sky.footprint import (
+from ssl_photoz.surveys.sdss.sky import dust, population, seds
+from ssl_photoz.surveys.sdss.sky.footprint import (
     FIELD_STEP_ROWS,
     FRAME_COLUMNS,
     FRAME_ROWS,

@@ -11,15 +11,15 @@ import pytest
 from astropy.io import fits
 from conftest import TINY_SKY
 
-from ssl_photoz.extinction import (
+from ssl_photoz.surveys.sdss.conventions import unpack_objid
+from ssl_photoz.surveys.sdss.extinction import (
     EXTINCTION_COLUMNS,
     SFD98_VECTOR,
     ebv_from_extinction,
     extinction_mag,
 )
-from ssl_photoz.sdss import unpack_objid
-from ssl_photoz.sky import dust
-from ssl_photoz.sky.survey import MockSky, SkySettings, build_survey
+from ssl_photoz.surveys.sdss.sky import dust
+from ssl_photoz.surveys.sdss.sky.survey import MockSky, SkySettings, build_survey
 
 
 def _tables(sky_dir):

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from loopback_server import LoopbackServer, Reply, real_file, replies
 
-from ssl_photoz.query.http_errors import (
+from ssl_photoz.surveys.sdss.query.http_errors import (
     QueryError,
     RetriesExhaustedError,
     RowLimitError,
     TruncatedResponseError,
 )
-from ssl_photoz.query.skyserver import (
+from ssl_photoz.surveys.sdss.query.skyserver import (
     SkyServerClient,
     SlidingWindowRateLimiter,
     parse_skyserver_csv,

@@ -297,7 +297,7 @@ def test_results_equal_a_local_run(runs):
 
 def test_pretraining_ran_two_ranks_under_srun(runs):
     """The pretrain job of 2 tasks ran 2 ranks (srun) with the weights of the local 2 ranks."""
-    from ssl_photoz.train import load_checkpoint
+    from ssl_photoz.learn.train import load_checkpoint
 
     slurm, local = runs["slurm"][0] / "results", runs["local"][0] / "results"
     log = (slurm / "logs" / "pretrain.log").read_text()

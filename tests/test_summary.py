@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from test_data import write_store
 
-from ssl_photoz import leakage as leakage_module
-from ssl_photoz.leakage import LeakageError, leakage_report
-from ssl_photoz.summary import write_summary
+from ssl_photoz.evaluate import leakage as leakage_module
+from ssl_photoz.evaluate.leakage import LeakageError, leakage_report
+from ssl_photoz.report.summary import write_summary
 
 N = 40
 

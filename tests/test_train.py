@@ -13,9 +13,9 @@ import pytest
 import torch
 import zarr
 
-from ssl_photoz.config import with_defaults
-from ssl_photoz.precision import Precision
-from ssl_photoz.train import (
+from ssl_photoz.core.config import with_defaults
+from ssl_photoz.learn.precision import Precision
+from ssl_photoz.learn.train import (
     Runtime,
     check_queue_fits_pool,
     load_checkpoint,
@@ -187,7 +187,7 @@ def _differ(a: dict, b: dict) -> bool:
 @pytest.fixture
 def steps(monkeypatch):
     """Counts the optimiser steps the training loops take."""
-    from ssl_photoz import train
+    from ssl_photoz.learn import train
 
     taken = []
     original = train._optimizer_step
@@ -274,7 +274,8 @@ def test_finetuning_after_another_pretrained_model_retrains(tiny_store, tmp_path
 def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatch, caplog):
     """Editing the training code changes its digest (the rule's code param): a rerun must not
     resume the finished checkpoint written by the old code."""
-    from ssl_photoz import codehash, models
+    from ssl_photoz.core import codehash
+    from ssl_photoz.learn import models
 
     store, stats = tiny_store
     cfg = {**PRETRAIN, "epochs": 1}
@@ -287,11 +288,11 @@ def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatc
     # Without a new digest the finished checkpoint is resumed: no step, the old weights.
     pretrain(MODEL, cfg, store, stats, out, _cpu())
     _assert_same(old, load_checkpoint(out)["moco"])
-    digest = codehash.code_digest("ssl_photoz.train")
+    digest = codehash.code_digest("ssl_photoz.learn.train")
     monkeypatch.setattr(codehash, "code_digest", lambda *modules: "0123456789abcdef")
     caplog.set_level("INFO", logger="ssl_photoz")
     pretrain(MODEL, cfg, store, stats, out, _cpu())
-    assert "code (ssl_photoz.train and the modules it imports) differs" in caplog.text
+    assert "code (ssl_photoz.learn.train and the modules it imports) differs" in caplog.text
     assert f"{digest[:12]} there, 0123456789ab now" in caplog.text
     new = load_checkpoint(out)["moco"]
     assert _differ(old, new)
@@ -306,7 +307,7 @@ def test_a_rebuilt_store_retrains(tiny_store, tmp_path, steps, caplog):
     another manifest, starts afresh; a copy of the same store elsewhere resumes."""
     import shutil
 
-    from ssl_photoz.train import store_digest
+    from ssl_photoz.learn.train import store_digest
 
     store, stats = tiny_store
     (tmp_path / "rebuilt").mkdir()
@@ -346,7 +347,7 @@ def test_a_rebuilt_store_retrains(tiny_store, tmp_path, steps, caplog):
 def test_a_checkpoint_that_would_run_a_command_is_not_resumed_nor_run(tiny_store, tmp_path, caplog):
     from test_import_checkpoint import _RunsACommand
 
-    from ssl_photoz.train import plain, save_checkpoint
+    from ssl_photoz.learn.train import plain, save_checkpoint
 
     store, _ = tiny_store
     marker = tmp_path / "pwned"
@@ -470,7 +471,7 @@ def test_ddp_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
 def _fit_on_training_set(checkpoint, store, cfg, fraction=1.0):
     """Cross-entropy per sample on the training objects (centre crops, eval mode), the entropy
     of their label histogram (the loss of the best constant guess), and corr(z_p, z)."""
-    from ssl_photoz import augment, data, models
+    from ssl_photoz.learn import augment, data, models
 
     net = models.RedshiftClassifier(
         models.build_backbone(MODEL["arch"], width=MODEL["width"]),
@@ -517,7 +518,7 @@ def test_a_classifier_fits_its_training_set_far_better_than_the_label_histogram(
 def test_min_steps_lengthens_a_small_fraction_and_validation_is_sparse(tiny_store, tmp_path):
     """A small label fraction takes enough epochs to reach min_steps (the schedule spans them);
     the validation curve is scored at most MAX_VALIDATIONS times, always at the last epoch."""
-    from ssl_photoz.train import MAX_VALIDATIONS, classifier_epochs
+    from ssl_photoz.learn.train import MAX_VALIDATIONS, classifier_epochs
 
     assert classifier_epochs({"epochs": 30}, 1) == 30
     assert classifier_epochs({"epochs": 30, "min_steps": 300}, 1) == 300
@@ -537,8 +538,8 @@ def test_min_steps_lengthens_a_small_fraction_and_validation_is_sparse(tiny_stor
 
 def test_the_model_crop_size_reaches_every_view_and_evaluation(tiny_store, tmp_path, monkeypatch):
     """model.crop_size decides the crop of pretraining views, training crops and evaluation."""
-    from ssl_photoz import augment
-    from ssl_photoz.config import crop_size
+    from ssl_photoz.core.config import crop_size
+    from ssl_photoz.learn import augment
 
     seen = set()
     original = augment.rotate_crop

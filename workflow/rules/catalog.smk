@@ -25,7 +25,7 @@ rule query_labeled:
     resources:
         skyserver=1,
     params:
-        code=stage_code("ssl_photoz.query.run"),
+        code=stage_code("ssl_photoz.surveys.sdss.query.run"),
         section=section_json("query"),
         sky_db=sky_db_argument,
     shell:
@@ -50,7 +50,7 @@ rule query_unlabeled:
     resources:
         skyserver=1,
     params:
-        code=stage_code("ssl_photoz.query.run"),
+        code=stage_code("ssl_photoz.surveys.sdss.query.run"),
         section=section_json("query"),
         sky_db=sky_db_argument,
     shell:
@@ -74,7 +74,7 @@ rule select:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.select"),
+        code=stage_code("ssl_photoz.catalog.select"),
         section=section_json("select"),
         out_dir=lambda wildcards, output: os.path.dirname(output.objects),
     shell:

@@ -2,10 +2,10 @@
 import json
 import os
 
-from ssl_photoz import kinds
-from ssl_photoz.codehash import code_digest
+from ssl_photoz.core import kinds
+from ssl_photoz.core.codehash import code_digest
 
-# The Snakefile has filled the schema's defaults and validated the config (ssl_photoz.config).
+# The Snakefile has filled the schema's defaults and validated the config (ssl_photoz.core.config).
 
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
@@ -13,7 +13,9 @@ SKY_DIR = f"{RESOURCES}/sky"
 STORE = f"{RESULTS}/cutouts.zarr"  # written by plan_shards (empty), cutouts (shards), gather
 # The catalogue queries are package data (the pip-installed CLI reads the same files); the rules
 # name them from the checkout, whatever the working directory.
-QUERIES = os.path.join(workflow.basedir, "src", "ssl_photoz", "query", "queries")
+QUERIES = os.path.join(
+    workflow.basedir, "src", "ssl_photoz", "surveys", "sdss", "query", "queries"
+)
 
 
 def stage_code(*modules):
@@ -46,7 +48,7 @@ def training_device(resources):
 
 def model_runs():
     """Every (kind, fraction, seed) training run of the config: the kinds trained by a rule of
-    their own, one model per label fraction and seed (ssl_photoz.kinds)."""
+    their own, one model per label fraction and seed (ssl_photoz.core.kinds)."""
     return [
         (kind.name, fraction, seed)
         for kind in kinds.KINDS
@@ -73,7 +75,7 @@ def training_summaries(wildcards):
 
 
 def predict_kinds():
-    """The wildcard constraint of the predict rule: the kinds it serves (ssl_photoz.kinds)."""
+    """The wildcard constraint of the predict rule: the kinds it serves (ssl_photoz.core.kinds)."""
     return "|".join(kinds.names(rule="predict"))
 
 
@@ -129,12 +131,12 @@ def final_targets(wildcards):
     return targets
 
 
-# -- the cut-out stage: which settings and code are whose trigger (ssl_photoz.cutouts) ----------
+# -- the cut-out stage: which settings and code are whose trigger (ssl_photoz.cutouts.stage) ----------
 def cutouts_code(step):
-    """The code digest of the step plan_shards or cutouts (ssl_photoz.cutouts.stage_code); the
-    simulator (ssl_photoz.sky.*) counts only when the frames are simulated (frame_source: mock).
+    """The code digest of the step plan_shards or cutouts (ssl_photoz.cutouts.stage.stage_code); the
+    simulator (ssl_photoz.surveys.sdss.sky.*) counts only when the frames are simulated (frame_source: mock).
     """
-    from ssl_photoz.cutouts import stage_code as cutouts_stage_code
+    from ssl_photoz.cutouts.stage import stage_code as cutouts_stage_code
 
     return cutouts_stage_code(step, config["cutouts"]["frame_source"])
 
@@ -143,14 +145,14 @@ def cutouts_plan_json():
     """What decides the plan, the pixels and the store's layout: plan_shards' and the jobs'
     params (frame_source, shard_size, store_shard and that source's own identity keys).
     """
-    from ssl_photoz.cutouts import plan_settings
+    from ssl_photoz.cutouts.stage import plan_settings
 
     return json.dumps(plan_settings(config["cutouts"]), sort_keys=True)
 
 
 def cutouts_stats_json():
     """The statistics settings (stats_max_images, seed): the stats rule's params only."""
-    from ssl_photoz.cutouts import stats_settings
+    from ssl_photoz.cutouts.stage import stats_settings
 
     return json.dumps(stats_settings(config["cutouts"]), sort_keys=True)
 
@@ -159,6 +161,6 @@ def cutouts_machine_json(wildcards):
     """The machine and network settings (sas_url, cache_dir, timeout_s, retries, backoff_s) for
     the cut-out jobs' resources: they reach the command at run time and rerun nothing.
     """
-    from ssl_photoz.cutouts import machine_settings
+    from ssl_photoz.cutouts.stage import machine_settings
 
     return json.dumps(machine_settings(config["cutouts"]), sort_keys=True)

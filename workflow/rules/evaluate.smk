@@ -21,7 +21,7 @@ rule predict:
     resources:
         precision="auto",  # machine setting, as in learn.smk
     params:
-        code=stage_code("ssl_photoz.predict"),
+        code=stage_code("ssl_photoz.evaluate.predict"),
         store=STORE,
     shell:
         "ssl-photoz predict --model {input.model} --store {params.store}"
@@ -43,7 +43,7 @@ rule baseline_colours:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.predict"),
+        code=stage_code("ssl_photoz.evaluate.predict"),
         sections=sections_json("baseline_colours"),
         store=STORE,
     shell:
@@ -68,7 +68,7 @@ rule evaluate:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.evaluate"),
+        code=stage_code("ssl_photoz.evaluate.scores"),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics) or ".",
         # The metric bins, and the classifiers' PDF bins (finetune and supervised share them).
         sections=sections_json("evaluate", "finetune"),

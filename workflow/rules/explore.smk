@@ -1,5 +1,5 @@
 # Stage 5: the galaxy explorer, one static HTML page of the validation galaxies (no server).
-from ssl_photoz import explore_assets
+from ssl_photoz.report import explore_assets
 
 
 rule explore:
@@ -21,7 +21,7 @@ rule explore:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.explore"),
+        code=stage_code("ssl_photoz.report.explore"),
         # The page's template, script and style: package data that stage_code does not read.
         assets=explore_assets.digest(),
         # Neighbours and anomaly scores as the similarity rule's; the pictures are the

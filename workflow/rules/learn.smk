@@ -38,7 +38,7 @@ rule pretrain:
         ddp_processes=1,
         ddp_launcher="torchrun",
     params:
-        code=stage_code("ssl_photoz.train"),
+        code=stage_code("ssl_photoz.learn.train"),
         sections=sections_json("model", "pretrain"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
@@ -75,7 +75,7 @@ rule finetune:
         precision="auto",
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
-        code=stage_code("ssl_photoz.train"),
+        code=stage_code("ssl_photoz.learn.train"),
         sections=sections_json("model", "finetune"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
@@ -110,7 +110,7 @@ rule supervised:
         precision="auto",
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
-        code=stage_code("ssl_photoz.train"),
+        code=stage_code("ssl_photoz.learn.train"),
         sections=sections_json("model", "supervised"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),

@@ -26,7 +26,7 @@ rule probe:
         precision="auto",  # machine setting, as in learn.smk
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
-        code=stage_code("ssl_photoz.probe"),
+        code=stage_code("ssl_photoz.evaluate.probe"),
         sections=sections_json("probe"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),

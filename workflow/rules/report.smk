@@ -54,7 +54,7 @@ rule figures:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.figures"),
+        code=stage_code("ssl_photoz.report.figures"),
         store=STORE,
         out_dir=lambda wildcards, output: os.path.dirname(output.sigma),
         sections=sections_json("model"),  # the networks' crop (the augmentation gallery)
@@ -93,7 +93,7 @@ rule summary:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.summary", "ssl_photoz.leakage"),
+        code=stage_code("ssl_photoz.report.summary", "ssl_photoz.evaluate.leakage"),
         # The whole config as run (defaults filled): summary.md shows it.
         config=json.dumps(config, sort_keys=True),
         store=STORE,

@@ -23,7 +23,9 @@ rule embed:
         precision="auto",  # machine setting, as in learn.smk
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
-        code=stage_code("ssl_photoz.embeddings", "ssl_photoz.faiss_index"),
+        code=stage_code(
+            "ssl_photoz.similarity.embeddings", "ssl_photoz.similarity.index"
+        ),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
@@ -60,7 +62,7 @@ rule similarity:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.search", "ssl_photoz.similarity_figures"),
+        code=stage_code("ssl_photoz.similarity.search", "ssl_photoz.similarity.figures"),
         sections=sections_json("similarity"),
         store=STORE,
     shell:

@@ -19,7 +19,10 @@ rule sky:
         "../../envs/pipeline.yaml"
     threads: 1
     params:
-        code=stage_code("ssl_photoz.sky.survey", "ssl_photoz.sky.validate"),
+        code=stage_code(
+            "ssl_photoz.surveys.sdss.sky.survey",
+            "ssl_photoz.surveys.sdss.sky.validate",
+        ),
         section=section_json("sky"),
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
     shell:

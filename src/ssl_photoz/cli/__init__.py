@@ -15,11 +15,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
-from ..config import ConfigError
-from ..progress import setup_logging
-from . import catalog, cutouts, evaluate, explore, learn, machine, probe, report, similarity, sky
-from .common import log
+from ssl_photoz import __version__
+from ssl_photoz.cli import (
+    catalog,
+    cutouts,
+    evaluate,
+    explore,
+    learn,
+    machine,
+    probe,
+    report,
+    similarity,
+    sky,
+)
+from ssl_photoz.cli.common import log
+from ssl_photoz.core.config import ConfigError
+from ssl_photoz.core.progress import setup_logging
 
 STAGES = (sky, catalog, cutouts, learn, evaluate, probe, similarity, explore, report, machine)
 
@@ -69,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log", None))
-    from ..query.http_errors import RemoteQueryError
+    from ssl_photoz.surveys.sdss.query.http_errors import RemoteQueryError
 
     try:
         return int(args.func(args) or 0)

@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from ssl_photoz.cli import main
 
 sys.exit(main())

@@ -6,11 +6,11 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from .common import _read_parquet, _section, add_common, log
+from ssl_photoz.cli.common import _read_parquet, _section, add_common, log
 
 
 def _query(args: argparse.Namespace, sample: str) -> int:
-    from ..query.run import run_query, write_query_output
+    from ssl_photoz.surveys.sdss.query.run import run_query, write_query_output
 
     query_cfg = _section(args, "query")
     sky_db = Path(args.sky_db) if args.sky_db else None
@@ -22,18 +22,18 @@ def _query(args: argparse.Namespace, sample: str) -> int:
 
 
 def cmd_query_labeled(args: argparse.Namespace) -> int:
-    """The labeled (spectroscopic MGS) query: ssl_photoz/query/queries/labeled.sql."""
+    """The labeled (spectroscopic MGS) query: ssl_photoz/surveys/sdss/query/queries/labeled.sql."""
     return _query(args, "labeled")
 
 
 def cmd_query_unlabeled(args: argparse.Namespace) -> int:
-    """The unlabeled (photometric) query: ssl_photoz/query/queries/unlabeled.sql."""
+    """The unlabeled (photometric) query: ssl_photoz/surveys/sdss/query/queries/unlabeled.sql."""
     return _query(args, "unlabeled")
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     """De-duplicate, cut, split: objects.parquet and rejects.parquet."""
-    from ..select import format_counts, select_catalog, write_selection
+    from ssl_photoz.catalog.select import format_counts, select_catalog, write_selection
 
     settings = _section(args, "select")
     labeled = _read_parquet(args.labeled, "labeled query output")

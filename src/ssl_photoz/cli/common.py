@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..config import ConfigError, load_config, validate_section
+from ssl_photoz.core.config import ConfigError, load_config, validate_section
 
 log = logging.getLogger("ssl_photoz")
 
@@ -40,7 +40,7 @@ def _sections(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 def _whole_config(args: argparse.Namespace) -> dict:
     """The whole config, from --config-json (the summary rule: the config as run) or the file."""
-    from ..config import prepare_config
+    from ssl_photoz.core.config import prepare_config
 
     if args.config_json:
         try:
@@ -74,7 +74,7 @@ def _read_parquet(path: str, what: str):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    from ..atomic import write_json
+    from ssl_photoz.core.atomic import write_json
 
     write_json(path, data)
 

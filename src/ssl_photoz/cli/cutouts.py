@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import _read_parquet, _write_json_atomic, add_common, log
+from ssl_photoz.cli.common import _read_parquet, _write_json_atomic, add_common, log
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -16,14 +16,20 @@ if TYPE_CHECKING:
 def _footprint_if_mock(sky_dir: str | None):
     if not sky_dir:
         return None
-    from ..sky.survey import MockSky
+    from ssl_photoz.surveys.sdss.sky.survey import MockSky
 
     return MockSky(Path(sky_dir)).footprint
 
 
 def cmd_plan_shards(args: argparse.Namespace) -> int:
     """Group objects into cut-out jobs by field; prepare the Zarr store (kept where it fits)."""
-    from ..cutouts import PLAN_KEYS, plan_shards, prepare_store, settings_from_cli, source_identity
+    from ssl_photoz.cutouts.stage import (
+        PLAN_KEYS,
+        plan_shards,
+        prepare_store,
+        settings_from_cli,
+        source_identity,
+    )
 
     cfg = settings_from_cli(PLAN_KEYS, args.section_json, args.config)
     objects = _read_parquet(args.objects, "objects table")
@@ -59,7 +65,7 @@ def cmd_plan_shards(args: argparse.Namespace) -> int:
 
 def _plan_for_shard(args: argparse.Namespace, cfg: dict) -> tuple[dict, pd.DataFrame]:
     """The plan and the objects table, checked against each other, --shard and the frames."""
-    from ..cutouts import source_identity
+    from ssl_photoz.cutouts.stage import source_identity
 
     plan = json.loads(Path(args.plan).read_text())
     if not 0 <= args.shard < plan["n_shards"]:
@@ -82,7 +88,7 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
     """Cut one shard's objects into the store; write the shard's status file."""
     import tempfile
 
-    from ..cutouts import (
+    from ssl_photoz.cutouts.stage import (
         MACHINE_KEYS,
         PLAN_KEYS,
         cut_shard,
@@ -90,7 +96,7 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
         job_zarr_shards,
         settings_from_cli,
     )
-    from ..frames import make_frame_source
+    from ssl_photoz.surveys.sdss.frames import make_frame_source
 
     cfg = settings_from_cli(
         (*PLAN_KEYS, *MACHINE_KEYS), args.section_json, args.config, args.machine_json
@@ -121,8 +127,8 @@ def cmd_gather(args: argparse.Namespace) -> int:
     """Validate the store against objects.parquet; write its 1-D arrays and metadata."""
     import pandas as pd
 
-    from ..cutouts import gather
-    from ..provenance import provenance
+    from ssl_photoz.core.provenance import provenance
+    from ssl_photoz.cutouts.stage import gather
 
     objects = _read_parquet(args.objects, "objects table")
     plan = json.loads(Path(args.plan).read_text())
@@ -143,7 +149,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
             "reason": pd.Series([s["reason"] for s in failed], dtype="str"),
         }
     )
-    from ..atomic import atomic_path
+    from ssl_photoz.core.atomic import atomic_path
 
     with atomic_path(args.rejects) as tmp:
         rejects.to_parquet(tmp, index=False)
@@ -160,7 +166,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Per-channel MAD of the training images (for the noise augmentation)."""
-    from ..cutouts import STATS_KEYS, channel_mad, settings_from_cli
+    from ssl_photoz.cutouts.stage import STATS_KEYS, channel_mad, settings_from_cli
 
     cfg = settings_from_cli(STATS_KEYS, args.section_json, args.config)
     stats = channel_mad(Path(args.store), cfg["stats_max_images"], seed=cfg["seed"])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import _read_parquet, _sections, add_config, add_precision, log
+from ssl_photoz.cli.common import _read_parquet, _sections, add_config, add_precision, log
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """z_p and the PDF of every validation object from one trained classifier."""
-    from ..predict import predict_classifier
+    from ssl_photoz.evaluate.predict import predict_classifier
 
     n = predict_classifier(
         Path(args.model), Path(args.store), Path(args.out), args.device, args.precision
@@ -23,13 +23,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_baseline_colours(args: argparse.Namespace) -> int:
     """The colours-only 10-nearest-neighbour photo-z at one label fraction, on the image models'
     training and validation objects."""
-    from ..predict import predict_colours
+    from ssl_photoz.evaluate.predict import predict_colours
 
     k = _sections(args, ("baseline_colours",))["baseline_colours"]["k"]
     objects = _read_parquet(args.objects, "objects table")
     usable = None
     if args.store:
-        from ..data import open_store
+        from ssl_photoz.learn.data import open_store
 
         store = open_store(Path(args.store))
         usable = store.objid[store.ok]
@@ -46,7 +46,7 @@ def cmd_baseline_colours(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """sigma_MAD, eta and bias of every model, with bootstrap intervals and seed spread."""
-    from ..evaluate import evaluate
+    from ssl_photoz.evaluate.scores import evaluate
 
     cfg = _sections(args, ("evaluate", "finetune"))
     bins, pdf_bins = cfg["evaluate"], cfg["finetune"]  # the classifiers' PDF bins: finetune's

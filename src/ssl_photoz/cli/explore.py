@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import _sections, add_config
+from ssl_photoz.cli.common import _sections, add_config
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """The galaxy explorer: one static HTML page of the validation galaxies (rule explore)."""
-    from ..explore import build_site, settings_from_config
+    from ssl_photoz.report.explore import build_site, settings_from_config
 
     sections = _sections(args, ("explore", "similarity", "model", "finetune"))
     settings = settings_from_config(sections)

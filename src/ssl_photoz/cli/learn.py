@@ -7,18 +7,18 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from .common import _sections, add_precision, log
+from ssl_photoz.cli.common import _sections, add_precision, log
 
 
 def _training_runtime(args: argparse.Namespace, model_cfg: dict):
-    from ..train import setup_runtime
+    from ssl_photoz.learn.train import setup_runtime
 
     return setup_runtime(args.device, args.num_workers, args.precision, probe=model_cfg)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """MoCo v2 pretraining on the unlabeled pool plus the training images."""
-    from ..train import pretrain, write_summary
+    from ssl_photoz.learn.train import pretrain, write_summary
 
     cfg = _sections(args, ("model", "pretrain"))
     summary = pretrain(
@@ -36,7 +36,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _classifier(args: argparse.Namespace, pretrained: Path | None) -> int:
-    from ..train import train_classifier, write_summary
+    from ssl_photoz.learn.train import train_classifier, write_summary
 
     recipe = "finetune" if pretrained is not None else "supervised"
     cfg = _sections(args, ("model", recipe))
@@ -73,8 +73,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> int:
     """Import the authors' released models (mahayat/ssl-sky-surveys) into our checkpoint format:
     MoCo-pretrained ones become a ``pretrain`` checkpoint whose backbone ``finetune`` can start
     from; fine-tuned / supervised ones become a classifier checkpoint."""
-    from ..models import load_authors_checkpoint, read_authors_checkpoint
-    from ..train import save_checkpoint
+    from ssl_photoz.learn.models import load_authors_checkpoint, read_authors_checkpoint
+    from ssl_photoz.learn.train import save_checkpoint
 
     source = Path(args.checkpoint)
     if not source.exists():

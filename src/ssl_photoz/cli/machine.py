@@ -7,7 +7,7 @@ import argparse
 
 def cmd_gpu_run(args: argparse.Namespace) -> int:
     """COMMAND on free GPUs of this machine, CUDA_VISIBLE_DEVICES set; its exit status."""
-    from ..gpu_slots import gpu_run
+    from ssl_photoz.learn.gpu_slots import gpu_run
 
     return gpu_run(
         args.command,

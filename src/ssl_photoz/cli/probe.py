@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import _sections, add_config, add_precision
+from ssl_photoz.cli.common import _sections, add_config, add_precision
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """kNN and linear photo-z probes on frozen embeddings: pretrained vs random encoder."""
-    from ..probe import run_probe
+    from ssl_photoz.evaluate.probe import run_probe
 
     k = _sections(args, ("probe",))["probe"]["k"]
     table = run_probe(

@@ -6,13 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import _read_parquet, _read_table, _sections, _whole_config, add_config, log
+from ssl_photoz.cli.common import (
+    _read_parquet,
+    _read_table,
+    _sections,
+    _whole_config,
+    add_config,
+    log,
+)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """Fig. 2 (sigma_MAD and label efficiency vs fraction), dz vs z_s, the augmentation gallery."""
-    from ..config import crop_size
-    from ..figures import make_all_figures
+    from ssl_photoz.core.config import crop_size
+    from ssl_photoz.report.figures import make_all_figures
 
     model_cfg = _sections(args, ("model",))["model"]
     paths = make_all_figures(
@@ -48,9 +55,9 @@ def _training_summaries(paths: list[str] | None) -> dict:
 def cmd_summary(args: argparse.Namespace) -> int:
     """results/summary.md: the paper's table beside ours, with the leakage guard."""
 
-    from ..evaluate import read_predictions
-    from ..leakage import leakage_report
-    from ..summary import write_summary
+    from ssl_photoz.evaluate.leakage import leakage_report
+    from ssl_photoz.evaluate.scores import read_predictions
+    from ssl_photoz.report.summary import write_summary
 
     cfg = _whole_config(args)
     objects = _read_parquet(args.objects, "objects table")

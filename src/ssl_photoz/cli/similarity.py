@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import _sections, add_config, add_precision, log
+from ssl_photoz.cli.common import _sections, add_config, add_precision, log
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """128-d unit embeddings of every usable object from the MoCo encoder, and their index."""
-    from ..embeddings import compute_embeddings
-    from ..faiss_index import write_index
+    from ssl_photoz.similarity.embeddings import compute_embeddings
+    from ssl_photoz.similarity.index import write_index
 
     n = compute_embeddings(
         Path(args.checkpoint),
@@ -28,8 +28,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_similar(args: argparse.Namespace) -> int:
     """Nearest neighbours of one object (by objid or by ra/dec) in the embedding space."""
-    from ..config import with_defaults
-    from ..search import query_neighbours
+    from ssl_photoz.core.config import with_defaults
+    from ssl_photoz.similarity.search import query_neighbours
 
     if (args.objid is None) == (args.ra is None or args.dec is None):
         raise ValueError("give either --objid or both --ra and --dec")
@@ -49,11 +49,11 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     """Fig. 1 (validation queries beside their training neighbours) and the anomaly list."""
-    from ..atomic import atomic_path
-    from ..embeddings import load_embeddings
-    from ..faiss_index import open_index
-    from ..search import anomalies
-    from ..similarity_figures import plot_anomalies, plot_similarity_search
+    from ssl_photoz.core.atomic import atomic_path
+    from ssl_photoz.similarity.embeddings import load_embeddings
+    from ssl_photoz.similarity.figures import plot_anomalies, plot_similarity_search
+    from ssl_photoz.similarity.index import open_index
+    from ssl_photoz.similarity.search import anomalies
 
     cfg = _sections(args, ("similarity",))["similarity"]
     emb = load_embeddings(Path(args.embeddings))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import _section, add_common, log
+from ssl_photoz.cli.common import _section, add_common, log
 
 
 def cmd_sky(args: argparse.Namespace) -> int:
     """Build the simulated survey (catalogue in DuckDB + truth); optionally print realism."""
-    from ..sky.survey import build_survey
+    from ssl_photoz.surveys.sdss.sky.survey import build_survey
 
     sky_cfg = _section(args, "sky")
     out = Path(args.out)
@@ -33,7 +33,7 @@ def cmd_sky(args: argparse.Namespace) -> int:
 
 
 def _print_validation(sky_dir: Path, report: str | None) -> bool:
-    from ..sky.validate import TooFewGalaxies, validate_sky
+    from ssl_photoz.surveys.sdss.sky.validate import TooFewGalaxies, validate_sky
 
     try:
         checks, table = validate_sky(sky_dir)

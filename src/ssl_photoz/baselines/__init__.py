@@ -1,0 +1,1 @@
+"""Catalogue photo-z baselines: redshifts from the dereddened colours alone."""

@@ -1,0 +1,188 @@
+"""The model kinds: every model whose predictions the pipeline scores, described once.
+
+A kind is one row of ``metrics.tsv``'s ``kind`` column and the prefix of its prediction files
+(``results/predictions/<name>_f<fraction>[_s<seed>].parquet``). The rules
+(``workflow/rules/common.smk``: the training runs, the prediction files, the training summaries;
+``evaluate.smk``: which kinds the ``predict`` rule serves), the figures, ``summary.md``, the
+galaxy explorer and ``scripts/science_report.py`` read this registry, so adding a kind is one
+:class:`Kind` in ``KINDS`` plus the rule (and module) that makes its predictions.
+
+Comparisons the paper makes between two particular kinds (the label-efficiency factor: how many
+more labels ``SUPERVISED`` needs to match ``SELF_SUPERVISED``) name them by the constants below.
+
+Only the standard library here: the Snakefile imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CATALOGUE_BASELINE",
+    "KINDS",
+    "SELF_SUPERVISED",
+    "SUPERVISED",
+    "Kind",
+    "get",
+    "kind_of",
+    "names",
+    "table_order",
+]
+
+IMAGE, CATALOGUE = "image", "catalogue"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One model kind.
+
+    ``name``: metrics' ``kind`` and the prediction files' prefix; ``label``: the figures' legend
+    and panel titles; ``summary_name``: the method as summary.md's tables print it;
+    ``fraction_column``: its column header in summary.md's table over label fractions;
+    ``report_name``: its name in scripts/science_report.py (docs/science.md); ``colour`` and
+    ``marker``: how the figures draw it; ``dodge``: the factor its points are shifted by along
+    the label-fraction axis, so that kinds at one fraction stand side by side.
+    ``rule``: the Snakemake rule writing its predictions; ``train_rule``: the rule training its
+    models, one per label fraction and seed in ``results/models/<name>/f<fraction>_s<seed>/``
+    (None for a baseline fitted inside ``rule``); ``section``: the config section of its recipe.
+    ``seeds``: one run per (label fraction, seed) of ``labels`` (else one per label fraction);
+    ``pdf``: its predictions carry a redshift PDF (PIT, CRPS and coverage are scored);
+    ``family``: ``"image"`` (a network on the cut-outs) or ``"catalogue"`` (a baseline on the
+    catalogue's photometry); ``predicts``: how it predicts, in words; ``table_rank``: its place
+    in summary.md's tables (smallest first).
+    """
+
+    name: str
+    label: str
+    summary_name: str
+    fraction_column: str
+    report_name: str
+    colour: str
+    marker: str
+    rule: str
+    train_rule: str | None
+    section: str
+    seeds: bool
+    pdf: bool
+    family: str
+    predicts: str
+    table_rank: int
+    dodge: float = 1.0
+
+    def __post_init__(self):
+        if self.family not in (IMAGE, CATALOGUE):
+            raise ValueError(f"kind {self.name!r}: family {self.family!r} is not image/catalogue")
+        if self.train_rule is not None and not self.seeds:
+            raise ValueError(
+                f"kind {self.name!r}: a trained kind has a model per fraction and seed"
+            )
+
+    @property
+    def image(self) -> bool:
+        return self.family == IMAGE
+
+    def stem(self, fraction, seed=None) -> str:
+        """The prediction file's name without ``.parquet`` (and metrics' ``model``)."""
+        if self.seeds:
+            return f"{self.name}_f{fraction}_s{seed}"
+        return f"{self.name}_f{fraction}"
+
+    def runs(self, labels: dict) -> list[tuple[float, int | None]]:
+        """(fraction, seed) of every run of the config section ``labels`` (seed None: unseeded)."""
+        if self.seeds:
+            from ssl_photoz.core.config import label_runs
+
+            return label_runs(labels)
+        return [(fraction, None) for fraction in labels["fractions"]]
+
+
+# The order is the figures' and the explorer's: the self-supervised networks first.
+KINDS: tuple[Kind, ...] = (
+    Kind(
+        name="finetune",
+        label="self-supervised (MoCo v2 + fine-tune)",
+        summary_name="ours, MoCo v2 + fine-tuning",
+        fraction_column="MoCo + fine-tune sigma_MAD",
+        report_name="MoCo + FT",
+        colour="tab:blue",
+        marker="o",
+        dodge=1 / 1.04,
+        rule="predict",
+        train_rule="finetune",
+        section="finetune",
+        seeds=True,
+        pdf=True,
+        family=IMAGE,
+        predicts="the MoCo v2-pretrained backbone fine-tuned as a 180-bin redshift classifier; "
+        "z_p = E(z) of its PDF",
+        table_rank=1,
+    ),
+    Kind(
+        name="supervised",
+        label="supervised (from scratch)",
+        summary_name="ours, supervised",
+        fraction_column="supervised sigma_MAD",
+        report_name="supervised CNN",
+        colour="tab:orange",
+        marker="o",
+        dodge=1.04,
+        rule="predict",
+        train_rule="supervised",
+        section="supervised",
+        seeds=True,
+        pdf=True,
+        family=IMAGE,
+        predicts="the same classifier trained from scratch on the labels; z_p = E(z) of its PDF",
+        table_rank=0,
+    ),
+    Kind(
+        name="colours_knn",
+        label="colours kNN",
+        summary_name="ours, colours 10-NN",
+        fraction_column="colours 10-NN sigma_MAD (same labels)",
+        report_name="colours 10-NN",
+        colour="tab:green",
+        marker="s",
+        rule="baseline_colours",
+        train_rule=None,
+        section="baseline_colours",
+        seeds=False,
+        pdf=False,
+        family=CATALOGUE,
+        predicts="mean z_spec of the 10 nearest training galaxies in dereddened "
+        "(r, u-g, g-r, r-i, i-z), on the image models' labels of that fraction",
+        table_rank=2,
+    ),
+)
+
+# The label-efficiency comparison: labels SUPERVISED needs to match SELF_SUPERVISED.
+SELF_SUPERVISED = "finetune"
+SUPERVISED = "supervised"
+# The catalogue baseline that issue 13's targets (scripts/science_report.py) compare with.
+CATALOGUE_BASELINE = "colours_knn"
+
+
+def get(name: str) -> Kind:
+    """The registered kind ``name``; a KeyError naming the registered ones otherwise."""
+    for kind in KINDS:
+        if kind.name == name:
+            return kind
+    raise KeyError(f"model kind {name!r} is not registered (ssl_photoz.core.kinds: {names()})")
+
+
+def names(**where) -> list[str]:
+    """The registered kinds' names in registry order, those whose fields equal ``where``
+    (e.g. ``names(rule="predict")``, ``names(pdf=True)``, ``names(family="image")``)."""
+    return [k.name for k in KINDS if all(getattr(k, f) == v for f, v in where.items())]
+
+
+def table_order() -> list[Kind]:
+    """The kinds in summary.md's table order."""
+    return sorted(KINDS, key=lambda k: k.table_rank)
+
+
+def kind_of(model: str) -> Kind | None:
+    """The kind of a model name or prediction file stem (``finetune_f1.0_s0``), or None: the
+    longest registered name it equals or begins with, followed by ``_``."""
+    found = [k for k in KINDS if model == k.name or model.startswith(k.name + "_")]
+    return max(found, key=lambda k: len(k.name)) if found else None

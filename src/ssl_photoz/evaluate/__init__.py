@@ -1,0 +1,1 @@
+"""Predictions and their scores: point metrics, PDF metrics, leakage, the pretraining probe."""

@@ -1,0 +1,2 @@
+"""Networks and their training: backbones, heads, augmentations, self-supervised pretraining,
+fine-tuning."""

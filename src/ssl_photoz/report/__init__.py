@@ -1,0 +1,1 @@
+"""The report of a run: figures, summary.md and the galaxy explorer."""

@@ -1,0 +1,484 @@
+"""``results/summary.md``: the paper's table beside ours, label efficiency, leakage, differences.
+
+Every number in it is read from the pipeline's own outputs (metrics, label-efficiency table,
+catalogue, leakage report) or is one of the paper's published numbers, cited as such.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ssl_photoz.core import kinds
+from ssl_photoz.core.atomic import atomic_path
+from ssl_photoz.core.config import crop_size, with_defaults
+
+__all__ = ["PAPER_ROWS", "PAPER_SAMPLE", "write_summary"]
+
+# Hayat et al. (2021, ApJL 911 L33), Table 1 / Sect. 4, at 100 % of the labels, and the
+# Pasquet et al. (2019) CNN they compare with; same validation sample (102,993 galaxies).
+PAPER_ROWS = [
+    ("Pasquet et al. 2019, CNN", 0.00912, 0.31),
+    ("Hayat et al. 2021, supervised ResNet50", 0.00890, 0.304),
+    ("Hayat et al. 2021, MoCo v2 + fine-tuning", 0.00825, 0.209),
+]
+PAPER_SAMPLE = {"train": 399_984, "val": 102_993, "unlabeled": 1_194_779}
+PAPER_LABEL_EFFICIENCY = "2-4x fewer labels for the same sigma_MAD (Hayat et al. 2021)"
+# Our colours-only 10-NN on real SDSS (a held-back fifth of the packaged real MGS sample),
+# measured by tests/test_evaluate.py: what colours alone give on real MGS galaxies.
+REAL_MGS_COLOURS_KNN = 0.0159
+
+# Where a reader of a small run's summary finds what a run large enough to learn shows.
+SCIENCE_POINTER = (
+    "A run this size shows the pipeline working, not the paper's effect: the networks take few "
+    "optimiser steps. The comparison at the largest scale a 2-core workstation runs in about 2 "
+    "hours (`make science`, configs/science.yaml: 8.5 thousand galaxies, hundreds to thousands "
+    "of steps per run), its numbers, figures and the targets it meets or misses, are in "
+    "docs/science.md of the repository."
+)
+
+
+def _kind_name(kind: str) -> str:
+    """The method column's text for a kind (its registry entry's summary_name)."""
+    registered = kinds.kind_of(kind)
+    return registered.summary_name if registered and registered.name == kind else kind
+
+
+def _fmt(value, digits: int = 5) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _mean_std(row, column: str, digits: int) -> str:
+    mean, std = row[f"{column}_mean"], row.get(f"{column}_std")
+    text = _fmt(float(mean), digits)
+    if row["n_seeds"] > 1 and std is not None and math.isfinite(float(std)):
+        text += f" +- {float(std):.{digits}f}"
+    return text
+
+
+def _markdown(table: pd.DataFrame) -> list[str]:
+    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return [header, rule, *body]
+
+
+def _main_table(summary: pd.DataFrame, n_val: int, arch: str) -> list[str]:
+    lines = [
+        "| method | sigma_MAD | eta (%) | bias | validation galaxies | seeds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, sig, eta in PAPER_ROWS:
+        lines.append(f"| {name} | {sig:.5f} | {eta:.3f} | - | {PAPER_SAMPLE['val']:,} | - |")
+    lines.append(
+        f"| ours, colours 10-NN on real SDSS MGS (tests/test_evaluate.py) | "
+        f"{REAL_MGS_COLOURS_KNN} | - | - | - | - |"
+    )
+    full = summary[
+        (summary["fraction"].isna()) | (summary["fraction"] == summary["fraction"].max())
+    ]
+    for kind in kinds.table_order():
+        rows = full[full["kind"] == kind.name]
+        if rows.empty:
+            continue
+        row = rows.iloc[0]
+        name = kind.summary_name + (f" ({arch})" if kind.image else "")
+        lines.append(
+            f"| **{name}** | {_mean_std(row, 'sigma_mad', 5)} | {_mean_std(row, 'eta', 2)} "
+            f"| {_fmt(float(row['bias_mean']), 5)} | {n_val:,} | {int(row['n_seeds'])} |"
+        )
+    return lines
+
+
+def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> list[str]:
+    columns = kinds.table_order()
+    pivot = summary[summary["kind"].isin([k.name for k in columns])]
+    seeded = [k.name for k in columns if k.seeds]  # the fractions are the trained models'
+    fractions = sorted(pivot[pivot["kind"].isin(seeded)]["fraction"].dropna().unique())
+    lines = [
+        "| label fraction | "
+        + " | ".join(k.fraction_column for k in columns)
+        + " | label-efficiency factor |",
+        "| --- |" + " --- |" * (len(columns) + 1),
+    ]
+    for fraction in fractions:
+        cells = []
+        for kind in columns:
+            row = pivot[(pivot["kind"] == kind.name) & (pivot["fraction"] == fraction)]
+            cells.append(_mean_std(row.iloc[0], "sigma_mad", 5) if len(row) else "-")
+        factor = "-"
+        if efficiency is not None:
+            match = efficiency[(efficiency["fraction"] - fraction).abs() < 1e-9]
+            if len(match) and math.isfinite(float(match.iloc[0]["factor"])):
+                value = float(match.iloc[0]["factor"])
+                # Bounds where the supervised curve never reaches that sigma (no extrapolation).
+                row = match.iloc[0]
+                bound = ">= " if row.get("lower_bound", False) else ""
+                bound = "<= " if row.get("upper_bound", False) else bound
+                factor = f"{bound}{value:.2f}x"
+        lines.append(f"| {fraction:g} | " + " | ".join(cells) + f" | {factor} |")
+    return lines
+
+
+PDF_SUMMARY_COLUMNS = (
+    "crps_mean",
+    "pit_ks_mean",
+    "pit_cvm_mean",
+    "pit_outlier_fraction_mean",
+    "coverage68_mean",
+    "coverage95_mean",
+)
+
+
+def _pdf_section(summary: pd.DataFrame) -> list[str]:
+    """The photo-z PDFs' scores per kind and label fraction (runs with a PDF only)."""
+    if any(c not in summary.columns for c in PDF_SUMMARY_COLUMNS):
+        return []
+    rows = summary[summary["crps_mean"].astype(float).notna()]
+    if rows.empty:
+        return []
+    lines = [
+        "## Photo-z PDFs",
+        "",
+        "| method | label fraction | CRPS | PIT KS | PIT CvM | catastrophic PDFs (%) "
+        "| 68 % coverage | 95 % coverage | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, row in rows.sort_values(["kind", "fraction"]).iterrows():
+        lines.append(
+            f"| {_kind_name(row['kind'])} | {float(row['fraction']):g} "
+            f"| {_mean_std(row, 'crps', 5)} | {_fmt(float(row['pit_ks_mean']), 3)} "
+            f"| {_fmt(float(row['pit_cvm_mean']), 4)} "
+            f"| {_fmt(100 * float(row['pit_outlier_fraction_mean']), 2)} "
+            f"| {_fmt(float(row['coverage68_mean']), 3)} "
+            f"| {_fmt(float(row['coverage95_mean']), 3)} "
+            f"| {int(row['n_seeds'])} |"
+        )
+    lines += [
+        "",
+        "PIT = the PDF's CDF at z_spec (uniform when the PDFs are calibrated); CRPS = integral of "
+        "(CDF(z) - 1[z >= z_spec])^2 dz; KS and Cramer-von Mises distances of the PIT from "
+        "uniform; catastrophic PDFs: PIT outside [0.0001, 0.9999]; coverage: fraction of z_spec "
+        "inside the 68 % / 95 % highest-density interval. Mean over seeds; bootstrap intervals "
+        "per run in metrics.tsv; per object PIT, mode, median and intervals in "
+        "pdf_objects.parquet.",
+        "",
+    ]
+    return lines
+
+
+# The paper's recipe (Hayat et al. 2021) where it states it; settings it leaves unstated are
+# MoCo v2's published defaults (Chen et al. 2020), as configs/paper.yaml encodes them.
+PAPER_RECIPE = {
+    "network": "ResNet50, 5 bands, 7x7 stride-1 stem, no max-pool",
+    "pool": f"{PAPER_SAMPLE['train'] + PAPER_SAMPLE['unlabeled']:,} images (train + unlabeled)",
+    "pre_optimizer": "SGD, momentum 0.9, weight decay 0.0001 (MoCo v2 default)",
+    "pre_lr": "0.03, cosine (MoCo v2 default)",
+    "pre_epochs": "200 (MoCo v2 default; configs/paper.yaml)",
+    "pre_batch": "256 (MoCo v2 default)",
+    "queue": "65,536",
+    "momentum": "0.999",
+    "temperature": "0.2 (MoCo v2 default)",
+    "bn": "shuffled BN across GPUs",
+    "ft_optimizer": "Adam",
+    "ft_lr": "convolutions at 1/10 of the head's rate",
+    "sup_lr": "one rate for every layer",
+    "bins": "180 bins over 0 < z < 0.4",
+    "precision": "not stated",
+    "input": "not stated",
+    "crop": "64 x 64 of the 107 x 107 cut-outs",
+}
+
+
+def _steps(training: dict, kind: str) -> str:
+    """Optimiser steps actually taken, per run of a kind, read from the training summaries."""
+    runs = {name: run for name, run in training.items() if run.get("kind", "pretrain") == kind}
+    parts = []
+    for name, run in sorted(runs.items()):
+        recipe = run.get("recipe", {})
+        if "steps_done" not in recipe:
+            continue
+        label = name.split("/", 1)[-1] if "/" in name else name
+        parts.append(
+            f"{label}: {recipe['steps_done']} ({run.get('epochs_done')} epochs x "
+            f"{recipe['steps_per_epoch']}, batch {recipe['batch_size']}"
+            + (f", {run['n_train']} labels" if "n_train" in run else "")
+            + ")"
+        )
+    return "; ".join(parts) if parts else "-"
+
+
+def _epochs_batch(section: dict) -> str:
+    text = f"{section.get('epochs', '-')}, {section.get('batch_size', '-')}"
+    if section.get("min_steps"):
+        text += f"; small fractions take more epochs, to at least {section['min_steps']} steps"
+    return text
+
+
+def _precisions(training: dict) -> str:
+    chosen = sorted({run["precision"]["chosen"] for run in training.values() if "precision" in run})
+    return ", ".join(chosen) if chosen else "-"
+
+
+def _recipe_table(config: dict, training: dict) -> list[str]:
+    """Every setting of the recipe, ours beside the paper's, with the steps actually taken."""
+    model, pre = config["model"], with_defaults("pretrain", config["pretrain"])
+    ft, sup = config["finetune"], config.get("supervised", {})
+    pretrain_run = training.get("pretrain", {})
+    recipe = pretrain_run.get("recipe", {})
+    width = f" (width {model.get('width')})" if model["arch"] == "resnet_small" else ""
+    pool = pretrain_run.get("n_images")
+    rows = [
+        ("all", "network", f"{model['arch']}{width}", PAPER_RECIPE["network"]),
+        (
+            "all",
+            "network input",
+            f"asinh(flux / {model['input_softening']}) per band"
+            if model.get("input_softening")
+            else "raw fluxes",
+            PAPER_RECIPE["input"],
+        ),
+        (
+            "all",
+            "crop",
+            f"{crop_size(model)} x {crop_size(model)} of the 107 x 107 cut-outs",
+            PAPER_RECIPE["crop"],
+        ),
+        ("all", "precision (as run)", _precisions(training), PAPER_RECIPE["precision"]),
+        (
+            "pretraining",
+            "pool",
+            f"{pool:,} images (train + unlabeled, good cut-outs)" if pool else "-",
+            PAPER_RECIPE["pool"],
+        ),
+        (
+            "pretraining",
+            "optimiser",
+            f"SGD, momentum 0.9, weight decay {pre.get('weight_decay')}",
+            PAPER_RECIPE["pre_optimizer"],
+        ),
+        (
+            "pretraining",
+            "learning rate, schedule",
+            f"{pre.get('lr')}, cosine per step, {pre['warmup_epochs']} warm-up epoch(s)",
+            PAPER_RECIPE["pre_lr"],
+        ),
+        ("pretraining", "epochs", str(pre.get("epochs")), PAPER_RECIPE["pre_epochs"]),
+        ("pretraining", "steps taken", _steps(training, "pretrain"), "-"),
+        ("pretraining", "batch size", str(pre.get("batch_size")), PAPER_RECIPE["pre_batch"]),
+        (
+            "pretraining",
+            "queue (negatives)",
+            f"{pre.get('queue_size', 0):,}",
+            PAPER_RECIPE["queue"],
+        ),
+        ("pretraining", "key-encoder momentum", str(pre.get("momentum")), PAPER_RECIPE["momentum"]),
+        ("pretraining", "temperature", str(pre.get("temperature")), PAPER_RECIPE["temperature"]),
+        (
+            "pretraining",
+            "batch norm",
+            recipe.get("bn", f"bn_splits {pre['bn_splits']}"),
+            PAPER_RECIPE["bn"],
+        ),
+        ("fine-tuning", "optimiser", "Adam, weight decay " + str(ft.get("weight_decay")), "Adam"),
+        (
+            "fine-tuning",
+            "learning rates, schedule",
+            f"head {ft.get('lr')}, convolutions "
+            f"{ft.get('lr', 0) * ft.get('backbone_lr_factor', 1):g}, cosine per step",
+            PAPER_RECIPE["ft_lr"],
+        ),
+        ("fine-tuning", "epochs, batch size", _epochs_batch(ft), "-"),
+        ("fine-tuning", "steps taken", _steps(training, "finetune"), "-"),
+        (
+            "fine-tuning",
+            "redshift bins",
+            f"{ft.get('n_bins')} over {ft.get('z_min')} < z < {ft.get('z_max')}",
+            PAPER_RECIPE["bins"],
+        ),
+        (
+            "supervised",
+            "optimiser",
+            "Adam, weight decay " + str(sup.get("weight_decay", "-")),
+            "Adam",
+        ),
+        (
+            "supervised",
+            "learning rate, schedule",
+            f"{sup.get('lr', '-')} for every layer, cosine per step",
+            PAPER_RECIPE["sup_lr"],
+        ),
+        (
+            "supervised",
+            "epochs, batch size",
+            _epochs_batch(sup),
+            "-",
+        ),
+        ("supervised", "steps taken", _steps(training, "supervised"), "-"),
+    ]
+    lines = ["| stage | setting | ours | paper |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return lines
+
+
+def _differences(config: dict, counts: dict) -> list[str]:
+    model, pretrain, finetune = config["model"], config["pretrain"], config["finetune"]
+    labels = config["labels"]
+    out = []
+    if config["source"] == "mock":
+        out.append(
+            "The sky is simulated (docs/simulation.md): template galaxies, not SDSS; the "
+            "numbers test the pipeline, they are not a measurement of SDSS."
+        )
+    out.append(
+        f"Sample: {counts['train']:,} training labels, {counts['val']:,} validation galaxies and "
+        f"{counts['unlabeled']:,} unlabeled objects (paper: {PAPER_SAMPLE['train']:,} / "
+        f"{PAPER_SAMPLE['val']:,} / {PAPER_SAMPLE['unlabeled']:,})."
+    )
+    if model["arch"] != "resnet50":
+        out.append(
+            f"Network: {model['arch']} (width {model.get('width')}), not the paper's ResNet50."
+        )
+    if pretrain["momentum"] != 0.999:
+        out.append(f"MoCo momentum {pretrain['momentum']} (paper 0.999).")
+    out.append(
+        f"Pretraining {pretrain['epochs']} epochs, queue of {pretrain['queue_size']:,} negatives; "
+        f"fine-tuning {finetune['epochs']} epochs."
+    )
+    paper_fractions = [0.025, 0.0625, 0.125, 0.25, 0.375, 0.625, 0.75, 0.875, 1.0]
+    if sorted(labels["fractions"]) != paper_fractions:
+        out.append(
+            f"Label fractions {labels['fractions']} (paper: the nine of "
+            f"{', '.join(f'{f:g}' for f in paper_fractions)})."
+        )
+    out.append(f"Seeds per label fraction: {len(labels['seeds'])}.")
+    out.append("The whole recipe, ours beside the paper's, with the steps each run took:")
+    return [f"- {line}" for line in out]
+
+
+def _probe_section(probe: pd.DataFrame | None) -> list[str]:
+    if probe is None or probe.empty:
+        return []
+    lines = [
+        "## Pretraining diagnostic: probes on frozen embeddings",
+        "",
+        f"Photo-z from frozen backbone features, learnt from the {int(probe['n_train'].iloc[0]):,} "
+        f"training labels and scored on {int(probe['n_val'].iloc[0]):,} validation galaxies "
+        "(results/probe.tsv): the MoCo-pretrained encoder against the same encoder at random "
+        "initialisation (its batch-norm statistics calibrated on the training images).",
+        "",
+        "| encoder | probe | setting | sigma_MAD | eta (%) | bias |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in probe.itertuples(index=False):
+        lines.append(
+            f"| {row.encoder} | {row.probe} | {row.setting} | {_fmt(float(row.sigma_mad))} "
+            f"| {_fmt(float(row.eta_percent), 2)} | {_fmt(float(row.bias))} |"
+        )
+    verdicts = []
+    for method, rows in probe.groupby("probe"):
+        by = rows.set_index("encoder")["sigma_mad"]
+        if {"pretrained", "random init"} <= set(by.index):
+            ratio = float(by["random init"]) / float(by["pretrained"])
+            verdicts.append(
+                f"{method}: pretrained / random sigma_MAD = {1 / ratio:.2f} "
+                + ("(pretraining helps)" if ratio > 1 else "(no gain over random features)")
+            )
+    if verdicts:
+        lines += ["", "; ".join(verdicts) + "."]
+    return [*lines, ""]
+
+
+def _config_section(config: dict) -> list[str]:
+    """The whole config as this run used it: the file's keys with the schema's defaults filled."""
+    import yaml
+
+    return [
+        "## Configuration as run",
+        "",
+        "Every setting of this run, the schema's defaults filled in (the file it came from may "
+        "leave them out):",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=96).rstrip(),
+        "```",
+    ]
+
+
+def write_summary(
+    out: Path,
+    metrics_summary: pd.DataFrame,
+    efficiency: pd.DataFrame | None,
+    objects: pd.DataFrame,
+    leakage: dict,
+    config: dict,
+    figures: dict[str, str] | None = None,
+    probe: pd.DataFrame | None = None,
+    training: dict | None = None,
+) -> str:
+    """Write the markdown summary; returns its text. ``probe`` is the probe table,
+    ``training`` the training summaries by run ("pretrain", "finetune/f1.0_s0", ...)."""
+    training = training or {}
+    counts = objects["split"].value_counts().reindex(["train", "val", "unlabeled"]).fillna(0)
+    counts = {k: int(v) for k, v in counts.items()}
+    source = (
+        "SIMULATED SDSS (the embedded mock survey; no real data)"
+        if config["source"] == "mock"
+        else f"real SDSS DR{config['query']['data_release']} ({config['query']['backend']})"
+    )
+    lines = [
+        "# ssl-photoz: results",
+        "",
+        f"**Data source: {source}.**",
+        "",
+        SCIENCE_POINTER,
+        "",
+        "## Photo-z at the full label set",
+        "",
+        *_main_table(metrics_summary, leakage["n_validation"], config["model"]["arch"]),
+        "",
+        "sigma_MAD = 1.4826 median(|dz - median(dz)|), eta = % with |dz| > 0.05, "
+        "bias = mean(dz), dz = (z_p - z_s)/(1 + z_s). Ours: mean over seeds (+- their standard "
+        "deviation where there are several); bootstrap intervals per run are in metrics.tsv.",
+        "",
+        "## Over label fractions",
+        "",
+        *_fraction_table(metrics_summary, efficiency),
+        "",
+        "The label-efficiency factor is how many more labels the supervised network needs to "
+        "reach the self-supervised one's sigma_MAD (interpolated along the supervised curve; "
+        "'>=' / '<=' where the supervised curve never gets there). Paper: "
+        + PAPER_LABEL_EFFICIENCY
+        + ".",
+        "",
+        *_pdf_section(metrics_summary),
+        "## Leakage guard",
+        "",
+        f"Validation objects in the pretraining pool: **{leakage['validation_in_pretraining']}** "
+        f"(of {leakage['n_validation']:,}); in any labelled training set: "
+        f"**{leakage['validation_in_label_training']}**. Images used per split:",
+        "",
+        *_markdown(leakage["usage"]),
+        "",
+        *_probe_section(probe),
+        "## What differs from the paper's protocol",
+        "",
+        *_differences(config, counts),
+        "",
+        *_recipe_table(config, training),
+        "",
+        *_config_section(config),
+    ]
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"- {caption}: `{path}`" for caption, path in figures.items()]
+    text = "\n".join(lines) + "\n"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return text

@@ -1,0 +1,1 @@
+"""Similarity search: embeddings, the FAISS index, neighbours and anomalies, their figures."""

@@ -1,0 +1,1 @@
+"""Sky surveys: what a survey is to the pipeline, and the one survey implemented (SDSS)."""
