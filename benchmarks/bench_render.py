@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python benchmarks/bench_render.py [--repeat N]
 Prints seconds per band and per 5-band field, for the full frame and for a 200x200 window, with
-every source drawn by GalSim and with the faint ones (fainter than render.FAINT_MAG) in k-space.
+every source drawn by GalSim and with the faint ones (fainter than frame_model.FAINT_MAG) in
+k-space.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ssl_photoz.surveys.sdss.sky.footprint import (
     FRAME_WIDTH_DEG,
     Footprint,
 )
-from ssl_photoz.surveys.sdss.sky.render import FAINT_MAG, FrameModel, render_frame
+from ssl_photoz.surveys.sdss.sky.frame_model import FAINT_MAG, FrameModel
+from ssl_photoz.surveys.sdss.sky.render import render_frame
 
 
 def synthetic_sources(

@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ssl_photoz.surveys.sdss.sky import frame_model as M
+from ssl_photoz.surveys.sdss.sky import profiles as P
 from ssl_photoz.surveys.sdss.sky import render as R
 from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
-from ssl_photoz.surveys.sdss.sky.footprint import BANDS, Footprint
+from ssl_photoz.surveys.sdss.sky.footprint import BANDS, PIXEL_SCALE_ARCSEC, Footprint
 from ssl_photoz.surveys.sdss.sky.pixels import star_fwhm
+from ssl_photoz.surveys.sdss.sky.placement import place_sources
 
 SEED = 5
 FP = Footprint(ra_min=150.0, ra_max=151.0, dec_min=1.0, n_runs=1, seed=SEED)
@@ -54,17 +57,17 @@ def _reference_model(sources, footprint, fid, band, fwhm, window):
     x0, x1, y0, y1 = window
     canvas = np.zeros((y1 - y0, x1 - x0))
     sources = sources.sort_values(["objID", "ra", "dec"], kind="stable")
-    src, pl = R._place(sources, footprint.frame_wcs(fid, band))
-    flux = R.nanomaggies(src[f"mag_{band}"])
+    src, pl = place_sources(sources, footprint.frame_wcs(fid, band))
+    flux = M.nanomaggies(src[f"mag_{band}"])
     psf = galsim.Moffat(
-        beta=R.PSF_BETA, fwhm=fwhm, trunc=R.PSF_TRUNC_FWHM * fwhm, gsparams=R._GSPARAMS
+        beta=P.PSF_BETA, fwhm=fwhm, trunc=P.PSF_TRUNC_FWHM * fwhm, gsparams=P.GSPARAMS
     )
     for k, row in enumerate(src.itertuples(index=False)):
         if row.is_star:
-            obj, radius = galsim.Transform(psf, flux_ratio=float(flux[k])), R._stamp_radius(0, fwhm)
+            obj, radius = galsim.Transform(psf, flux_ratio=float(flux[k])), P.stamp_radius(0, fwhm)
         else:
-            obj, extent = R._galaxy(row, float(flux[k]), psf)
-            radius = R._stamp_radius(extent, fwhm)
+            obj, extent = P.galaxy_profile(row, float(flux[k]), psf)
+            radius = P.stamp_radius(extent, fwhm)
         ix, iy = int(np.floor(pl.x[k] + 0.5)), int(np.floor(pl.y[k] + 0.5))
         sx0, sx1 = max(ix - radius, x0), min(ix + radius + 1, x1)
         sy0, sy1 = max(iy - radius, y0), min(iy + radius + 1, y1)
@@ -87,8 +90,8 @@ def test_frame_model_windows_match_the_slow_reference():
     src = _sources()
     cond = field_conditions(SEED, FID.run, FID.camcol, FID.field, "r")
     fwhm, sigma = cond.psf_fwhm_arcsec, cond.background_sigma_nmgy
-    exact = R.FrameModel(src, FP, FID, "r", fwhm, faint_mag=None)
-    fast = R.FrameModel(src, FP, FID, "r", fwhm)
+    exact = M.FrameModel(src, FP, FID, "r", fwhm, faint_mag=None)
+    fast = M.FrameModel(src, FP, FID, "r", fwhm)
     assert fast.fast.sum() > 10 and (~fast.fast).sum() > 10  # both paths drawn
     for window in [(180, 320, 190, 330), (260, 420, 240, 400)]:
         slow = _reference_model(src, FP, FID, "r", fwhm, window)
@@ -141,8 +144,8 @@ def test_faint_sources_one_by_one_within_the_issue_limits(band):
     window = (220, 381, 220, 381)
     cases = [(True, {})] * 3 + [(False, shape) for shape in SHAPES]
     for is_star, shape in cases:
-        src = _one_source(R.FAINT_MAG, is_star, rng, **shape)
-        model = R.FrameModel(src, FP, FID, band, fwhm)
+        src = _one_source(M.FAINT_MAG, is_star, rng, **shape)
+        model = M.FrameModel(src, FP, FID, band, fwhm)
         assert model.fast.all()
         img = model.draw(window)
         slow = _reference_model(src, FP, FID, band, fwhm, window)
@@ -158,9 +161,9 @@ def test_faint_stars_keep_the_psf_fwhm():
     rng = np.random.default_rng(11)
     window = (280, 321, 280, 321)
     for _ in range(4):
-        src = _one_source(R.FAINT_MAG + 1.0, True, rng)
+        src = _one_source(M.FAINT_MAG + 1.0, True, rng)
         x, y = FP.frame_wcs(FID, "r").wcs_world2pix(src["ra"], src["dec"], 0)
-        fast = R.FrameModel(src, FP, FID, "r", fwhm).draw(window)
+        fast = M.FrameModel(src, FP, FID, "r", fwhm).draw(window)
         slow = _reference_model(src, FP, FID, "r", fwhm, window)
         fwhm_fast = star_fwhm(fast, float(x[0]) - 280, float(y[0]) - 280)
         fwhm_slow = star_fwhm(slow, float(x[0]) - 280, float(y[0]) - 280)
@@ -174,11 +177,11 @@ def test_fast_path_windows_equal_the_full_frame():
     src = _sources(n=80, seed=4)
     src["mag_g"] = np.linspace(19.0, 22.5, len(src))  # all faint in g
     fwhm = field_conditions(SEED, FID.run, FID.camcol, FID.field, "g").psf_fwhm_arcsec
-    full = R.FrameModel(src, FP, FID, "g", fwhm).draw()
+    full = M.FrameModel(src, FP, FID, "g", fwhm).draw()
     assert full.max() > 0
     for window in [(180, 320, 190, 330), (295, 296, 300, 305), (0, 700, 250, 260)]:
         x0, x1, y0, y1 = window
-        fresh = R.FrameModel(src.iloc[::-1], FP, FID, "g", fwhm)
+        fresh = M.FrameModel(src.iloc[::-1], FP, FID, "g", fwhm)
         np.testing.assert_array_equal(fresh.draw(window), full[y0:y1, x0:x1])
 
 
@@ -228,7 +231,7 @@ def test_window_fits_bytes_equal_astropy_writeto():
     windows = [(200, 340, 210, 350), (0, 1, 0, 1), (1900, 2048, 1400, 1489), (5, 6, 7, 900)]
     for fid, band in [(FID, "i"), (FP.fields[0], "u")]:
         fwhm = field_conditions(SEED, fid.run, fid.camcol, fid.field, band).psf_fwhm_arcsec
-        model = R.FrameModel(src, FP, fid, band, fwhm)
+        model = M.FrameModel(src, FP, fid, band, fwhm)
         for window in windows:
             buf = io.BytesIO()
             lean = R.render_frame(None, FP, fid, band, SEED, window, model=model, tables=False)
@@ -238,23 +241,23 @@ def test_window_fits_bytes_equal_astropy_writeto():
 
 def test_the_dilated_unit_psf_draws_the_pixels_of_the_direct_moffat():
     """Frames use the FWHM-1 Moffat dilated by each frame's FWHM (one GalSim Fourier table for
-    all frames): stars and galaxies drawn with it equal those drawn with ``_psf(fwhm)``."""
-    gal = galsim.Sersic(n=1.0, half_light_radius=1.2, gsparams=R._GSPARAMS).shear(
+    all frames): stars and galaxies drawn with it equal those drawn with ``moffat_psf(fwhm)``."""
+    gal = galsim.Sersic(n=1.0, half_light_radius=1.2, gsparams=P.GSPARAMS).shear(
         q=0.5, beta=0.3 * galsim.radians
     )
     for fwhm in (0.7, 1.13, 1.61, 2.4):
-        fast, direct = R._cached_psf(fwhm), R._psf(fwhm)
+        fast, direct = P.cached_psf(fwhm), P.moffat_psf(fwhm)
         assert fast.maxk == pytest.approx(direct.maxk, rel=1e-13)
         assert fast.stepk == pytest.approx(direct.stepk, rel=1e-13)
         for profile in (galsim.DeltaFunction(), gal):
             a = (
                 galsim.Convolve(profile, fast)
-                .drawImage(nx=45, ny=45, scale=R.PIXEL_SCALE_ARCSEC)
+                .drawImage(nx=45, ny=45, scale=PIXEL_SCALE_ARCSEC)
                 .array
             )
             b = (
                 galsim.Convolve(profile, direct)
-                .drawImage(nx=45, ny=45, scale=R.PIXEL_SCALE_ARCSEC)
+                .drawImage(nx=45, ny=45, scale=PIXEL_SCALE_ARCSEC)
                 .array
             )
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * b.max())

@@ -11,6 +11,8 @@ galSpecInfo and Photoz (a Beck et al. 2016-like photometric redshift with scatte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -244,6 +246,121 @@ def _fibre_collisions(ra, dec, rng) -> np.ndarray:
     return lost
 
 
+@dataclass(frozen=True)
+class _Targets:
+    """Per primary detection: what SDSS's target selection would have made of it."""
+
+    is_gal: np.ndarray
+    dered_gr: np.ndarray
+    mgs: np.ndarray
+    lrg: np.ndarray
+    star_spec: np.ndarray
+    qso: np.ndarray
+    targeted: np.ndarray  # any of the above, inside the spectroscopic footprint
+
+
+def _select_targets(prim: pd.DataFrame, covered: np.ndarray, rng) -> _Targets:
+    """MGS (dereddened Petrosian r <= 17.77), LRG-like red galaxies, a few stars and QSOs."""
+    is_gal = prim["type"].to_numpy() == 3
+    dered_petro_r = (prim["petroMag_r"] - prim["extinction_r"]).to_numpy()
+    dered_gr = (prim["dered_g"] - prim["dered_r"]).to_numpy()
+    mgs = is_gal & (dered_petro_r <= MGS_PETRO_R_LIMIT) & (prim["petroR50_r"].to_numpy() > 0)
+    lrg = (
+        is_gal
+        & ~mgs
+        & (dered_petro_r < 19.2)
+        & (dered_gr > 1.25)
+        & (rng.uniform(size=len(prim)) < 0.6)
+    )
+    stars = ~is_gal & (prim["modelMag_r"].to_numpy() < 19.0)
+    star_spec = stars & (rng.uniform(size=len(prim)) < 0.02)
+    qso = stars & ~star_spec & (rng.uniform(size=len(prim)) < 0.01)
+    targeted = (mgs | lrg | star_spec | qso) & covered
+    return _Targets(is_gal, dered_gr, mgs, lrg, star_spec, qso, targeted)
+
+
+def _observed(prim: pd.DataFrame, targeted: np.ndarray, rng) -> np.ndarray:
+    """The targets that got a spectrum: minus fibre collisions and failed fibres."""
+    lost = np.zeros(len(prim), dtype=bool)
+    idx = np.nonzero(targeted)[0]
+    lost[idx] = _fibre_collisions(prim["ra"].to_numpy()[idx], prim["dec"].to_numpy()[idx], rng)
+    lost |= rng.uniform(size=len(prim)) > 0.97  # failed fibres, unplugged, bad plates
+    return targeted & ~lost
+
+
+def _target_bits(tg: _Targets, rng) -> np.ndarray:
+    """legacy_target1 (primTarget) bits of every primary detection."""
+    primtarget = np.zeros(len(tg.mgs), dtype=np.int64)
+    primtarget[tg.mgs] |= TARGET_GALAXY
+    red_mgs = tg.mgs & (tg.dered_gr > 1.25) & (rng.uniform(size=len(tg.mgs)) < 0.5)
+    primtarget[tg.lrg | red_mgs] |= TARGET_GALAXY_RED
+    primtarget[tg.qso] |= TARGET_QSO_HIZ
+    primtarget[tg.star_spec] |= TARGET_STAR_BROWN_DWARF
+    return primtarget
+
+
+def _redshifts(z_true: np.ndarray, is_gal: np.ndarray, qso: np.ndarray, rng):
+    """(class, z, zErr, zWarning) of the spectra: measured redshifts with errors, QSOs at high
+    redshift, and 1.5 % flagged with an often wrong redshift."""
+    n = len(z_true)
+    cls = np.where(is_gal, "GALAXY", "STAR").astype(object)
+    cls[qso] = "QSO"
+    z_true = np.where(qso, rng.uniform(0.3, 3.0, n), z_true)
+    z_err = np.where(cls == "STAR", 1e-5, 1.5e-5 * (1 + z_true) * rng.lognormal(0, 0.5, n))
+    z = z_true + rng.normal(0, 1, n) * z_err
+    z_warning = np.zeros(n, dtype=np.int32)
+    warn = rng.uniform(size=n) < 0.015
+    # Flags such as SMALL_DELTA_CHI2 (4), MANY_OUTLIERS (16), ...
+    z_warning[warn] = rng.choice([4, 16, 128], size=warn.sum())
+    z[warn] = np.where(rng.uniform(size=warn.sum()) < 0.5, rng.uniform(0, 0.6, warn.sum()), z[warn])
+    z_err[warn] *= 20
+    return cls, z, z_err, z_warning
+
+
+def _plates(ra: np.ndarray, dec: np.ndarray, is_repeat: np.ndarray, first_plate: int):
+    """(plate, mjd, fiberID) of the spectra: plates are cells of about 2.5 deg (repeats on plates
+    of their own), fibres numbered within each plate."""
+    cell = np.floor(ra / 2.5).astype(np.int64) * 1000 + np.floor((dec + 90) / 2.5).astype(np.int64)
+    _, cell_idx = np.unique(cell + is_repeat * 500_000, return_inverse=True)
+    plate = first_plate + cell_idx
+    mjd = 51600 + (plate * 37) % 3000
+    fiber = pd.Series(plate).groupby(plate).cumcount().to_numpy() % 640 + 1
+    return plate, mjd, fiber
+
+
+def _science_primary(best_obj: np.ndarray, z_warning: np.ndarray, z_err: np.ndarray):
+    """sciencePrimary: 1 for the best (no warning, then smallest zErr) of an object's spectra."""
+    n = len(best_obj)
+    order = pd.DataFrame({"obj": best_obj, "bad": z_warning > 0, "zerr": z_err, "i": np.arange(n)})
+    order = order.sort_values(["obj", "bad", "zerr"])
+    science_primary = np.zeros(n, dtype=np.int16)
+    science_primary[order.drop_duplicates("obj")["i"].to_numpy()] = 1
+    return science_primary
+
+
+def _gal_spec_info(spec: pd.DataFrame, ebv_sfd: np.ndarray) -> pd.DataFrame:
+    """galSpecInfo: one row per galaxy spectrum, with the SFD E(B-V) at its position."""
+    gal = spec[spec["class"] == "GALAXY"]
+    return pd.DataFrame(
+        {
+            "specObjID": gal["specObjID"].to_numpy(),
+            "plateid": gal["plate"].to_numpy(),
+            "mjd": gal["mjd"].to_numpy(),
+            "fiberid": gal["fiberID"].to_numpy(),
+            "ra": gal["ra"].to_numpy(),
+            "dec": gal["dec"].to_numpy(),
+            "primtarget": gal["primTarget"].to_numpy(),
+            "sectarget": np.zeros(len(gal), dtype=np.int64),
+            "targettype": np.where(gal["primTarget"].to_numpy() & TARGET_GALAXY, "GALAXY", "LRG"),
+            "z": gal["z"].to_numpy(),
+            "z_err": gal["zErr"].to_numpy(),
+            "z_warning": gal["zWarning"].to_numpy(),
+            "e_bv_sfd": ebv_sfd,
+            "reliable": (gal["zWarning"].to_numpy() == 0).astype(np.int16),
+        }
+    )
+
+
 def spectroscopy(
     photo: pd.DataFrame,
     truth: pd.DataFrame,
@@ -261,76 +378,27 @@ def spectroscopy(
     covered = np.asarray(in_spectro_footprint)[(photo["mode"] == 1).to_numpy()]
     prim = photo[photo["mode"] == 1]
     t = truth.iloc[prim["truth_row"].to_numpy()]
-    is_gal = prim["type"].to_numpy() == 3
-    dered_petro_r = (prim["petroMag_r"] - prim["extinction_r"]).to_numpy()
-    dered_gr = (prim["dered_g"] - prim["dered_r"]).to_numpy()
-    mgs = is_gal & (dered_petro_r <= MGS_PETRO_R_LIMIT) & (prim["petroR50_r"].to_numpy() > 0)
-    lrg = (
-        is_gal
-        & ~mgs
-        & (dered_petro_r < 19.2)
-        & (dered_gr > 1.25)
-        & (rng.uniform(size=len(prim)) < 0.6)
-    )
-    stars = ~is_gal & (prim["modelMag_r"].to_numpy() < 19.0)
-    star_spec = stars & (rng.uniform(size=len(prim)) < 0.02)
-    qso = stars & ~star_spec & (rng.uniform(size=len(prim)) < 0.01)
-    targeted = (mgs | lrg | star_spec | qso) & covered
-    lost = np.zeros(len(prim), dtype=bool)
-    idx = np.nonzero(targeted)[0]
-    lost[idx] = _fibre_collisions(prim["ra"].to_numpy()[idx], prim["dec"].to_numpy()[idx], rng)
-    lost |= rng.uniform(size=len(prim)) > 0.97  # failed fibres, unplugged, bad plates
-    observed = targeted & ~lost
+    tg = _select_targets(prim, covered, rng)
+    observed = _observed(prim, tg.targeted, rng)
     obs_idx = np.nonzero(observed)[0]
-    primtarget = np.zeros(len(prim), dtype=np.int64)
-    primtarget[mgs] |= TARGET_GALAXY
-    primtarget[lrg | (mgs & (dered_gr > 1.25) & (rng.uniform(size=len(prim)) < 0.5))] |= (
-        TARGET_GALAXY_RED
-    )
-    primtarget[qso] |= TARGET_QSO_HIZ
-    primtarget[star_spec] |= TARGET_STAR_BROWN_DWARF
+    primtarget = _target_bits(tg, rng)
     # BOSS later re-observed some LRGs: a second survey in the same table.
-    survey = np.where(lrg & (rng.uniform(size=len(prim)) < 0.3), "boss", "sdss")
+    survey = np.where(tg.lrg & (rng.uniform(size=len(prim)) < 0.3), "boss", "sdss")
     # Repeat spectra: about 4 % of targets were observed twice.
     repeat = observed & (rng.uniform(size=len(prim)) < 0.04)
     rows = np.concatenate([obs_idx, np.nonzero(repeat)[0]])
     is_repeat = np.concatenate([np.zeros(len(obs_idx), bool), np.ones(repeat.sum(), bool)])
-    n = len(rows)
-    z_true = t["z_true"].to_numpy()[rows]
-    cls = np.where(is_gal[rows], "GALAXY", "STAR").astype(object)
-    cls[qso[rows]] = "QSO"
-    z_true = np.where(qso[rows], rng.uniform(0.3, 3.0, n), z_true)
-    z_err = np.where(cls == "STAR", 1e-5, 1.5e-5 * (1 + z_true) * rng.lognormal(0, 0.5, n))
-    z = z_true + rng.normal(0, 1, n) * z_err
-    # Warnings: 1.5 % of spectra have a flagged, often wrong, redshift.
-    z_warning = np.zeros(n, dtype=np.int32)
-    warn = rng.uniform(size=n) < 0.015
-    z_warning[warn] = rng.choice(
-        [4, 16, 128], size=warn.sum()
-    )  # SMALL_DELTA_CHI2, MANY_OUTLIERS...
-    z[warn] = np.where(rng.uniform(size=warn.sum()) < 0.5, rng.uniform(0, 0.6, warn.sum()), z[warn])
-    z_err[warn] *= 20
-    # Plates: cells of about 2.5 deg; fibers numbered within each plate.
+    cls, z, z_err, z_warning = _redshifts(
+        t["z_true"].to_numpy()[rows], tg.is_gal[rows], tg.qso[rows], rng
+    )
     ra_rows = prim["ra"].to_numpy()[rows]
     dec_rows = prim["dec"].to_numpy()[rows]
-    cell = np.floor(ra_rows / 2.5).astype(np.int64) * 1000 + np.floor((dec_rows + 90) / 2.5).astype(
-        np.int64
-    )
-    cells, cell_idx = np.unique(cell + is_repeat * 500_000, return_inverse=True)
-    plate = first_plate + cell_idx
-    mjd = 51600 + (plate * 37) % 3000
-    fiber = pd.Series(plate).groupby(plate).cumcount().to_numpy() % 640 + 1
-    spec_ids = pack_specobjid(plate, fiber, mjd)
-    target_type = np.where(is_repeat & (rng.uniform(size=n) < 0.3), "QA", "SCIENCE").astype(object)
+    plate, mjd, fiber = _plates(ra_rows, dec_rows, is_repeat, first_plate)
+    target_type = np.where(is_repeat & (rng.uniform(size=len(rows)) < 0.3), "QA", "SCIENCE")
     best_obj = prim["objID"].to_numpy()[rows]
-    # sciencePrimary: the best (smallest zErr, no warning) of an object's spectra.
-    order = pd.DataFrame({"obj": best_obj, "bad": z_warning > 0, "zerr": z_err, "i": np.arange(n)})
-    order = order.sort_values(["obj", "bad", "zerr"])
-    science_primary = np.zeros(n, dtype=np.int16)
-    science_primary[order.drop_duplicates("obj")["i"].to_numpy()] = 1
     spec = pd.DataFrame(
         {
-            "specObjID": spec_ids,
+            "specObjID": pack_specobjid(plate, fiber, mjd),
             "bestObjID": best_obj,
             "plate": plate.astype(np.int32),
             "mjd": mjd.astype(np.int32),
@@ -341,35 +409,14 @@ def spectroscopy(
             "zErr": z_err,
             "zWarning": z_warning,
             "class": cls.astype(str),
-            "targetType": target_type.astype(str),
+            "targetType": target_type,
             "survey": survey[rows],
-            "sciencePrimary": science_primary,
+            "sciencePrimary": _science_primary(best_obj, z_warning, z_err),
             "primTarget": primtarget[rows],
         }
     )
-    gal_rows = spec["class"] == "GALAXY"
-    ebv_sfd = ebv_from_extinction(prim)[rows][gal_rows.to_numpy()]
-    galspec = pd.DataFrame(
-        {
-            "specObjID": spec.loc[gal_rows, "specObjID"].to_numpy(),
-            "plateid": spec.loc[gal_rows, "plate"].to_numpy(),
-            "mjd": spec.loc[gal_rows, "mjd"].to_numpy(),
-            "fiberid": spec.loc[gal_rows, "fiberID"].to_numpy(),
-            "ra": spec.loc[gal_rows, "ra"].to_numpy(),
-            "dec": spec.loc[gal_rows, "dec"].to_numpy(),
-            "primtarget": spec.loc[gal_rows, "primTarget"].to_numpy(),
-            "sectarget": np.zeros(int(gal_rows.sum()), dtype=np.int64),
-            "targettype": np.where(
-                spec.loc[gal_rows, "primTarget"].to_numpy() & TARGET_GALAXY, "GALAXY", "LRG"
-            ),
-            "z": spec.loc[gal_rows, "z"].to_numpy(),
-            "z_err": spec.loc[gal_rows, "zErr"].to_numpy(),
-            "z_warning": spec.loc[gal_rows, "zWarning"].to_numpy(),
-            "e_bv_sfd": ebv_sfd,
-            "reliable": (spec.loc[gal_rows, "zWarning"].to_numpy() == 0).astype(np.int16),
-        }
-    )
-    return spec, galspec
+    ebv_sfd = ebv_from_extinction(prim)[rows][(spec["class"] == "GALAXY").to_numpy()]
+    return spec, _gal_spec_info(spec, ebv_sfd)
 
 
 def photoz(photo: pd.DataFrame, truth: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:

@@ -315,7 +315,7 @@ class MockSky:
     def _model(self, fid: FieldId, band: str):
         """The FrameModel of (field, band), kept for the next windows of the frame."""
         from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
-        from ssl_photoz.surveys.sdss.sky.render import FrameModel
+        from ssl_photoz.surveys.sdss.sky.frame_model import FrameModel
 
         key = (fid, band)
         if key not in self._models:
