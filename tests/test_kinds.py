@@ -201,9 +201,11 @@ def test_a_new_kind_flows_through_the_figures(registered, tmp_path, monkeypatch)
              **with_defaults("evaluate", {}))  # fmt: skip
 
     drawn = {}
-    original = figures._save
+    original = figures.common.save_figure
     monkeypatch.setattr(
-        figures, "_save", lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out)
+        figures.common,
+        "save_figure",
+        lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out),
     )
     paths = figures.make_all_figures(
         metrics_tsv, summary_tsv, folder, store, tmp_path / "figures",
