@@ -5,6 +5,7 @@ headless Chromium (skipped where none is installed, unless SSL_PHOTOZ_REQUIRE_BR
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from conftest import BIN, tool_env
 from test_data import write_store
 
+from ssl_photoz.core import kinds
 from ssl_photoz.core.config import with_defaults
 from ssl_photoz.evaluate.predict import write_predictions
 from ssl_photoz.learn.data import open_store
@@ -255,6 +257,21 @@ def test_the_page_is_self_contained(site):
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text)
     assert "/*EXPLORER_" not in text  # every placeholder filled
     assert text.count("<script") == 2  # the data and the inlined script
+
+
+def test_registered_kinds_without_predictions_are_left_out(synthetic_run, tmp_path, monkeypatch):
+    """Only the fine-tuned network and the colours kNN ran: the supervised network and a kind
+    registered at run time (an image kind with PDFs, ordered first) have no predictions, and the
+    page shows the two that ran, the network first, and nothing of the others."""
+    first = dataclasses.replace(kinds.get("finetune"), name="byol_ft", label="BYOL + fine-tune")
+    monkeypatch.setattr(kinds, "KINDS", (first, *kinds.KINDS))
+    args = (synthetic_run["embeddings"], synthetic_run["store"], synthetic_run["predictions"])
+    explore.build_site(*args, tmp_path / "a.html", Z_MIN, Z_MAX, **_settings(max_galaxies=6))
+    data = _page_data(tmp_path / "a.html")
+    assert data["models"] == ["finetune_f1.0_s0", "colours_knn"]
+    assert data["pdf_models"] == ["finetune_f1.0_s0"] == [data["default_model"]]
+    for galaxy in data["galaxies"]:
+        assert list(galaxy["z_p"]) == data["models"] and list(galaxy["pdf"]) == data["pdf_models"]
 
 
 def test_cli_verb_writes_the_page(synthetic_run, tmp_path):

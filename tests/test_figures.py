@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PROJECT_ROOT
 from matplotlib.image import imread
 from test_data import write_store
 
+from ssl_photoz.core.codehash import code_digest, module_closure
 from ssl_photoz.core.config import with_defaults
 from ssl_photoz.evaluate.predict import write_predictions
 from ssl_photoz.report import figures
@@ -191,9 +196,11 @@ def test_sigma_vs_fraction_draws_the_colours_knn_per_fraction(tmp_path, monkeypa
     )  # fmt: skip
     metrics = pd.concat([metrics, knn], ignore_index=True)
     saved = {}
-    original = figures._save
+    original = figures.common.save_figure
     monkeypatch.setattr(
-        figures, "_save", lambda fig, out: saved.setdefault("fig", fig) and original(fig, out)
+        figures.common,
+        "save_figure",
+        lambda fig, out: saved.setdefault("fig", fig) and original(fig, out),
     )
     plot_sigma_vs_fraction(_summary(metrics), tmp_path / "a.png", metrics=metrics)
     ax = saved["fig"].axes[0]
@@ -401,3 +408,37 @@ def test_make_all_figures_adds_the_pdf_figures(tiny_store, tmp_path):
     )
     assert {"pit_histograms", "pdf_coverage", "pdf_examples"} <= set(paths)
     assert all(paths[k].stat().st_size > 10_000 for k in ("pit_histograms", "pdf_examples"))
+
+
+# --- the figures rule's code digest -------------------------------------------------------------
+
+
+def test_the_figures_digest_covers_every_figure_module(tmp_path):
+    """stage_code("ssl_photoz.report.figures") (the figures rule) follows the package's imports:
+    every module of the package is in its closure, and an edit of any one changes the digest."""
+    package = PROJECT_ROOT / "src" / "ssl_photoz" / "report" / "figures"
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__")
+    assert {"accuracy", "common", "density", "efficiency", "pdfs"} <= set(modules)
+    closure = module_closure("ssl_photoz.report.figures")
+    assert {f"ssl_photoz.report.figures.{m}" for m in modules} <= set(closure)
+
+    copy = tmp_path / "src"
+    shutil.copytree(PROJECT_ROOT / "src" / "ssl_photoz", copy / "ssl_photoz")
+    code = (
+        "from ssl_photoz.core.codehash import code_digest; "
+        "print(code_digest('ssl_photoz.report.figures'))"
+    )
+
+    def digest() -> str:
+        env = {"PYTHONPATH": str(copy), "PATH": ""}
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=env)  # fmt: skip
+        return run.stdout.strip()
+
+    assert digest() == code_digest("ssl_photoz.report.figures")
+    seen = {digest()}
+    for module in modules:
+        path = copy / "ssl_photoz" / "report" / "figures" / f"{module}.py"
+        path.write_text(path.read_text() + f"\nEDITED_{module.upper()} = 1\n")
+        seen.add(digest())
+        assert len(seen) == modules.index(module) + 2, f"an edit of {module}.py left the digest"

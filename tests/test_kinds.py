@@ -201,9 +201,11 @@ def test_a_new_kind_flows_through_the_figures(registered, tmp_path, monkeypatch)
              **with_defaults("evaluate", {}))  # fmt: skip
 
     drawn = {}
-    original = figures._save
+    original = figures.common.save_figure
     monkeypatch.setattr(
-        figures, "_save", lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out)
+        figures.common,
+        "save_figure",
+        lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out),
     )
     paths = figures.make_all_figures(
         metrics_tsv, summary_tsv, folder, store, tmp_path / "figures",
@@ -277,3 +279,110 @@ def test_a_new_network_is_ordered_after_the_others_in_the_explorer(registered):
         "finetune_f1.0_s0", "finetune_f0.25_s0", "supervised_f1.0_s0", "byol_ft_f1.0_s0",
         "byol_ft_f0.25_s0", "colours_knn_f1.0",
     ]  # fmt: skip
+
+
+# --- a registered kind that did not run -----------------------------------------------------------
+
+
+def test_registered_kinds_without_rows_are_left_out_of_the_figures(
+    registered, tmp_path, monkeypatch
+):
+    """Only the networks ran (no colours kNN, no BYOL, no random forest): every figure draws the
+    two, in registry order, and names none of the others."""
+    store = tmp_path / "cutouts.zarr"
+    write_store(store, n=12)
+    metrics = figure_metrics()
+    metrics = metrics[metrics["kind"] != "colours_knn"]
+    metrics_tsv, summary_tsv = tmp_path / "metrics.tsv", tmp_path / "metrics_summary.tsv"
+    metrics.to_csv(metrics_tsv, sep="\t", index=False)
+    seed_summary(metrics).to_csv(summary_tsv, sep="\t", index=False)
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    ran = [kinds.get(kinds.SELF_SUPERVISED), kinds.get(kinds.SUPERVISED)]
+    for kind in ran:
+        rows = metrics[metrics["kind"] == kind.name]
+        best = rows.loc[rows["sigma_mad"].idxmin()]
+        _prediction(folder, best["model"], kind.name, best["fraction"], rng, pdf=True)
+    objects = pd.DataFrame({"objid": np.arange(300) + 1, "petroMag_r": 17.0, "extinction_r": 0.0})
+    evaluate(sorted(folder.glob("*.parquet")), objects, tmp_path / "pdf", z_min=0.0, z_max=0.4,
+             **with_defaults("evaluate", {}))  # fmt: skip
+
+    drawn = {}
+    original = figures.common.save_figure
+    monkeypatch.setattr(
+        figures.common,
+        "save_figure",
+        lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out),
+    )
+    paths = figures.make_all_figures(
+        metrics_tsv, summary_tsv, folder, store, tmp_path / "figures",
+        pdf_objects=tmp_path / "pdf" / "pdf_objects.parquet", crop_size=64,
+    )  # fmt: skip
+    assert all(path.exists() for path in paths.values())
+    absent = [k.label for k in kinds.KINDS if k not in ran]
+    assert len(absent) == 3  # colours kNN, BYOL, the random forest
+
+    def texts(legend):
+        return [t.get_text() for t in legend.get_texts()]
+
+    legend = texts(drawn["fig2_sigma_vs_fraction.png"].legends[0])
+    assert [t for t in legend if t.startswith(tuple(k.label for k in ran))] == [
+        f"{k.label}: mean, bars = std of 3 seeds" for k in ran
+    ]
+    assert not [t for t in legend if t.startswith(tuple(absent))], legend
+    titles = [a.get_title().split("\n")[0] for a in drawn["dz_vs_zspec.png"].axes if a.get_title()]
+    assert titles == [k.label for k in ran]
+    pit = [a.get_title().split("\n")[0] for a in drawn["pit_histograms.png"].axes]
+    assert pit == [k.label for k in ran]
+    coverage = texts(drawn["pdf_coverage.png"].axes[0].get_legend())
+    assert coverage == ["calibrated", *(k.label for k in ran)]
+    examples = texts(drawn["pdf_examples.png"].axes[0].get_legend())
+    assert examples == [*(k.label for k in ran), "z_spec"]
+
+
+def test_registered_kinds_without_rows_are_left_out_of_the_summary(registered, tmp_path):
+    """A metrics summary of the two networks only: no column, row or PDF line of the others."""
+    store = tmp_path / "cutouts.zarr"
+    write_store(store, n=40, split=np.array([0, 1, 2, 0] * 10, dtype=np.int8))
+    report = leakage_report(store, [0.25, 1.0], {})
+    objects = pd.DataFrame({"split": np.array(["train", "val", "unlabeled", "train"] * 10)})
+    table = pd.DataFrame(
+        {
+            "kind": ["supervised", "supervised", "finetune", "finetune"],
+            "fraction": [0.25, 1.0, 0.25, 1.0],
+            "n_seeds": 2,
+            "sigma_mad_mean": [0.040, 0.025, 0.030, 0.020],
+            "sigma_mad_std": 0.001, "eta_mean": 1.0, "eta_std": 0.5, "bias_mean": 0.0,
+            "crps_mean": [0.015, 0.011, 0.012, 0.010], "crps_std": 0.001, "pit_ks_mean": 0.05,
+            "pit_cvm_mean": 0.001, "pit_outlier_fraction_mean": 0.01, "coverage68_mean": 0.66,
+            "coverage95_mean": 0.94,
+        }
+    )  # fmt: skip
+    config = {
+        "source": "mock",
+        "query": {"backend": "duckdb", "data_release": 12},
+        "model": {"arch": "resnet_small", "width": 32},
+        "pretrain": {"epochs": 8, "queue_size": 1024, "momentum": 0.99},
+        "finetune": {"epochs": 20},
+        "labels": {"fractions": [0.25, 1.0], "seeds": [0, 1]},
+    }
+    text = write_summary(tmp_path / "summary.md", table, None, objects, report, config)
+    assert (
+        "| label fraction | supervised sigma_MAD | MoCo + fine-tune sigma_MAD "
+        "| label-efficiency factor |\n| --- | --- | --- | --- |\n"
+        "| 0.25 | 0.04000 +- 0.00100 | 0.03000 +- 0.00100 | - |" in text
+    )
+    for kind in (k for k in kinds.KINDS if k.name not in table["kind"].tolist()):
+        assert f"| **{kind.summary_name}" not in text, kind.name  # the main table
+        assert f"| {kind.summary_name} |" not in text, kind.name  # the PDF scores
+        assert kind.fraction_column not in text, kind.name
+    # The PDF scores in registry order: fine-tuned, then supervised.
+    section = text.split("## Photo-z PDFs", 1)[1].split("\n\n")[1].splitlines()
+    pdf_rows = [line for line in section if line.startswith("| ours, ")]
+    assert [line.split(" | ")[0] for line in pdf_rows] == [
+        "| ours, MoCo v2 + fine-tuning",
+        "| ours, MoCo v2 + fine-tuning",
+        "| ours, supervised",
+        "| ours, supervised",
+    ]

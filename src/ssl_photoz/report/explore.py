@@ -134,38 +134,10 @@ def _pdf_bytes(pdf_row: np.ndarray) -> str:
     return base64.b64encode(levels.astype(np.uint8).tobytes()).decode("ascii")
 
 
-def collect(
-    embeddings_path: Path,
-    store_path: Path,
-    prediction_paths,
-    z_min: float,
-    z_max: float,
-    *,
-    max_galaxies: int,
-    seed: int,
-    neighbours: int,
-    anomaly_k: int,
-    crop_size: int,
-) -> dict:
-    """Everything the page shows, as a JSON-ready dict (objids as strings: they exceed 2**53)."""
-    from ssl_photoz.cutouts.pictures import store_cutouts
-    from ssl_photoz.similarity.embeddings import load_embeddings
-    from ssl_photoz.similarity.index import open_index
-    from ssl_photoz.similarity.search import kth_distances
-    from ssl_photoz.similarity.search import neighbours as nearest
-
-    k = neighbours
-    if max_galaxies < 1 or k < 1 or anomaly_k < 1:
-        raise ValueError(
-            f"max_galaxies, neighbours and anomaly_k must be >= 1, got {max_galaxies}, {k}, "
-            f"{anomaly_k}"
-        )
-    emb = load_embeddings(embeddings_path)
-    index = open_index(emb)
-    models = load_predictions(prediction_paths)
-    order = _model_order(models)
-
-    table = emb.table
+def _validation_rows(table, models, embeddings_path, max_galaxies: int, seed: int):
+    """(rows of the embeddings table to show, validation galaxies there, sampled or not): the
+    validation galaxies with an embedding and a prediction, a seeded sample above
+    ``max_galaxies``."""
     val_rows = np.flatnonzero(table["split"].to_numpy() == "val")
     predicted = set()
     for frame in models.values():
@@ -181,50 +153,82 @@ def collect(
         rng = np.random.default_rng(seed)
         val_rows = np.sort(rng.choice(val_rows, size=max_galaxies, replace=False))
     log.info("explorer: %d of %d validation galaxies", len(val_rows), n_val)
+    return val_rows, n_val, sampled
 
-    scores = kth_distances(emb.vectors, anomaly_k, index=index, rows=val_rows)
-    galaxies, pictures = [], set()
-    objids = table["objid"].to_numpy()
-    by_model = {
-        name: frame.assign(_row=np.arange(len(frame))).set_index("objid")
-        for name, frame in models.items()
-    }
+
+def _pits(models: dict, z_min: float, z_max: float) -> dict[str, np.ndarray]:
+    """The PIT of every object of each model with PDFs."""
     pits = {}
     for name, frame in models.items():
         pdf = frame.attrs.get("pdf")
         if pdf is not None:
             pits[name] = pit(pdf, frame["z_spec"].to_numpy(), z_min, z_max)
+    return pits
+
+
+def _pdf_width(models: dict) -> int:
+    """The classifiers' common number of PDF bins (0 without PDFs)."""
     n_bins = {
         name: frame.attrs["pdf"].shape[1] for name, frame in models.items() if "pdf" in frame.attrs
     }
+    widths = sorted(set(n_bins.values()))
+    if len(widths) > 1:
+        raise ValueError(f"the classifiers' PDFs have different bin counts: {n_bins}")
+    return widths[0] if widths else 0
+
+
+def _redshifts(objid: int, z_spec: float, order, by_model, models, pits) -> dict:
+    """One galaxy's z_p and dz of every model that predicts it, PIT and PDF of those with PDFs."""
+    zp, dz, pit_of, pdfs = {}, {}, {}, {}
+    for name in order:
+        frame = by_model[name]
+        if objid not in frame.index:
+            continue
+        hit = frame.loc[objid]
+        zp[name] = _number(hit["z_phot"])
+        dz[name] = _number((hit["z_phot"] - z_spec) / (1.0 + z_spec))
+        if name in pits:
+            i = int(hit["_row"])
+            pit_of[name] = _number(pits[name][i], 4)
+            pdfs[name] = _pdf_bytes(models[name].attrs["pdf"][i])
+    return {"z_p": zp, "dz": dz, "pit": pit_of, "pdf": pdfs}
+
+
+def _neighbours(emb, index, row: int, k: int) -> list[dict]:
+    """The ``k`` nearest training galaxies of embeddings row ``row``, as the page lists them."""
+    from ssl_photoz.similarity.search import neighbours as nearest
+
+    found = nearest(emb, index, int(row), k=k, pool=POOL)
+    return [
+        {
+            "objid": str(int(n.objid)),
+            # Unrounded: the page rounds once, as ssl-photoz similar does.
+            "z_spec": _number(n.z_spec, None),
+            "distance": _number(n.distance, None),
+            "ra": _number(n.ra, 6),
+            "dec": _number(n.dec, 6),
+        }
+        for n in found.itertuples()
+    ]
+
+
+def _galaxies(emb, index, models, val_rows, scores, z_min, z_max, k: int):
+    """The page's galaxy records (in ``val_rows``' order) and the objids whose pictures they
+    show (themselves and their neighbours)."""
+    table = emb.table
+    order = _model_order(models)
+    by_model = {
+        name: frame.assign(_row=np.arange(len(frame))).set_index("objid")
+        for name, frame in models.items()
+    }
+    pits = _pits(models, z_min, z_max)
+    objids = table["objid"].to_numpy()
+    galaxies, pictures = [], set()
     for pos, row in enumerate(val_rows):
         objid = int(objids[row])
         record = table.iloc[row]
         z_spec = float(record["z_spec"])
-        zp, dz, pit_of, pdfs = {}, {}, {}, {}
-        for name in order:
-            frame = by_model[name]
-            if objid not in frame.index:
-                continue
-            hit = frame.loc[objid]
-            zp[name] = _number(hit["z_phot"])
-            dz[name] = _number((hit["z_phot"] - z_spec) / (1.0 + z_spec))
-            if name in pits:
-                i = int(hit["_row"])
-                pit_of[name] = _number(pits[name][i], 4)
-                pdfs[name] = _pdf_bytes(models[name].attrs["pdf"][i])
-        found = nearest(emb, index, int(row), k=k, pool=POOL)
-        near = [
-            {
-                "objid": str(int(n.objid)),
-                # Unrounded: the page rounds once, as ssl-photoz similar does.
-                "z_spec": _number(n.z_spec, None),
-                "distance": _number(n.distance, None),
-                "ra": _number(n.ra, 6),
-                "dec": _number(n.dec, 6),
-            }
-            for n in found.itertuples()
-        ]
+        near = _neighbours(emb, index, row, k)
         pictures.add(objid)
         pictures.update(int(n["objid"]) for n in near)
         galaxies.append(
@@ -233,30 +237,68 @@ def collect(
                 "ra": _number(record["ra"], 6),
                 "dec": _number(record["dec"], 6),
                 "z_spec": _number(z_spec, None),
-                "z_p": zp,
-                "dz": dz,
-                "pit": pit_of,
-                "pdf": pdfs,
+                **_redshifts(objid, z_spec, order, by_model, models, pits),
                 "anomaly": _number(scores[pos], 4),
                 "neighbours": near,
             }
         )
+    return galaxies, pictures
 
-    wanted = sorted(pictures)
-    images = {
+
+def _images(store_path: Path, objids, crop_size: int) -> dict[str, str]:
+    """The pictures (base64 JPEG of the centre crop) by objid."""
+    from ssl_photoz.cutouts.pictures import store_cutouts
+
+    wanted = sorted(objids)
+    return {
         str(objid): base64.b64encode(thumbnail_jpeg(cutout, crop_size)).decode("ascii")
         for objid, cutout in zip(wanted, store_cutouts(store_path, wanted), strict=True)
     }
-    widths = sorted(set(n_bins.values()))
-    if len(widths) > 1:
-        raise ValueError(f"the classifiers' PDFs have different bin counts: {n_bins}")
+
+
+def collect(
+    embeddings_path: Path,
+    store_path: Path,
+    prediction_paths,
+    z_min: float,
+    z_max: float,
+    *,
+    max_galaxies: int,
+    seed: int,
+    neighbours: int,
+    anomaly_k: int,
+    crop_size: int,
+) -> dict:
+    """Everything the page shows, as a JSON-ready dict (objids as strings: they exceed 2**53).
+    The models are those of ``prediction_paths``: kinds in registry order, whichever ran."""
+    from ssl_photoz.similarity.embeddings import load_embeddings
+    from ssl_photoz.similarity.index import open_index
+    from ssl_photoz.similarity.search import kth_distances
+
+    k = neighbours
+    if max_galaxies < 1 or k < 1 or anomaly_k < 1:
+        raise ValueError(
+            f"max_galaxies, neighbours and anomaly_k must be >= 1, got {max_galaxies}, {k}, "
+            f"{anomaly_k}"
+        )
+    emb = load_embeddings(embeddings_path)
+    index = open_index(emb)
+    models = load_predictions(prediction_paths)
+    order = _model_order(models)
+    val_rows, n_val, sampled = _validation_rows(
+        emb.table, models, embeddings_path, max_galaxies, seed
+    )
+    scores = kth_distances(emb.vectors, anomaly_k, index=index, rows=val_rows)
+    galaxies, pictures = _galaxies(emb, index, models, val_rows, scores, z_min, z_max, k)
+    images = _images(store_path, pictures, crop_size)
+    with_pdf = [m for m in order if "pdf" in models[m].attrs]
     return {
         "galaxies": galaxies,
         "images": images,
         "models": order,
-        "pdf_models": [m for m in order if m in pits],
-        "default_model": next((m for m in order if m in pits), order[0]),
-        "bins": {"z_min": z_min, "z_max": z_max, "n": widths[0] if widths else 0},
+        "pdf_models": with_pdf,
+        "default_model": next(iter(with_pdf), order[0]),
+        "bins": {"z_min": z_min, "z_max": z_max, "n": _pdf_width(models)},
         "n_validation": n_val,
         "n_shown": len(galaxies),
         "sampled": sampled,
@@ -265,7 +307,7 @@ def collect(
         "k": k,
         "pool": POOL,
         "anomaly_k": anomaly_k,
-        "n_embedded": len(table),
+        "n_embedded": len(emb.table),
         "thumb_px": crop_size,
         "match_radius_arcsec": _match_radius(),
         "embeddings": str(embeddings_path),

@@ -68,6 +68,7 @@ def _markdown(table: pd.DataFrame) -> list[str]:
 
 
 def _main_table(summary: pd.DataFrame, n_val: int, arch: str) -> list[str]:
+    """The paper's rows, then ours at the full label set: each kind the summary holds."""
     lines = [
         "| method | sigma_MAD | eta (%) | bias | validation galaxies | seeds |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -95,7 +96,10 @@ def _main_table(summary: pd.DataFrame, n_val: int, arch: str) -> list[str]:
 
 
 def _fraction_table(summary: pd.DataFrame, efficiency: pd.DataFrame | None) -> list[str]:
-    columns = kinds.table_order()
+    """sigma_MAD per label fraction, a column for each kind the summary holds (table order),
+    and the label-efficiency factor."""
+    present = set(summary["kind"])
+    columns = [k for k in kinds.table_order() if k.name in present]
     pivot = summary[summary["kind"].isin([k.name for k in columns])]
     seeded = [k.name for k in columns if k.seeds]  # the fractions are the trained models'
     fractions = sorted(pivot[pivot["kind"].isin(seeded)]["fraction"].dropna().unique())
@@ -135,7 +139,8 @@ PDF_SUMMARY_COLUMNS = (
 
 
 def _pdf_section(summary: pd.DataFrame) -> list[str]:
-    """The photo-z PDFs' scores per kind and label fraction (runs with a PDF only)."""
+    """The photo-z PDFs' scores per kind (the kinds with PDFs that the summary holds) and label
+    fraction."""
     if any(c not in summary.columns for c in PDF_SUMMARY_COLUMNS):
         return []
     rows = summary[summary["crps_mean"].astype(float).notna()]
@@ -148,7 +153,10 @@ def _pdf_section(summary: pd.DataFrame) -> list[str]:
         "| 68 % coverage | 95 % coverage | seeds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for _, row in rows.sort_values(["kind", "fraction"]).iterrows():
+    # Registry order (kinds not registered last, by name), then by label fraction.
+    rank = {name: i for i, name in enumerate(kinds.names())}
+    rows = rows.assign(_rank=rows["kind"].map(lambda kind: rank.get(kind, len(rank))))
+    for _, row in rows.sort_values(["_rank", "kind", "fraction"]).iterrows():
         lines.append(
             f"| {_kind_name(row['kind'])} | {float(row['fraction']):g} "
             f"| {_mean_std(row, 'crps', 5)} | {_fmt(float(row['pit_ks_mean']), 3)} "
@@ -224,22 +232,16 @@ def _precisions(training: dict) -> str:
     return ", ".join(chosen) if chosen else "-"
 
 
-def _recipe_table(config: dict, training: dict) -> list[str]:
-    """Every setting of the recipe, ours beside the paper's, with the steps actually taken."""
-    model, pre = config["model"], with_defaults("pretrain", config["pretrain"])
-    ft, sup = config["finetune"], config.get("supervised", {})
-    pretrain_run = training.get("pretrain", {})
-    recipe = pretrain_run.get("recipe", {})
+def _network_rows(model: dict, training: dict) -> list[tuple[str, str, str, str]]:
+    """The recipe's rows common to every network: architecture, input, crop, precision."""
     width = f" (width {model.get('width')})" if model["arch"] == "resnet_small" else ""
-    pool = pretrain_run.get("n_images")
-    rows = [
+    softening = model.get("input_softening")
+    return [
         ("all", "network", f"{model['arch']}{width}", PAPER_RECIPE["network"]),
         (
             "all",
             "network input",
-            f"asinh(flux / {model['input_softening']}) per band"
-            if model.get("input_softening")
-            else "raw fluxes",
+            f"asinh(flux / {softening}) per band" if softening else "raw fluxes",
             PAPER_RECIPE["input"],
         ),
         (
@@ -249,41 +251,51 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
             PAPER_RECIPE["crop"],
         ),
         ("all", "precision (as run)", _precisions(training), PAPER_RECIPE["precision"]),
+    ]
+
+
+def _pretraining_rows(pre: dict, training: dict) -> list[tuple[str, str, str, str]]:
+    """MoCo v2 pretraining's settings (``pre``: the section, defaults filled) as run."""
+    run = training.get("pretrain", {})
+    pool = run.get("n_images")
+    stage = "pretraining"
+    return [
         (
-            "pretraining",
+            stage,
             "pool",
             f"{pool:,} images (train + unlabeled, good cut-outs)" if pool else "-",
             PAPER_RECIPE["pool"],
         ),
         (
-            "pretraining",
+            stage,
             "optimiser",
             f"SGD, momentum 0.9, weight decay {pre.get('weight_decay')}",
             PAPER_RECIPE["pre_optimizer"],
         ),
         (
-            "pretraining",
+            stage,
             "learning rate, schedule",
             f"{pre.get('lr')}, cosine per step, {pre['warmup_epochs']} warm-up epoch(s)",
             PAPER_RECIPE["pre_lr"],
         ),
-        ("pretraining", "epochs", str(pre.get("epochs")), PAPER_RECIPE["pre_epochs"]),
-        ("pretraining", "steps taken", _steps(training, "pretrain"), "-"),
-        ("pretraining", "batch size", str(pre.get("batch_size")), PAPER_RECIPE["pre_batch"]),
+        (stage, "epochs", str(pre.get("epochs")), PAPER_RECIPE["pre_epochs"]),
+        (stage, "steps taken", _steps(training, "pretrain"), "-"),
+        (stage, "batch size", str(pre.get("batch_size")), PAPER_RECIPE["pre_batch"]),
+        (stage, "queue (negatives)", f"{pre.get('queue_size', 0):,}", PAPER_RECIPE["queue"]),
+        (stage, "key-encoder momentum", str(pre.get("momentum")), PAPER_RECIPE["momentum"]),
+        (stage, "temperature", str(pre.get("temperature")), PAPER_RECIPE["temperature"]),
         (
-            "pretraining",
-            "queue (negatives)",
-            f"{pre.get('queue_size', 0):,}",
-            PAPER_RECIPE["queue"],
-        ),
-        ("pretraining", "key-encoder momentum", str(pre.get("momentum")), PAPER_RECIPE["momentum"]),
-        ("pretraining", "temperature", str(pre.get("temperature")), PAPER_RECIPE["temperature"]),
-        (
-            "pretraining",
+            stage,
             "batch norm",
-            recipe.get("bn", f"bn_splits {pre['bn_splits']}"),
+            run.get("recipe", {}).get("bn", f"bn_splits {pre['bn_splits']}"),
             PAPER_RECIPE["bn"],
         ),
+    ]
+
+
+def _classifier_rows(ft: dict, sup: dict, training: dict) -> list[tuple[str, str, str, str]]:
+    """Fine-tuning's and the supervised network's settings (their sections) as run."""
+    return [
         ("fine-tuning", "optimiser", "Adam, weight decay " + str(ft.get("weight_decay")), "Adam"),
         (
             "fine-tuning",
@@ -312,13 +324,18 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
             f"{sup.get('lr', '-')} for every layer, cosine per step",
             PAPER_RECIPE["sup_lr"],
         ),
-        (
-            "supervised",
-            "epochs, batch size",
-            _epochs_batch(sup),
-            "-",
-        ),
+        ("supervised", "epochs, batch size", _epochs_batch(sup), "-"),
         ("supervised", "steps taken", _steps(training, "supervised"), "-"),
+    ]
+
+
+def _recipe_table(config: dict, training: dict) -> list[str]:
+    """Every setting of the recipe, ours beside the paper's, with the steps actually taken."""
+    pre = with_defaults("pretrain", config["pretrain"])
+    rows = [
+        *_network_rows(config["model"], training),
+        *_pretraining_rows(pre, training),
+        *_classifier_rows(config["finetune"], config.get("supervised", {}), training),
     ]
     lines = ["| stage | setting | ours | paper |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
