@@ -84,7 +84,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the jobs here")
     args = parser.parse_args()
 
-    from ssl_photoz.cutouts.stage import create_store, cut_shard, plan_shards
+    from ssl_photoz.cutouts.cut import cut_shard
+    from ssl_photoz.cutouts.plan import plan_shards
+    from ssl_photoz.cutouts.store import create_store
     from ssl_photoz.surveys.sdss.frames import MockFrameSource
     from ssl_photoz.surveys.sdss.sky.survey import MockSky
 

@@ -26,7 +26,9 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from MontagePy.main import mProjectPP
 
-from ssl_photoz.cutouts.montage import BANDS, check_status, cutout, prepare_frame, write_header
+from ssl_photoz.cutouts.frame_files import prepare_frame
+from ssl_photoz.cutouts.montage import check_status, cutout, write_header
+from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
 
 
@@ -48,7 +50,7 @@ def pick_objects(frame: Path, catalogue: Path, n: int) -> list[tuple[float, floa
 def naive_cutout(ra: float, dec: float, frames: dict[str, Path], work: Path) -> np.ndarray:
     header = write_header(work / "naive.hdr", ra, dec)
     planes = []
-    for band in BANDS:
+    for band in SDSS.bands:
         out = work / "naive.fits"
         status = mProjectPP(str(frames[band]), str(out), str(header), fullRegion=True)
         check_status(status, "mProjectPP", band=band, frame=frames[band])
@@ -71,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         raw = {}
-        for band in BANDS:  # decompression is needed by both methods: not timed
+        for band in SDSS.bands:  # decompression is needed by both methods: not timed
             raw[band] = tmp / f"frame-{band}-004510-4-0030.fits"
             with bz2.open(field_dir / f"{raw[band].name}.bz2") as fin, open(raw[band], "wb") as f:
                 shutil.copyfileobj(fin, f)

@@ -27,7 +27,7 @@ def test_closure_follows_imports_inside_functions_and_parent_packages():
 def test_computing_the_digest_imports_nothing_heavy():
     code = (
         "import sys; from ssl_photoz.core.codehash import code_digest; "
-        "code_digest('ssl_photoz.learn.train', 'ssl_photoz.cutouts.stage'); "
+        "code_digest('ssl_photoz.learn.train', 'ssl_photoz.cutouts.cut'); "
         "print(sorted(m for m in ('torch', 'zarr', 'ssl_photoz.learn.train') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

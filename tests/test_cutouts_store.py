@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_photoz.cutouts import stage as cutouts
-from ssl_photoz.cutouts.stage import (
-    IMAGE_SIZE,
-    channel_mad,
-    create_store,
-    cut_shard,
-    gather,
-    plan_shards,
-    write_zarr_shard,
-)
+from ssl_photoz.cutouts import digests
+from ssl_photoz.cutouts import plan as planning
+from ssl_photoz.cutouts import settings as cutout_settings
+from ssl_photoz.cutouts import store as zarr_store
+from ssl_photoz.cutouts.cut import cut_shard
+from ssl_photoz.cutouts.gather import gather
+from ssl_photoz.cutouts.plan import plan_shards
+from ssl_photoz.cutouts.stats import channel_mad
+from ssl_photoz.cutouts.store import create_store, write_zarr_shard
+from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.conventions import FieldId, pack_objid
 
 
@@ -94,7 +94,7 @@ def fake_montage(monkeypatch):
         if objid % 10 == 7:
             raise IncompleteCutout(f"object {objid}: patch leaves the footprint in band g")
         rng = np.random.default_rng(objid % (2**32))
-        return rng.normal(size=(5, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+        return rng.normal(size=(5, SDSS.cutout_size, SDSS.cutout_size)).astype(np.float32)
 
     module = types.SimpleNamespace(cutout=cutout, IncompleteCutout=IncompleteCutout, calls=[])
     monkeypatch.setitem(sys.modules, "ssl_photoz.cutouts.montage", module)
@@ -143,7 +143,7 @@ def test_plan_with_the_mock_footprint_finds_overlapping_fields(tiny_sky):
             "dec": [float(dec_c), float(dec_c)],
         }
     )
-    frames = cutouts.frames_for_objects(objects, fp)
+    frames = planning.frames_for_objects(objects, fp)
     assert frames[0] == [FieldId(5001, 3, 15)]
     assert FieldId(5001, 3, 16) in frames[1] and FieldId(5001, 3, 15) in frames[1]
 
@@ -175,7 +175,7 @@ def test_killed_job_rerun_gives_an_identical_store(tmp_path, fake_montage, monke
     cut_shard(plan["shards"][0], objects, clean, 96, 32, FakeSource(), tmp_path)
 
     # Kill the job inside its second Zarr shard, after the scratch copy is made.
-    real_move = cutouts._move_into_store
+    real_move = zarr_store._move_into_store
     calls = {"n": 0}
 
     class Killed(BaseException):
@@ -187,10 +187,10 @@ def test_killed_job_rerun_gives_an_identical_store(tmp_path, fake_montage, monke
             raise Killed()
         return real_move(src, dst)
 
-    monkeypatch.setattr(cutouts, "_move_into_store", dying_move)
+    monkeypatch.setattr(zarr_store, "_move_into_store", dying_move)
     with pytest.raises(Killed):
         cut_shard(plan["shards"][0], objects, crashed, 96, 32, FakeSource(), tmp_path)
-    monkeypatch.setattr(cutouts, "_move_into_store", real_move)
+    monkeypatch.setattr(zarr_store, "_move_into_store", real_move)
     assert _digest(clean) != _digest(crashed)
     cut_shard(plan["shards"][0], objects, crashed, 96, 32, FakeSource(), tmp_path)
     assert _digest(clean) == _digest(crashed)
@@ -212,7 +212,7 @@ def test_gather_validates_and_writes_the_contract(tmp_path, fake_montage):
     np.testing.assert_array_equal(group["objid"][:], objects["objid"])
     codes = group.attrs["split_codes"]
     assert [codes[c] for c in group["split"][:]] == list(objects["split"])
-    assert group.attrs["bands"] == list("ugriz") and group.attrs["size"] == IMAGE_SIZE
+    assert group.attrs["bands"] == list("ugriz") and group.attrs["size"] == SDSS.cutout_size
     stats = channel_mad(store, max_images=1000)
     assert stats["n_images"] == int(
         ((objects["split"] == "train").to_numpy() & group["ok"][:]).sum()
@@ -231,7 +231,9 @@ def test_write_zarr_shard_refuses_a_misfit_block(tmp_path):
     store = tmp_path / "s.zarr"
     create_store(store, 40, 32)
     with pytest.raises(ValueError, match="does not fit"):
-        write_zarr_shard(store, 1, np.zeros((32, 5, IMAGE_SIZE, IMAGE_SIZE), np.float32), 40, 32)
+        write_zarr_shard(
+            store, 1, np.zeros((32, 5, SDSS.cutout_size, SDSS.cutout_size), np.float32), 40, 32
+        )
 
 
 def test_absent_frames_are_left_out_and_asked_for_once(tmp_path, fake_montage):
@@ -298,7 +300,7 @@ def test_mock_frames_still_cut_through_montage(tmp_path, tiny_sky):
         statuses = cut_shard(plan["shards"][0], objects, store, 3, 4, source, tmp_path / "w")
     assert [s["ok"] for s in statuses] == [True] * 3, statuses
     images = zarr.open_group(str(store), mode="r")["images"][:]
-    assert images.shape == (3, 5, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(images).all()
+    assert images.shape == (3, 5, SDSS.cutout_size, SDSS.cutout_size) and np.isfinite(images).all()
 
 
 # -- issue 19: what reruns, what is kept, integrity ----------------------------------------------
@@ -327,7 +329,7 @@ def _files(store) -> dict:
 def _cut_all(plan, objects, store, source, tmp_path, code="code-1"):
     statuses = []
     for shard in plan["shards"]:
-        zs = cutouts.job_zarr_shards(shard, plan["store_shard"])
+        zs = planning.job_zarr_shards(shard, plan["store_shard"])
         fps = [plan["fingerprints"][z] for z in zs]
         statuses += cut_shard(
             shard, objects, store, len(objects), plan["store_shard"], source, tmp_path,
@@ -340,17 +342,21 @@ def test_settings_are_split_into_pixels_machine_and_statistics():
     from ssl_photoz.core.config import load_schema
 
     keys = set(load_schema()["properties"]["cutouts"]["properties"])
-    parts = [set(cutouts.PLAN_KEYS), set(cutouts.MACHINE_KEYS), set(cutouts.STATS_KEYS)]
+    parts = [
+        set(cutout_settings.PLAN_KEYS),
+        set(cutout_settings.MACHINE_KEYS),
+        set(cutout_settings.STATS_KEYS),
+    ]
     assert set().union(*parts) == keys, "every cutouts key must be classified"
     assert sum(map(len, parts)) == len(keys), "no key in two parts"
     given = {"frame_source": "sas", "shard_size": 64, "store_shard": 32, "retries": 9}
-    full = cutouts.settings_part(given, cutouts.PLAN_KEYS)
+    full = cutout_settings.settings_part(given, cutout_settings.PLAN_KEYS)
     assert full["rerun"] == 301 and full["data_release"] == 12 and "retries" not in full
-    assert cutouts.plan_settings(full) == {
+    assert cutout_settings.plan_settings(full) == {
         "frame_source": "sas", "shard_size": 64, "store_shard": 32, "data_release": 12,
         "rerun": 301,
     }  # fmt: skip
-    stats = cutouts.settings_part({"stats_max_images": 9}, cutouts.STATS_KEYS)
+    stats = cutout_settings.settings_part({"stats_max_images": 9}, cutout_settings.STATS_KEYS)
     assert stats == {"stats_max_images": 9, "seed": 0}
 
 
@@ -358,23 +364,29 @@ def test_settings_parts_are_validated():
     from ssl_photoz.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="stats_max_images"):
-        cutouts.settings_part({"seed": 1}, cutouts.STATS_KEYS)
+        cutout_settings.settings_part({"seed": 1}, cutout_settings.STATS_KEYS)
     with pytest.raises(ConfigError, match="retries"):
-        cutouts.settings_part({"stats_max_images": 9, "retries": -1}, cutouts.STATS_KEYS)
+        cutout_settings.settings_part(
+            {"stats_max_images": 9, "retries": -1}, cutout_settings.STATS_KEYS
+        )
     with pytest.raises(ConfigError, match="unexpected"):
-        cutouts.settings_part({"stats_max_images": 9, "colour": 1}, cutouts.STATS_KEYS)
+        cutout_settings.settings_part(
+            {"stats_max_images": 9, "colour": 1}, cutout_settings.STATS_KEYS
+        )
     plan = json.dumps({"frame_source": "mock", "shard_size": 64, "store_shard": 32})
-    keys = (*cutouts.PLAN_KEYS, *cutouts.MACHINE_KEYS)
-    got = cutouts.settings_from_cli(keys, plan, machine_json='{"retries": 9, "timeout_s": 7.5}')
+    keys = (*cutout_settings.PLAN_KEYS, *cutout_settings.MACHINE_KEYS)
+    got = cutout_settings.settings_from_cli(
+        keys, plan, machine_json='{"retries": 9, "timeout_s": 7.5}'
+    )
     assert got["retries"] == 9 and got["timeout_s"] == 7.5 and got["backoff_s"] == 2.0
     with pytest.raises(ConfigError, match="not machine or network settings"):
-        cutouts.settings_from_cli(keys, plan, machine_json='{"store_shard": 16}')
+        cutout_settings.settings_from_cli(keys, plan, machine_json='{"store_shard": 16}')
 
 
 def _digests(package_root) -> dict:
     """Every cut-out digest, computed from the package at ``package_root`` (a fresh process)."""
     code = (
-        "import json; from ssl_photoz.cutouts import stage as c; print(json.dumps({f'{s}/{k}': "
+        "import json; from ssl_photoz.cutouts import digests as c; print(json.dumps({f'{s}/{k}': "
         "c.stage_code(s, k) for s in ('plan_shards', 'cutouts') for k in ('mock', 'sas', 'dir')}"
         " | {f'cutting/{k}': c.cutting_code(k) for k in ('mock', 'sas', 'dir')}))"
     )
@@ -405,23 +417,23 @@ def test_the_simulator_counts_in_the_digests_only_for_mock_frames(tmp_path):
     changed = {k for k in base if base[k] != render[k]}
     assert changed == {"plan_shards/mock", "cutouts/mock", "cutting/mock"}, changed
     for kind in ("sas", "dir"):
-        modules = cutouts.code_modules(kind, *cutouts.STEP_ENTRIES["cutouts"])
+        modules = digests.code_modules(kind, *digests.STEP_ENTRIES["cutouts"])
         assert "ssl_photoz.surveys.sdss.frames" in modules and not any("sky" in m for m in modules)
-    assert "ssl_photoz.surveys.sdss.sky.render" in cutouts.code_modules(
-        "mock", "ssl_photoz.cutouts.stage"
+    assert "ssl_photoz.surveys.sdss.sky.render" in digests.code_modules(
+        "mock", "ssl_photoz.cutouts.plan"
     )
     # frames.py: the jobs' code and the pixels, not the plan.
     frames = _digests(_edited_copy(tmp_path, "surveys/sdss/frames.py", "\nFRAMES_EDITED = 1\n"))
     changed = {k for k in base if base[k] != frames[k]}
     assert changed == {f"{s}/{k}" for s in ("cutouts", "cutting") for k in ("mock", "sas", "dir")}
-    # Planning or gather code in cutouts.py: both rules rerun, no Zarr shard is re-cut.
-    gather = _digests(_edited_copy(tmp_path, "cutouts/stage.py", "\nGATHER_EDITED = 1\n"))
+    # Planning or gather code of the stage: both rules rerun, no Zarr shard is re-cut.
+    gather = _digests(_edited_copy(tmp_path, "cutouts/gather.py", "\nGATHER_EDITED = 1\n"))
     changed = {k for k in base if base[k] != gather[k]}
     assert changed == {
         f"{s}/{k}" for s in ("plan_shards", "cutouts") for k in ("mock", "sas", "dir")
     }
     # What cut_shard runs is in the cutting code.
-    window = _digests(_edited_copy(tmp_path, "cutouts/stage.py", "\nFRAMES_KEPT = 41\n"))
+    window = _digests(_edited_copy(tmp_path, "cutouts/cut.py", "\nFRAMES_KEPT = 41\n"))
     assert all(window[f"cutting/{k}"] != base[f"cutting/{k}"] for k in ("mock", "sas", "dir"))
 
 
@@ -444,14 +456,14 @@ def test_a_replan_keeps_the_store_and_the_jobs_keep_what_they_cut(tmp_path, fake
     objects = _objects(100)
     store = tmp_path / "cutouts.zarr"
     plan = plan_shards(objects, shard_size=64, store_shard=32, source=SOURCE)
-    assert cutouts.prepare_store(store, 100, 32, plan["fingerprints"])["store"] == "new"
+    assert zarr_store.prepare_store(store, 100, 32, plan["fingerprints"])["store"] == "new"
     first = _cut_all(plan, objects, store, CountingSource(), tmp_path)
     gather(store, objects, first, {}, plan=plan)
     before = _files(store)
 
     # The same plan again (e.g. plan_shards' code edited): nothing is wiped or re-cut.
     plan = plan_shards(objects, shard_size=64, store_shard=32, source=SOURCE)
-    state = cutouts.prepare_store(store, 100, 32, plan["fingerprints"])
+    state = zarr_store.prepare_store(store, 100, 32, plan["fingerprints"])
     assert state == {"store": "kept", "reusable": 4, "to_cut": 0}
     import zarr
 
@@ -464,7 +476,7 @@ def test_a_replan_keeps_the_store_and_the_jobs_keep_what_they_cut(tmp_path, fake
     moved = objects.copy()
     moved.loc[40, "ra"] += 1e-4
     plan = plan_shards(moved, shard_size=64, store_shard=32, source=SOURCE)
-    assert cutouts.prepare_store(store, 100, 32, plan["fingerprints"])["to_cut"] == 1
+    assert zarr_store.prepare_store(store, 100, 32, plan["fingerprints"])["to_cut"] == 1
     source = CountingSource()
     _cut_all(plan, moved, store, source, tmp_path)
     after = _files(store)
@@ -475,20 +487,20 @@ def test_a_replan_keeps_the_store_and_the_jobs_keep_what_they_cut(tmp_path, fake
     source = CountingSource()
     _cut_all(plan, moved, store, source, tmp_path, code="code-2")
     assert all(after[k][:2] != v[:2] for k, v in _files(store).items())
-    assert cutouts.read_record(store, 0)["code"] == "code-2"
+    assert zarr_store.read_record(store, 0)["code"] == "code-2"
 
 
 def test_a_layout_change_remakes_the_store(tmp_path, fake_montage):
     objects = _objects(100)
     store = tmp_path / "cutouts.zarr"
     plan = plan_shards(objects, 64, 32, source=SOURCE)
-    cutouts.prepare_store(store, 100, 32, plan["fingerprints"])
+    zarr_store.prepare_store(store, 100, 32, plan["fingerprints"])
     statuses = _cut_all(plan, objects, store, FakeSource(), tmp_path)
     import zarr
 
     old = zarr.open_array(str(store / "images"), mode="r")[:]
     plan16 = plan_shards(objects, 64, 16, source=SOURCE)
-    assert cutouts.prepare_store(store, 100, 16, plan16["fingerprints"])["store"] == "remade"
+    assert zarr_store.prepare_store(store, 100, 16, plan16["fingerprints"])["store"] == "remade"
     assert not (store / "images" / "c").exists()
     assert _cut_all(plan16, objects, store, FakeSource(), tmp_path) == statuses
     gather(store, objects, statuses, {}, plan=plan16)
@@ -497,7 +509,7 @@ def test_a_layout_change_remakes_the_store(tmp_path, fake_montage):
     np.testing.assert_array_equal(images[:], old)  # the same pixels in the new layout
     # another number of objects is another layout too
     fewer = plan_shards(objects.iloc[:90], 64, 16, source=SOURCE)
-    assert cutouts.prepare_store(store, 90, 16, fewer["fingerprints"])["store"] == "remade"
+    assert zarr_store.prepare_store(store, 90, 16, fewer["fingerprints"])["store"] == "remade"
 
 
 def _flip(path, position: int, bit: int) -> bytes:
@@ -518,7 +530,7 @@ def test_flipped_bits_in_a_shard_fail_every_read(tmp_path, fake_montage):
     store = tmp_path / "cutouts.zarr"
     create_store(store, 32, 32)
     cut_shard(plan["shards"][0], objects, store, 32, 32, FakeSource(), tmp_path)
-    path = cutouts._shard_file(store, 0)
+    path = zarr_store.shard_file(store, 0)
     index_bytes = 32 * 16 + 4  # (offset, length) per chunk and the index's own CRC32C
     rng = np.random.default_rng(19)
     failed = 0
@@ -537,14 +549,14 @@ def test_gather_names_a_damaged_or_missing_shard_and_its_objects(tmp_path, fake_
     objects = _objects(100)
     store = tmp_path / "cutouts.zarr"
     plan = plan_shards(objects, 64, 32, source=SOURCE)
-    cutouts.prepare_store(store, 100, 32, plan["fingerprints"])
+    zarr_store.prepare_store(store, 100, 32, plan["fingerprints"])
     statuses = _cut_all(plan, objects, store, FakeSource(), tmp_path)
     objid = objects["objid"].to_numpy()
     span = f"rows 32..63, objid {objid[32]}..{objid[63]}"
-    path = cutouts._shard_file(store, 1)
+    path = zarr_store.shard_file(store, 1)
 
     original = _flip(path, 1000, 3)
-    with pytest.raises(cutouts.CorruptStoreError) as caught:
+    with pytest.raises(zarr_store.CorruptStoreError) as caught:
         gather(store, objects, statuses, {})
     message = str(caught.value)
     assert str(store) in message and str(path) in message and span in message
@@ -552,14 +564,14 @@ def test_gather_names_a_damaged_or_missing_shard_and_its_objects(tmp_path, fake_
     path.write_bytes(original)
 
     path.rename(tmp_path / "away")
-    with pytest.raises(cutouts.CorruptStoreError, match=f"{path}.*{span}.*is missing"):
+    with pytest.raises(zarr_store.CorruptStoreError, match=f"{path}.*{span}.*is missing"):
         gather(store, objects, statuses, {})
-    with pytest.raises(cutouts.CorruptStoreError, match="is missing or not the file"):
+    with pytest.raises(zarr_store.CorruptStoreError, match="is missing or not the file"):
         gather(store, objects, statuses, {}, plan=plan)
     (tmp_path / "away").rename(path)
 
     other = plan_shards(objects, 64, 32, source={**SOURCE, "frame_dir": "other"})
-    with pytest.raises(cutouts.CorruptStoreError, match="not recorded as cut for this plan"):
+    with pytest.raises(zarr_store.CorruptStoreError, match="not recorded as cut for this plan"):
         gather(store, objects, statuses, {}, plan=other)
     gather(store, objects, statuses, {}, plan=plan)
 
@@ -576,7 +588,7 @@ def test_objects_without_a_usable_field_are_rejects(tmp_path, fake_montage):
     assert plan["n_unusable"] == 4
     assert all(len(s["frames"]) > 0 for s in plan["shards"])
     store = tmp_path / "cutouts.zarr"
-    cutouts.prepare_store(store, 40, 32, plan["fingerprints"])
+    zarr_store.prepare_store(store, 40, 32, plan["fingerprints"])
     statuses = _cut_all(plan, objects, store, FakeSource(), tmp_path)
     bad = {k: statuses[k]["reason"] for k in (3, 5, 7, 9)}
     assert not any(statuses[k]["ok"] for k in bad)
@@ -589,10 +601,10 @@ def test_a_recorded_shard_that_is_damaged_is_cut_again(tmp_path, fake_montage, c
     objects = _objects(64)
     store = tmp_path / "cutouts.zarr"
     plan = plan_shards(objects, 64, 32, source=SOURCE)
-    cutouts.prepare_store(store, 64, 32, plan["fingerprints"])
+    zarr_store.prepare_store(store, 64, 32, plan["fingerprints"])
     first = _cut_all(plan, objects, store, FakeSource(), tmp_path)
     good = _files(store)
-    _flip(cutouts._shard_file(store, 1), 5000, 0)
+    _flip(zarr_store.shard_file(store, 1), 5000, 0)
     source = CountingSource()
     assert _cut_all(plan, objects, store, source, tmp_path) == first
     assert "Zarr shard 1 is damaged" in caplog.text and source.fetched

@@ -22,17 +22,16 @@ from loopback_server import LoopbackServer, Reply, replies
 
 from ssl_photoz.core.config import with_defaults
 from ssl_photoz.surveys.sdss.frames import (
-    SAS_FRAME_PATHS,
     CorruptFrameError,
     DirFrameSource,
     FrameDownloadError,
     FrameError,
     FrameNotFoundError,
     MockFrameSource,
-    SasFrameSource,
     make_frame_source,
 )
 from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
+from ssl_photoz.surveys.sdss.sas_frames import SAS_FRAME_PATHS, SasFrameSource
 from ssl_photoz.surveys.sdss.sky.footprint import FieldId
 
 FRAMES_4510 = real_path(*FRAMES_4510_4_0030)  # packaged strip of the field's five frames
@@ -268,7 +267,7 @@ def test_sas_corrupt_cache_entry_is_downloaded_again(tmp_path, server, r_bz2, r_
     damaged = bytearray(sas.cached.read_bytes())
     damaged[1000:1004] = bytes(b ^ 0xFF for b in damaged[1000:1004])
     sas.cached.write_bytes(bytes(damaged))
-    with caplog.at_level(logging.WARNING, logger="ssl_photoz.surveys.sdss.frames"):
+    with caplog.at_level(logging.WARNING, logger="ssl_photoz.surveys.sdss.sas_frames"):
         with SasFrameSource(sas.cache, tmp_path / "w2", base_url=server.url + "/sas") as again:
             assert again.fetch(FID_4510, "r").read_bytes() == r_plain
     assert len(server.requests_to(SAS_PATH_R)) == 2

@@ -22,8 +22,8 @@ from scipy.ndimage import map_coordinates
 from scipy.optimize import curve_fit
 
 from ssl_photoz.cutouts import montage
+from ssl_photoz.cutouts.frame_files import prepare_frame
 from ssl_photoz.cutouts.montage import (
-    BANDS,
     IncompleteCutout,
     MontageError,
     check_status,
@@ -31,9 +31,9 @@ from ssl_photoz.cutouts.montage import (
     cutout_band,
     cutout_header_text,
     cutout_wcs,
-    prepare_frame,
     write_header,
 )
+from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ def raw_frames(tmp_path_factory) -> dict[str, Path]:
     if not FIELD_DIR.exists():
         pytest.fail(f"{FIELD_DIR}: the real SDSS test frames are missing")
     out = tmp_path_factory.mktemp("raw_frames")
-    return {b: _decompress(FIELD_DIR / f"frame-{b}-004510-4-0030.fits.bz2", out) for b in BANDS}
+    return {
+        b: _decompress(FIELD_DIR / f"frame-{b}-004510-4-0030.fits.bz2", out) for b in SDSS.bands
+    }
 
 
 @pytest.fixture(scope="session")
@@ -196,14 +198,14 @@ def test_check_status_raises_with_context():
 
 
 def test_star_centroids_sit_on_the_centre_in_every_band(bright_stars, star_cutouts):
-    offsets = np.zeros((len(bright_stars), len(BANDS), 2))
+    offsets = np.zeros((len(bright_stars), len(SDSS.bands), 2))
     for k, image in enumerate(star_cutouts):
         assert image.shape == (5, 107, 107) and image.dtype == np.float32
-        for b in range(len(BANDS)):
+        for b in range(len(SDSS.bands)):
             x, y = _centroid(image[b], CENTRE, CENTRE)
             offsets[k, b] = (x - CENTRE, y - CENTRE)
     radial = np.hypot(offsets[..., 0], offsets[..., 1])
-    for b, band in enumerate(BANDS):
+    for b, band in enumerate(SDSS.bands):
         log.info(
             "band %s: centroid offset median %.3f px, max %.3f px (mean dx %+.3f, dy %+.3f)",
             band,
@@ -216,8 +218,8 @@ def test_star_centroids_sit_on_the_centre_in_every_band(bright_stars, star_cutou
 
 
 def test_aperture_flux_matches_the_frame(bright_stars, star_cutouts, raw_frames):
-    ratios = np.zeros((len(bright_stars), len(BANDS)))
-    for b, band in enumerate(BANDS):
+    ratios = np.zeros((len(bright_stars), len(SDSS.bands)))
+    for b, band in enumerate(SDSS.bands):
         with fits.open(raw_frames[band]) as hdul:
             data = hdul[0].data.astype(float)
             wcs = _quiet_wcs(hdul[0].header)
@@ -227,7 +229,7 @@ def test_aperture_flux_matches_the_frame(bright_stars, star_cutouts, raw_frames)
             on_frame = _aperture_flux(data, float(x), float(y), scale)
             on_cutout = _aperture_flux(star_cutouts[k][b].astype(float), CENTRE, CENTRE, SDSS_SCALE)
             ratios[k, b] = on_cutout / on_frame
-    for b, band in enumerate(BANDS):
+    for b, band in enumerate(SDSS.bands):
         log.info("band %s: cut-out / frame aperture flux %s", band, np.round(ratios[:, b], 4))
     assert np.all(np.abs(ratios - 1) < 0.01), np.round(ratios, 4)
 
@@ -238,7 +240,7 @@ def test_cutout_flux_agrees_with_catalogue_psfflux(bright_stars, star_cutouts):
             [
                 _aperture_flux(image[b].astype(float), CENTRE, CENTRE, SDSS_SCALE)
                 / star["psfflux"][b]
-                for b in range(len(BANDS))
+                for b in range(len(SDSS.bands))
             ]
             for star, image in zip(bright_stars, star_cutouts, strict=True)
         ]
@@ -317,8 +319,8 @@ def test_patch_off_the_footprint_is_incomplete_and_names_the_band(frames, tmp_pa
     by_band = {band: [path] for band, path in frames.items()}
     with pytest.raises(IncompleteCutout) as err:  # every band that fails, not just the first
         cutout(ra, dec, by_band, tmp_path, objid=5)
-    assert err.value.band == "u" and list(err.value.shortfall) == list(BANDS)
-    for band in BANDS:
+    assert err.value.band == "u" and list(err.value.shortfall) == list(SDSS.bands)
+    for band in SDSS.bands:
         short = err.value.shortfall[band]
         # centre 10 rows from the edge: roughly 43 of the 107 rows have no data
         assert 30 * 107 < short < 55 * 107, (band, short)

@@ -32,24 +32,20 @@ from loopback_server import LoopbackServer, Reply
 from test_montage import CENTRE, SDSS_SCALE, _aperture_flux, _centroid, _frame_pixel_arcsec
 
 from ssl_photoz.cli import build_parser
-from ssl_photoz.cutouts.montage import BANDS, cutout_wcs
-from ssl_photoz.cutouts.stage import (
-    MACHINE_KEYS,
-    PLAN_KEYS,
-    NoFramesError,
-    create_store,
-    cut_shard,
-    plan_shards,
-    write_zarr_shard,
-)
+from ssl_photoz.cutouts.cut import NoFramesError, cut_shard
+from ssl_photoz.cutouts.montage import cutout_wcs
+from ssl_photoz.cutouts.plan import plan_shards
+from ssl_photoz.cutouts.settings import MACHINE_KEYS, PLAN_KEYS
+from ssl_photoz.cutouts.store import create_store, write_zarr_shard
+from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.conventions import FieldId, pack_objid
 from ssl_photoz.surveys.sdss.frames import (
     CorruptFrameError,
     DirFrameSource,
     FrameDownloadError,
-    SasFrameSource,
     frame_name,
 )
+from ssl_photoz.surveys.sdss.sas_frames import SasFrameSource
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +65,7 @@ def _wcs(header) -> WCS:
 def frame_info(real_frames_dir):
     """Per band: the frame's WCS and shape (the packaged strip: 896 columns, 1489 rows)."""
     out = {}
-    for band in BANDS:
+    for band in SDSS.bands:
         header = fits.getheader(real_frames_dir / frame_name(FieldId(RUN, CAMCOL, FIELD), band))
         out[band] = (_wcs(header), (header["NAXIS1"], header["NAXIS2"]))
     return out
@@ -228,7 +224,7 @@ def test_edge_rejects_name_every_short_band_and_its_pixels(dir_run, objects, fra
     for row in (0.0, 1488.0):
         obj = objects[(objects["kind"] == "edge") & (objects["row"] == row)].iloc[0]
         short = _shortfalls(rejects.loc[obj.objid, "reason"])
-        assert list(short) == list(BANDS)
+        assert list(short) == list(SDSS.bands)
         assert all(0.35 * NPIX < n < 0.65 * NPIX for n in short.values()), short
 
 
@@ -237,9 +233,9 @@ def test_objects_on_the_frame_are_centred_with_the_frames_flux(
 ):
     images = zarr.open_group(str(dir_run["store"]), mode="r")["images"]
     bright = objects[objects["kind"] == "bright"]
-    offsets = np.zeros((len(bright), len(BANDS)))
-    ratios = np.zeros((len(bright), len(BANDS)))
-    for b, band in enumerate(BANDS):
+    offsets = np.zeros((len(bright), len(SDSS.bands)))
+    ratios = np.zeros((len(bright), len(SDSS.bands)))
+    for b, band in enumerate(SDSS.bands):
         data = fits.getdata(real_frames_dir / frame_name(FieldId(RUN, CAMCOL, FIELD), band))
         wcs = frame_info[band][0]
         scale = _frame_pixel_arcsec(wcs)
@@ -280,7 +276,7 @@ def _sas_path(fid: FieldId, band: str) -> str:
 
 
 def _serve_field_30(server: LoopbackServer, real_frames_dir: Path) -> None:
-    for band in BANDS:
+    for band in SDSS.bands:
         fid = FieldId(RUN, CAMCOL, FIELD)
         body = (real_frames_dir / frame_name(fid, band)).read_bytes()
         server.route(
@@ -352,7 +348,7 @@ def test_objects_without_a_usable_field_are_rejects_with_their_reason(
 def folder_with_corrupt_neighbour(real_frames_dir, tmp_path) -> Path:
     folder = tmp_path / "frames"
     folder.mkdir()
-    for band in BANDS:
+    for band in SDSS.bands:
         name = frame_name(FieldId(RUN, CAMCOL, FIELD), band)
         (folder / name).symlink_to(real_frames_dir / name)
     good = (real_frames_dir / frame_name(FieldId(RUN, CAMCOL, FIELD), "g")).read_bytes()

@@ -208,10 +208,11 @@ def test_a_statistics_setting_reruns_the_statistics_and_what_follows_only(tiny_r
 
 
 def test_a_code_edit_replans_but_keeps_the_store_and_its_shards(tiny_run, tmp_path):
-    """cutouts.py edited outside what cut_shard runs: plan_shards and the jobs rerun (their code
-    param), the plan comes out the same, the store and every Zarr shard file stay as they were."""
+    """The cut-out stage edited outside what cut_shard runs: plan_shards and the jobs rerun (their
+    code param), the plan comes out the same, the store and every Zarr shard file stay as they
+    were."""
     run = _copy_of_run(tiny_run, tmp_path)
-    env = _edited_package(tmp_path, "cutouts/stage.py")
+    env = _edited_package(tmp_path, "cutouts/plan.py")
     jobs = planned_jobs(run, "results/cutouts/manifest.json", env=env)
     assert {"plan_shards", "gather"} <= set(jobs), jobs  # the jobs follow the checkpoint
     store = run / "results/cutouts.zarr"

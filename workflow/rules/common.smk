@@ -131,28 +131,38 @@ def final_targets(wildcards):
     return targets
 
 
-# -- the cut-out stage: which settings and code are whose trigger (ssl_photoz.cutouts.stage) ----------
+# -- the cut-out stage: which settings and code are whose trigger (ssl_photoz.cutouts.digests, .settings)
 def cutouts_code(step):
-    """The code digest of the step plan_shards or cutouts (ssl_photoz.cutouts.stage.stage_code); the
-    simulator (ssl_photoz.surveys.sdss.sky.*) counts only when the frames are simulated (frame_source: mock).
+    """The code digest of the step plan_shards or cutouts (ssl_photoz.cutouts.digests.stage_code);
+    the simulator (ssl_photoz.surveys.sdss.sky.*) counts only when the frames are simulated
+    (frame_source: mock).
     """
-    from ssl_photoz.cutouts.stage import stage_code as cutouts_stage_code
+    from ssl_photoz.cutouts.digests import stage_code as cutouts_stage_code
 
     return cutouts_stage_code(step, config["cutouts"]["frame_source"])
+
+
+def cutouts_stage_code():
+    """The code digest of rules gather and stats: the cut-out stage's modules
+    (ssl_photoz.cutouts.digests.STAGE_MODULES) and what they import.
+    """
+    from ssl_photoz.cutouts.digests import STAGE_MODULES
+
+    return stage_code(*STAGE_MODULES)
 
 
 def cutouts_plan_json():
     """What decides the plan, the pixels and the store's layout: plan_shards' and the jobs'
     params (frame_source, shard_size, store_shard and that source's own identity keys).
     """
-    from ssl_photoz.cutouts.stage import plan_settings
+    from ssl_photoz.cutouts.settings import plan_settings
 
     return json.dumps(plan_settings(config["cutouts"]), sort_keys=True)
 
 
 def cutouts_stats_json():
     """The statistics settings (stats_max_images, seed): the stats rule's params only."""
-    from ssl_photoz.cutouts.stage import stats_settings
+    from ssl_photoz.cutouts.settings import stats_settings
 
     return json.dumps(stats_settings(config["cutouts"]), sort_keys=True)
 
@@ -161,6 +171,6 @@ def cutouts_machine_json(wildcards):
     """The machine and network settings (sas_url, cache_dir, timeout_s, retries, backoff_s) for
     the cut-out jobs' resources: they reach the command at run time and rerun nothing.
     """
-    from ssl_photoz.cutouts.stage import machine_settings
+    from ssl_photoz.cutouts.settings import machine_settings
 
     return json.dumps(machine_settings(config["cutouts"]), sort_keys=True)

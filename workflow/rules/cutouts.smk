@@ -77,7 +77,7 @@ rule gather:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.cutouts.stage"),
+        code=cutouts_stage_code(),
         store=STORE,
         shards_dir=f"{RESULTS}/cutouts/shards",
     shell:
@@ -98,7 +98,7 @@ rule stats:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.cutouts.stage"),
+        code=cutouts_stage_code(),
         section=cutouts_stats_json(),
         store=STORE,
     shell:

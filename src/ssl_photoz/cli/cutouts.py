@@ -23,13 +23,9 @@ def _footprint_if_mock(sky_dir: str | None):
 
 def cmd_plan_shards(args: argparse.Namespace) -> int:
     """Group objects into cut-out jobs by field; prepare the Zarr store (kept where it fits)."""
-    from ssl_photoz.cutouts.stage import (
-        PLAN_KEYS,
-        plan_shards,
-        prepare_store,
-        settings_from_cli,
-        source_identity,
-    )
+    from ssl_photoz.cutouts.plan import plan_shards
+    from ssl_photoz.cutouts.settings import PLAN_KEYS, settings_from_cli, source_identity
+    from ssl_photoz.cutouts.store import prepare_store
 
     cfg = settings_from_cli(PLAN_KEYS, args.section_json, args.config)
     objects = _read_parquet(args.objects, "objects table")
@@ -65,7 +61,7 @@ def cmd_plan_shards(args: argparse.Namespace) -> int:
 
 def _plan_for_shard(args: argparse.Namespace, cfg: dict) -> tuple[dict, pd.DataFrame]:
     """The plan and the objects table, checked against each other, --shard and the frames."""
-    from ssl_photoz.cutouts.stage import source_identity
+    from ssl_photoz.cutouts.settings import source_identity
 
     plan = json.loads(Path(args.plan).read_text())
     if not 0 <= args.shard < plan["n_shards"]:
@@ -88,14 +84,10 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
     """Cut one shard's objects into the store; write the shard's status file."""
     import tempfile
 
-    from ssl_photoz.cutouts.stage import (
-        MACHINE_KEYS,
-        PLAN_KEYS,
-        cut_shard,
-        cutting_code,
-        job_zarr_shards,
-        settings_from_cli,
-    )
+    from ssl_photoz.cutouts.cut import cut_shard
+    from ssl_photoz.cutouts.digests import cutting_code
+    from ssl_photoz.cutouts.plan import job_zarr_shards
+    from ssl_photoz.cutouts.settings import MACHINE_KEYS, PLAN_KEYS, settings_from_cli
     from ssl_photoz.surveys.sdss.frames import make_frame_source
 
     cfg = settings_from_cli(
@@ -128,7 +120,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ssl_photoz.core.provenance import provenance
-    from ssl_photoz.cutouts.stage import gather
+    from ssl_photoz.cutouts.gather import gather
 
     objects = _read_parquet(args.objects, "objects table")
     plan = json.loads(Path(args.plan).read_text())
@@ -166,7 +158,8 @@ def cmd_gather(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Per-channel MAD of the training images (for the noise augmentation)."""
-    from ssl_photoz.cutouts.stage import STATS_KEYS, channel_mad, settings_from_cli
+    from ssl_photoz.cutouts.settings import STATS_KEYS, settings_from_cli
+    from ssl_photoz.cutouts.stats import channel_mad
 
     cfg = settings_from_cli(STATS_KEYS, args.section_json, args.config)
     stats = channel_mad(Path(args.store), cfg["stats_max_images"], seed=cfg["seed"])

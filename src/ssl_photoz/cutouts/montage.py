@@ -30,32 +30,31 @@ Two Montage details matter:
   ones 0.396", so we pass ``fluxScale`` = output / input pixel area (0.9998 for SDSS) and the
   output is nanomaggies per output pixel: the sum over an object equals its flux in the frame.
 
-Montage reads uncompressed FITS only; ``prepare_frame`` decompresses an SDSS ``.fits.bz2`` once
-and keeps only the keywords Montage needs, because Montage's WCS parser scans the header for each
-of hundreds of keywords, which makes every call on a full 96-card SDSS header about 10 ms slower.
+Montage reads uncompressed FITS only; ``frame_files.prepare_frame`` decompresses an SDSS
+``.fits.bz2`` once and keeps only the keywords Montage needs, because Montage's WCS parser scans
+the header for each of hundreds of keywords, which makes every call on a full 96-card SDSS header
+about 10 ms slower. ``frame_files`` also reads frames and writes the pieces Montage projects.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import shutil
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from MontagePy.main import mProjectPP
+
+from ssl_photoz.cutouts.frame_files import FrameFile, frame_file, read_image, wcs_of, write_piece
+from ssl_photoz.surveys.sdss import SDSS
 
 log = logging.getLogger(__name__)
 
-BANDS = ("u", "g", "r", "i", "z")
-CUTOUT_SIZE = 107
-PIXEL_SCALE_ARCSEC = 0.396
 # Extra output pixels on each side, projected and then cropped (see the module docstring).
 PAD = 2
 # Frame pixels added around the patch's bounding box, so that every input pixel that touches an
@@ -65,23 +64,6 @@ MARGIN_PX = 2
 MIN_COVERAGE = 0.5
 # A frame whose projection covers at least this fraction of a pixel covers it completely.
 FULL_PIXEL = 0.999
-
-# Header keywords kept by prepare_frame: the WCS, the units and the band.
-_KEEP_EXACT = {"BUNIT", "FILTER", "EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "MJD-OBS"}
-_KEEP_PREFIXES = (
-    "CTYPE",
-    "CUNIT",
-    "CRPIX",
-    "CRVAL",
-    "CDELT",
-    "CROTA",
-    "CD1_",
-    "CD2_",
-    "PC1_",
-    "PC2_",
-    "PV1_",
-    "PV2_",
-)
 
 
 class MontageError(RuntimeError):
@@ -141,7 +123,10 @@ def check_status(status: Mapping, step: str, objid=None, band=None, frame=None) 
 
 
 def cutout_header_text(
-    ra: float, dec: float, size: int = CUTOUT_SIZE, pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC
+    ra: float,
+    dec: float,
+    size: int = SDSS.cutout_size,
+    pixel_scale_arcsec: float = SDSS.pixel_scale_arcsec,
 ) -> str:
     """FITS header text (Montage template) of a size x size north-up TAN grid centred on ra, dec."""
     cdelt = pixel_scale_arcsec / 3600.0
@@ -172,8 +157,8 @@ def write_header(
     path: Path,
     ra: float,
     dec: float,
-    size: int = CUTOUT_SIZE,
-    pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC,
+    size: int = SDSS.cutout_size,
+    pixel_scale_arcsec: float = SDSS.pixel_scale_arcsec,
 ) -> Path:
     """Write cutout_header_text to path (the template file mProjectPP reads)."""
     path = Path(path)
@@ -182,153 +167,28 @@ def write_header(
 
 
 def cutout_wcs(
-    ra: float, dec: float, size: int = CUTOUT_SIZE, pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC
+    ra: float,
+    dec: float,
+    size: int = SDSS.cutout_size,
+    pixel_scale_arcsec: float = SDSS.pixel_scale_arcsec,
 ) -> WCS:
     """The astropy WCS of the cut-out grid (the same header Montage projects onto)."""
     header = fits.Header.fromstring(cutout_header_text(ra, dec, size, pixel_scale_arcsec), sep="\n")
     return WCS(header)
 
 
-def prepare_frame(src: Path, dst_dir: Path) -> Path:
-    """Uncompressed copy of a frame's image (HDU 0) with a header cut down to the WCS and units.
-
-    Call once per frame (a field's frames serve all its objects); Montage cannot read .bz2.
-    """
-    src = Path(src)
-    name = src.name
-    for suffix in (".bz2", ".gz", ".fz"):
-        name = name.removesuffix(suffix)
-    dst = Path(dst_dir) / name
-    with fits.open(src, memmap=False) as hdul:
-        header = hdul[0].header
-        data = np.asarray(hdul[0].data, dtype=np.float32)
-    lean = fits.Header()
-    for key in header:
-        if key in _KEEP_EXACT or key.startswith(_KEEP_PREFIXES):
-            lean[key] = header[key]
-    if "RADECSYS" in header and "RADESYS" not in lean:
-        lean["RADESYS"] = header["RADECSYS"]  # deprecated spelling in SDSS frames
-    tmp = dst.with_name(dst.name + ".part")
-    fits.PrimaryHDU(data=data, header=lean).writeto(tmp, overwrite=True)
-    tmp.replace(dst)  # never leave a half-written frame under the final name
-    return dst
-
-
-_BLOCK = 2880
-_CARD = 80
-_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-
-
-class _Frame:
-    """What the cut-out needs of a frame file, read without astropy's header machinery.
-
-    ``wcs_cards``: the frame's WCS cards (verbatim 80-character cards, CRPIX excepted), ``crpix``
-    its reference pixel, ``shape`` (nx, ny), ``offset``/``dtype`` where and how the pixels lie.
-    """
-
-    __slots__ = ("path", "wcs_cards", "crpix", "shape", "offset", "dtype", "scaled")
-
-    def __init__(self, path: str):
-        self.path = path
-        cards: dict[str, str] = {}
-        wcs_cards: list[str] = []
-        n_blocks = 0
-        with open(path, "rb") as fh:
-            while True:
-                block = fh.read(_BLOCK)
-                if len(block) < _BLOCK:
-                    raise ValueError("not a FITS file: its header ends early")
-                n_blocks += 1
-                text = block.decode("ascii", errors="replace")
-                done = False
-                for k in range(0, _BLOCK, _CARD):
-                    card = text[k : k + _CARD]
-                    key = card[:8].rstrip()
-                    if key == "END":
-                        done = True
-                        break
-                    if card[8:10] != "= ":
-                        continue
-                    cards.setdefault(key, card)
-                    if key == "RADECSYS":  # deprecated spelling in SDSS frames
-                        key, card = "RADESYS", "RADESYS " + card[8:]
-                    if key in _WCS_EXACT or key.startswith(_KEEP_PREFIXES):
-                        if not key.startswith("CRPIX"):
-                            wcs_cards.append(card)
-                if done:
-                    break
-                if n_blocks == 1 and not text.startswith("SIMPLE  ="):
-                    raise ValueError("not a FITS file (no SIMPLE card)")
-        if n_blocks > 1000:
-            raise ValueError("FITS header has no END card")
-
-        def value(key: str, default=None) -> str | None:
-            card = cards.get(key)
-            if card is None:
-                return default
-            return card[10:].split("/", 1)[0].strip()
-
-        if value("NAXIS") != "2":
-            raise ValueError(f"primary HDU is not a 2-D image (NAXIS={value('NAXIS')})")
-        bitpix = int(value("BITPIX"))
-        self.shape = (int(value("NAXIS1")), int(value("NAXIS2")))
-        self.crpix = (float(value("CRPIX1", "0")), float(value("CRPIX2", "0")))
-        self.wcs_cards = tuple(sorted(wcs_cards))
-        self.offset = n_blocks * _BLOCK
-        self.dtype = np.dtype(_DTYPES[bitpix])
-        self.scaled = any(k in cards for k in ("BSCALE", "BZERO", "BLANK"))
-        expected = self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize
-        size = Path(path).stat().st_size
-        if size < expected:
-            raise ValueError(f"FITS data shorter than the header says ({size} < {expected} bytes)")
-
-    def rows(self, y0: int, y1: int, dtype=np.float32) -> np.ndarray:
-        """Rows y0..y1 (0-based, inclusive), every column, as ``dtype``."""
-        nx = self.shape[0]
-        if self.scaled:  # rare (not SDSS): let astropy apply BSCALE/BZERO/BLANK
-            data = fits.getdata(self.path, 0, memmap=False)
-            return np.asarray(data[y0 : y1 + 1], dtype=dtype)
-        count = (y1 - y0 + 1) * nx
-        offset = self.offset + y0 * nx * self.dtype.itemsize
-        flat = np.fromfile(self.path, dtype=self.dtype, count=count, offset=offset)
-        if flat.size != count:
-            raise ValueError("FITS data shorter than the header says")
-        return flat.reshape(y1 - y0 + 1, nx).astype(dtype)
-
-
-_WCS_EXACT = {"EQUINOX", "RADESYS", "LONPOLE", "LATPOLE", "MJD-OBS"}
-
-
-@functools.lru_cache(maxsize=64)
-def _frame(path: str, mtime_ns: int, file_size: int) -> _Frame:
-    return _Frame(path)
-
-
-@functools.lru_cache(maxsize=256)
-def _wcs_of(wcs_cards: tuple[str, ...], crpix: tuple[float, float]) -> tuple[WCS, float]:
-    """astropy WCS and pixel area (deg^2) of a set of WCS cards; windows of one frame share it."""
-    header = fits.Header.fromstring("".join(wcs_cards))
-    header["CRPIX1"], header["CRPIX2"] = crpix
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header, naxis=2)
-    if not wcs.has_celestial:
-        raise ValueError("no celestial WCS in HDU 0")
-    return wcs, abs(float(np.linalg.det(wcs.pixel_scale_matrix)))
-
-
-def _open_frame(frame: Path, objid=None, band=None) -> _Frame:
+def _open_frame(frame: Path, objid=None, band=None) -> FrameFile:
     try:
         stat = Path(frame).stat()
-        return _frame(str(frame), stat.st_mtime_ns, stat.st_size)
+        return frame_file(str(frame), stat.st_mtime_ns, stat.st_size)
     except Exception as exc:  # an unreadable frame is reported like a Montage failure
         raise MontageError("read frame", repr(exc), objid, band, frame) from exc
 
 
-def _frame_pixels(info: _Frame, world: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+def _frame_pixels(info: FrameFile, world: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
     """0-based frame pixel positions of sky positions, through the WCS shared by the frame's
     windows: a window differs from its frame only by CRPIX, a pure pixel offset."""
-    wcs, _ = _wcs_of(info.wcs_cards, (0.0, 0.0))
+    wcs, _ = wcs_of(info.wcs_cards, (0.0, 0.0))
     with np.errstate(invalid="ignore"):
         x, y = wcs.all_world2pix(world[0], world[1], 0)
     return x + info.crpix[0], y + info.crpix[1]
@@ -338,41 +198,10 @@ def frame_geometry(frame: Path, objid=None, band=None) -> tuple[WCS, tuple[int, 
     """WCS, (nx, ny) and pixel area (deg^2) of a frame file."""
     info = _open_frame(frame, objid, band)
     try:
-        wcs, area = _wcs_of(info.wcs_cards, info.crpix)
+        wcs, area = wcs_of(info.wcs_cards, info.crpix)
     except Exception as exc:
         raise MontageError("read frame header", repr(exc), objid, band, frame) from exc
     return wcs, info.shape, area
-
-
-def _write_piece(path: Path, info: _Frame, box: tuple[int, int, int, int]) -> None:
-    """The frame pixels under ``box`` as a FITS file with only the WCS in its header: Montage's
-    header parser searches the header for each of hundreds of keywords, so short is fast."""
-    x0, x1, y0, y1 = box
-    data = info.rows(y0, y1)[:, x0 : x1 + 1]
-    cards = [
-        "SIMPLE  =                    T",
-        "BITPIX  =                  -32",
-        "NAXIS   =                    2",
-        f"NAXIS1  = {data.shape[1]:>20}",
-        f"NAXIS2  = {data.shape[0]:>20}",
-        *info.wcs_cards,
-        f"CRPIX1  = {info.crpix[0] - x0!r:>20}",
-        f"CRPIX2  = {info.crpix[1] - y0!r:>20}",
-        "END",
-    ]
-    text = "".join(card.ljust(_CARD)[:_CARD] for card in cards)
-    text += " " * (-len(text) % _BLOCK)
-    body = data.astype(">f4").tobytes()
-    with open(path, "wb") as fh:
-        fh.write(text.encode("ascii"))
-        fh.write(body)
-        fh.write(b"\0" * (-len(body) % _BLOCK))
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """A 2-D image Montage wrote (plain, unscaled floats), as float64."""
-    info = _Frame(str(path))
-    return info.rows(0, info.shape[1] - 1, np.float64)
 
 
 def _patch_corners_world(
@@ -408,7 +237,7 @@ def _piece_box(
 
 def _project_frame(
     frame: Path,
-    info: _Frame,
+    info: FrameFile,
     box: tuple[int, int, int, int],
     header_path: Path,
     tmp: Path,
@@ -421,7 +250,7 @@ def _project_frame(
     piece = tmp / "piece.fits"
     projected = tmp / "proj.fits"
     try:
-        _write_piece(piece, info, box)
+        write_piece(piece, info, box)
     except Exception as exc:  # a frame truncated or damaged after its header was read
         raise MontageError("read frame", repr(exc), objid, band, frame) from exc
     status = mProjectPP(
@@ -434,8 +263,8 @@ def _project_frame(
         return None
     check_status(status, "mProjectPP", objid, band, frame)
     try:
-        values = _read_image(projected)
-        area = _read_image(tmp / "proj_area.fits")
+        values = read_image(projected)
+        area = read_image(tmp / "proj_area.fits")
     except Exception as exc:
         raise MontageError("read mProjectPP output", repr(exc), objid, band, frame) from exc
     for path in (piece, projected, tmp / "proj_area.fits"):
@@ -459,6 +288,23 @@ def _cutout_band(
     if corners is None:
         corners = _patch_corners_world(ra, dec, padded, pixel_scale_arcsec)
     out_area_deg2 = (pixel_scale_arcsec / 3600.0) ** 2
+    sums, used = _project_frames(
+        frames, corners, header_path, tmp, padded, out_area_deg2, objid, band
+    )
+    if used == 0:
+        given = f"none of {len(frames)} frame(s) overlaps it" if frames else "no frame given"
+        raise _short_band(
+            "patch leaves the frames' footprint", size * size,
+            f"{size * size} of {size * size} pixels not covered ({given})", objid, band,
+        )  # fmt: skip
+    inner = (slice(PAD, PAD + size), slice(PAD, PAD + size))
+    return _combine(*(s[inner] for s in sums), out_area_deg2, used, objid, band)
+
+
+def _project_frames(frames, corners, header_path, tmp, padded, out_area_deg2, objid, band):
+    """Every frame that touches the patch, projected onto the padded grid and summed: (sums of
+    value x area and of area for frames covering a pixel completely, the same for frames
+    covering it in part), and how many frames added pixels."""
     out_area_sr = out_area_deg2 * (math.pi / 180.0) ** 2
     # Sums of value x area and of area, kept apart for frames that cover a pixel completely and
     # frames that cover it only in part (the pixel straddles that frame's edge).
@@ -469,7 +315,7 @@ def _cutout_band(
         info = _open_frame(frame, objid, band)
         try:
             # The pixel area does not depend on CRPIX: the frame's entry serves all its windows.
-            _, in_area_deg2 = _wcs_of(info.wcs_cards, (0.0, 0.0))
+            _, in_area_deg2 = wcs_of(info.wcs_cards, (0.0, 0.0))
             x, y = _frame_pixels(info, corners)
         except Exception as exc:
             raise MontageError("read frame header", repr(exc), objid, band, frame) from exc
@@ -490,19 +336,14 @@ def _cutout_band(
         part_sum += np.where(full, 0.0, weighted)
         part_area += np.where(full, 0.0, area)
         used += 1
-    if used == 0:
-        given = f"none of {len(frames)} frame(s) overlaps it" if frames else "no frame given"
-        detail = f"{size * size} of {size * size} pixels not covered ({given})"
-        raise IncompleteCutout(
-            f"patch leaves the frames' footprint in band {band}: {detail}",
-            objid,
-            band,
-            {band: size * size},
-            {band: detail},
-        )
-    inner = (slice(PAD, PAD + size), slice(PAD, PAD + size))
-    full_sum, full_area = full_sum[inner], full_area[inner]
-    part_sum, part_area = part_sum[inner], part_area[inner]
+    return (full_sum, full_area, part_sum, part_area), used
+
+
+def _combine(full_sum, full_area, part_sum, part_area, out_area_deg2, used, objid, band):
+    """The band's image from the frames' sums on the cut-out grid; IncompleteCutout where
+    pixels lack coverage or come out NaN."""
+    size = full_sum.shape[0]
+    out_area_sr = out_area_deg2 * (math.pi / 180.0) ** 2
     has_full = full_area > 0
     fraction = np.where(has_full, 1.0, part_area / out_area_sr)
     short = fraction < MIN_COVERAGE
@@ -511,13 +352,7 @@ def _cutout_band(
         detail = (
             f"{uncovered} of {size * size} pixels not covered by {used} frame(s) ({_extent(short)})"
         )
-        raise IncompleteCutout(
-            f"patch leaves the frames' footprint in band {band}: {detail}",
-            objid,
-            band,
-            {band: uncovered},
-            {band: detail},
-        )
+        raise _short_band("patch leaves the frames' footprint", uncovered, detail, objid, band)
     # Area-weighted mean, as mAdd does, except that frames covering a pixel completely are not
     # mixed with other frames' partial edge pixels: such a mix re-weights the sky inside the pixel
     # and leaves a faint line along every frame edge. Where the pieces only tile a pixel between
@@ -526,15 +361,17 @@ def _cutout_band(
         image = np.where(has_full, full_sum / full_area, part_sum / part_area)
     bad = ~np.isfinite(image)
     if bad.any():
-        detail = f"{int(np.count_nonzero(bad))} of {size * size} pixels NaN ({_extent(bad)})"
-        raise IncompleteCutout(
-            f"NaN pixels inside the patch in band {band}: {detail}",
-            objid,
-            band,
-            {band: int(np.count_nonzero(bad))},
-            {band: detail},
-        )
+        n_bad = int(np.count_nonzero(bad))
+        detail = f"{n_bad} of {size * size} pixels NaN ({_extent(bad)})"
+        raise _short_band("NaN pixels inside the patch", n_bad, detail, objid, band)
     return image.astype(np.float32)
+
+
+def _short_band(what: str, n_pixels: int, detail: str, objid, band) -> IncompleteCutout:
+    """The IncompleteCutout of one band: ``what`` happened, ``n_pixels`` lack data."""
+    return IncompleteCutout(
+        f"{what} in band {band}: {detail}", objid, band, {band: n_pixels}, {band: detail}
+    )
 
 
 def cutout_band(
@@ -544,15 +381,15 @@ def cutout_band(
     work_dir: Path,
     objid=None,
     band=None,
-    size: int = CUTOUT_SIZE,
-    pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC,
+    size: int = SDSS.cutout_size,
+    pixel_scale_arcsec: float = SDSS.pixel_scale_arcsec,
 ) -> np.ndarray:
     """(size, size) float32 nanomaggies per pixel, north up, east left, centred on (ra, dec).
 
-    frames: uncompressed FITS frames of one band (see prepare_frame); those that miss the patch
-    are skipped. Raises IncompleteCutout when the frames do not cover the patch and MontageError
-    when a frame is unreadable or Montage fails. Temporary files go to a private folder in
-    work_dir that is removed before returning.
+    frames: uncompressed FITS frames of one band (``frame_files.prepare_frame``); those that miss
+    the patch are skipped. Raises IncompleteCutout when the frames do not cover the patch and
+    MontageError when a frame is unreadable or Montage fails. Temporary files go to a private
+    folder in work_dir that is removed before returning.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -572,16 +409,17 @@ def cutout(
     frames_by_band: Mapping[str, Sequence[Path]],
     work_dir: Path,
     objid=None,
-    size: int = CUTOUT_SIZE,
-    pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC,
+    size: int = SDSS.cutout_size,
+    pixel_scale_arcsec: float = SDSS.pixel_scale_arcsec,
+    bands: Sequence[str] = SDSS.bands,
 ) -> np.ndarray:
-    """(5, size, size) float32 cut-out in band order ugriz.
+    """(bands, size, size) float32 cut-out in the order of ``bands`` (the survey's: ugriz).
 
     Every band is tried even after one falls short, so that an IncompleteCutout names all the
     short bands and how many pixels each lacks (``shortfall``). MontageError (an unreadable frame,
     a failing Montage step) is raised at once, as in cutout_band.
     """
-    missing = [band for band in BANDS if band not in frames_by_band]
+    missing = [band for band in bands if band not in frames_by_band]
     if missing:
         raise IncompleteCutout(
             f"no frames given for band(s) {', '.join(missing)}",
@@ -594,10 +432,10 @@ def cutout(
     tmp = Path(tempfile.mkdtemp(prefix="cutout-", dir=work_dir))
     planes, short = [], []
     try:
-        # One header serves all five bands: it depends only on the position.
+        # One header serves every band: it depends only on the position.
         header = write_header(tmp / "patch.hdr", ra, dec, size + 2 * PAD, pixel_scale_arcsec)
         corners = _patch_corners_world(ra, dec, size + 2 * PAD, pixel_scale_arcsec)
-        for band in BANDS:
+        for band in bands:
             try:
                 planes.append(
                     _cutout_band(
@@ -621,7 +459,7 @@ def cutout(
         shortfall = {b: n for exc in short for b, n in exc.shortfall.items()}
         details = {b: d for exc in short for b, d in exc.details.items()}
         raise IncompleteCutout(
-            f"patch not covered in {len(short)} of {len(BANDS)} bands: "
+            f"patch not covered in {len(short)} of {len(bands)} bands: "
             + "; ".join(f"band {b}: {d}" for b, d in details.items()),
             objid,
             short[0].band,

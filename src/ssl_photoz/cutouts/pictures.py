@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssl_photoz.surveys.sdss.conventions import BANDS
+from ssl_photoz.surveys.sdss import SDSS
 
 __all__ = ["GRI_SCALES", "astropy_lupton_args", "gri_image", "lupton_asinh", "store_cutouts"]
 
@@ -63,9 +63,10 @@ def gri_image(
 ) -> np.ndarray:
     """(5, H, W) u g r i z cut-out in nanomaggies -> (H, W, 3) RGB in [0, 1], north up."""
     cutout = np.asarray(cutout)
-    if cutout.ndim != 3 or cutout.shape[0] != len(BANDS):
-        raise ValueError(f"expected a ({len(BANDS)}, H, W) cut-out, got shape {cutout.shape}")
-    band = {name: cutout[k] for k, name in enumerate(BANDS)}
+    bands = SDSS.bands
+    if cutout.ndim != 3 or cutout.shape[0] != len(bands):
+        raise ValueError(f"expected a ({len(bands)}, H, W) cut-out, got shape {cutout.shape}")
+    band = {name: cutout[k] for k, name in enumerate(bands)}
     red, green, blue = (band[b] * GRI_SCALES[b] for b in ("i", "r", "g"))
     # Row 0 of the store is south (FITS order): flip so north is up on screen.
     return lupton_asinh(red, green, blue, q=q, stretch=stretch)[::-1]

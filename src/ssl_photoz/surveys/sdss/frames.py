@@ -5,13 +5,13 @@ a per-job ``work_dir``. Three sources sit behind one interface, chosen by ``cuto
 
 - ``mock``: frames (or windows of them) rendered from the simulated survey
 (``ssl_photoz.surveys.sdss.sky``);
-- ``sas``: frames downloaded from the SDSS Science Archive Server into a checksummed cache;
+- ``sas``: frames downloaded from the SDSS Science Archive Server into a checksummed cache
+  (``ssl_photoz.surveys.sdss.sas_frames``);
 - ``dir``: frames already on disk (``frame-*.fits.bz2`` or ``frame-*.fits``, SAS naming).
 
-A frame is named by a ``FieldId(run, camcol, field)`` (``ssl_photoz.surveys.sdss.sky.footprint``)
-and a band.
-This module reads only ``.run``, ``.camcol`` and ``.field`` of it, so that it imports nothing from
-``ssl_photoz.surveys.sdss.sky`` outside the mock source.
+A frame is named by a ``FieldId(run, camcol, field)`` (``ssl_photoz.surveys.sdss.conventions``)
+and a band; this module imports nothing from ``ssl_photoz.surveys.sdss.sky`` outside the mock
+source.
 
 Files a source writes into ``work_dir`` are reference-counted: fetching the same frame twice gives
 the same path, and the file goes when it has been released as many times as it was fetched (or
@@ -28,54 +28,19 @@ that exists could not be read, and fails the job naming the frame.
 from __future__ import annotations
 
 import bz2
-import hashlib
 import logging
 import os
 import tempfile
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import requests
 from astropy.io import fits
 
-if TYPE_CHECKING:
-    from ssl_photoz.surveys.sdss.sky.footprint import FieldId
-
-log = logging.getLogger(__name__)
-
-Window = tuple[int, int, int, int]  # (x0, x1, y0, y1): 0-based, half-open column/row bounds
-
-BANDS = ("u", "g", "r", "i", "z")
-SAS_BASE_URL = "https://data.sdss.org/sas"
-DEFAULT_DATA_RELEASE = 12
-DEFAULT_RERUN = 301
-
-# Where each data release keeps the corrected frames under the SAS root, e.g. DR12:
-#   https://data.sdss.org/sas/dr12/boss/photoObj/frames/301/4510/4/frame-r-004510-4-0030.fits.bz2
-# The imaging was last reprocessed for DR8 (rerun 301); later releases republish the same frames:
-# under boss/ through DR12 (SDSS-III) and under eboss/ from DR13 on (SDSS-IV).
-SAS_FRAME_PATHS = {
-    9: "dr9/boss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    10: "dr10/boss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    11: "dr11/boss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    12: "dr12/boss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    13: "dr13/eboss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    14: "dr14/eboss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    15: "dr15/eboss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    16: "dr16/eboss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-    17: "dr17/eboss/photoObj/frames/{rerun}/{run}/{camcol}/{name}",
-}
-
-_CHUNK = 1 << 20
-
-
-# -- errors (frame_errors.py; re-exported here for the sources' users) -----------------------
-from ssl_photoz.core.provenance import file_sha256  # noqa: E402
-from ssl_photoz.surveys.sdss.frame_errors import (  # noqa: E402
+from ssl_photoz.surveys.sdss import SDSS
+from ssl_photoz.surveys.sdss.conventions import FieldId
+from ssl_photoz.surveys.sdss.frame_errors import (  # re-exported for the sources' users
     CorruptFrameError,
     FrameDownloadError,
     FrameError,
@@ -84,26 +49,37 @@ from ssl_photoz.surveys.sdss.frame_errors import (  # noqa: E402
 )
 
 __all__ = [
+    "FRAME_SOURCES",
     "CorruptFrameError",
+    "DirFrameSource",
     "FrameDownloadError",
     "FrameError",
     "FrameNotFoundError",
+    "FrameSource",
+    "MockFrameSource",
     "describe_frame",
+    "frame_name",
+    "make_frame_source",
 ]
+
+log = logging.getLogger(__name__)
+
+Window = tuple[int, int, int, int]  # (x0, x1, y0, y1): 0-based, half-open column/row bounds
+CHUNK = 1 << 20  # bytes read or downloaded at a time
 
 
 # -- helpers ------------------------------------------------------------------------------------
 def frame_name(fid: FieldId, band: str, suffix: str = ".fits.bz2") -> str:
     """SDSS file name of a corrected frame, e.g. ``frame-r-004510-4-0030.fits.bz2``."""
-    return f"frame-{band}-{fid.run:06d}-{fid.camcol}-{fid.field:04d}{suffix}"
+    return SDSS.frame_name(fid, band, suffix)
 
 
-def _check_band(fid: FieldId, band: str) -> None:
-    if band not in BANDS:
-        raise ValueError(f"{describe_frame(fid, band)}: band must be one of {BANDS}")
+def check_band(fid: FieldId, band: str) -> None:
+    if band not in SDSS.bands:
+        raise ValueError(f"{describe_frame(fid, band)}: band must be one of {SDSS.bands}")
 
 
-class _Bunzip:
+class Bunzip:
     """Incremental bzip2 decoder that accepts multi-stream files (as pbzip2 writes them)."""
 
     def __init__(self, out):
@@ -122,17 +98,17 @@ class _Bunzip:
         return self._dec.eof
 
 
-def _decompress_file(src: Path, out) -> None:
+def decompress_file(src: Path, out) -> None:
     """bunzip2 ``src`` into the open binary file ``out``; OSError/EOFError when damaged."""
-    bunzip = _Bunzip(out)
+    bunzip = Bunzip(out)
     with open(src, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(CHUNK):
             bunzip.feed(chunk)
     if not bunzip.complete:
         raise EOFError("bzip2 stream ends early")
 
 
-def _check_fits_image(path: Path) -> str | None:
+def check_fits_image(path: Path) -> str | None:
     """None if ``path`` is a FITS file whose primary HDU is a 2-D image, else what is wrong."""
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
@@ -148,7 +124,7 @@ def _check_fits_image(path: Path) -> str | None:
     return None
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
     except FileNotFoundError:
@@ -195,14 +171,14 @@ class FrameSource(ABC):
                 self._owned[path] = count - 1
                 return
             del self._owned[path]
-        _unlink_quietly(path)
+        unlink_quietly(path)
 
     def release_all(self) -> None:
         with self._lock:
             paths = list(self._owned)
             self._owned.clear()
         for path in paths:
-            _unlink_quietly(path)
+            unlink_quietly(path)
 
     def close(self) -> None:
         self.release_all()
@@ -236,7 +212,7 @@ class FrameSource(ABC):
                 write(out)
             os.replace(tmp, target)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         with self._lock:
             self._owned[target] = self._owned.get(target, 0) + 1
@@ -245,12 +221,12 @@ class FrameSource(ABC):
     def _bunzip_to_work(self, fid: FieldId, band: str, src: Path, target: Path) -> Path:
         def write(out) -> None:
             try:
-                _decompress_file(src, out)
+                decompress_file(src, out)
             except (OSError, EOFError) as exc:
                 raise CorruptFrameError(fid, band, src, f"bad bzip2 data: {exc}") from exc
 
         self._publish(target, write)
-        problem = _check_fits_image(target)
+        problem = check_fits_image(target)
         if problem:
             self.release(target)
             raise CorruptFrameError(fid, band, src, problem)
@@ -292,7 +268,7 @@ class MockFrameSource(FrameSource):
         )
 
     def fetch(self, fid: FieldId, band: str, window: Window | None = None) -> Path:
-        _check_band(fid, band)
+        check_band(fid, band)
         if window is None:
             target = self.work_dir / frame_name(fid, band, ".fits")
         else:
@@ -321,241 +297,6 @@ class MockFrameSource(FrameSource):
             return self._publish(target, write)
 
 
-# -- the Science Archive Server -------------------------------------------------------------------
-class _RetryableError(Exception):
-    """One download attempt failed in a way another attempt may fix."""
-
-
-class SasFrameSource(FrameSource):
-    """Frames from the SDSS Science Archive Server, kept bzip2-compressed in ``cache_dir``.
-
-    The cache mirrors the SAS tree (``cache_dir/dr12/boss/photoObj/frames/301/<run>/<camcol>/``)
-    and holds ``<file>.sha256`` beside each frame. A download is checked (length against
-    Content-Length, a complete bzip2 stream, a FITS file with a 2-D primary image) before it
-    replaces the cache entry in one step, so the cache never holds a half-written file and two
-    processes fetching one frame both end with the same good file. A cached file is checked
-    against its sidecar on every use; a damaged one is downloaded again.
-
-    Connection errors, timeouts, HTTP 5xx/429, short bodies and broken bzip2 are retried up to
-    ``retries`` times after the first attempt, waiting ``backoff_s * 2**k`` seconds before retry
-    k; HTTP 404 raises ``FrameNotFoundError`` at once and other 4xx ``FrameDownloadError``.
-    """
-
-    def __init__(
-        self,
-        cache_dir: str | os.PathLike,
-        work_dir: str | os.PathLike,
-        base_url: str = SAS_BASE_URL,
-        data_release: int = DEFAULT_DATA_RELEASE,
-        rerun: int = DEFAULT_RERUN,
-        timeout_s: float = 60,
-        retries: int = 4,
-        backoff_s: float = 2.0,
-        sleep: Callable[[float], None] = time.sleep,
-        session: requests.Session | None = None,
-    ):
-        super().__init__(work_dir)
-        if int(data_release) not in SAS_FRAME_PATHS:
-            raise ValueError(
-                f"data_release {data_release}: frame paths are known for DR "
-                f"{sorted(SAS_FRAME_PATHS)}"
-            )
-        self.cache_dir = Path(cache_dir)
-        self.base_url = base_url.rstrip("/")
-        self.data_release = int(data_release)
-        self.rerun = int(rerun)
-        self.timeout_s = timeout_s
-        self.retries = int(retries)
-        self.backoff_s = backoff_s
-        self._sleep = sleep
-        self._session = session
-        self._own_session = session is None
-
-    @property
-    def session(self) -> requests.Session:
-        if self._session is None:
-            self._session = requests.Session()
-        return self._session
-
-    def close(self) -> None:
-        super().close()
-        if self._own_session and self._session is not None:
-            self._session.close()
-            self._session = None
-
-    def relative_path(self, fid: FieldId, band: str) -> str:
-        return SAS_FRAME_PATHS[self.data_release].format(
-            rerun=self.rerun, run=fid.run, camcol=fid.camcol, name=frame_name(fid, band)
-        )
-
-    def url(self, fid: FieldId, band: str) -> str:
-        return f"{self.base_url}/{self.relative_path(fid, band)}"
-
-    def cache_path(self, fid: FieldId, band: str) -> Path:
-        return self.cache_dir / self.relative_path(fid, band)
-
-    def fetch(self, fid: FieldId, band: str, window: Window | None = None) -> Path:
-        _check_band(fid, band)
-        target = self.work_dir / frame_name(fid, band, ".fits")
-        with self._frame_lock(target.name):
-            if self._reuse(target):
-                return target
-            cached = self.cache_path(fid, band)
-            if self._cache_is_good(fid, band, cached):
-                return self._bunzip_to_work(fid, band, cached, target)
-            return self._download(fid, band, cached, target)
-
-    # -- the cache --------------------------------------------------------------------------
-    @staticmethod
-    def _sidecar(cached: Path) -> Path:
-        return cached.with_name(cached.name + ".sha256")
-
-    def _cache_is_good(self, fid: FieldId, band: str, cached: Path) -> bool:
-        if not cached.exists():
-            return False
-        sidecar = self._sidecar(cached)
-        try:
-            recorded = sidecar.read_text().split()[0]
-        except (FileNotFoundError, IndexError):
-            recorded = None
-        if recorded is not None and file_sha256(cached) == recorded:
-            return True
-        if recorded is None:
-            # Another process may have published the file but not yet its sidecar: check the
-            # content itself before calling it bad.
-            if self._content_is_good(cached):
-                self._write_sidecar(cached, file_sha256(cached))
-                return True
-            why = "no checksum sidecar and the content does not check out"
-        else:
-            why = f"sha256 differs from {sidecar.name}"
-        log.warning(
-            "%s: cached %s is damaged (%s); downloading it again",
-            describe_frame(fid, band),
-            cached,
-            why,
-        )
-        _unlink_quietly(cached)
-        _unlink_quietly(sidecar)
-        return False
-
-    @staticmethod
-    def _content_is_good(cached: Path) -> bool:
-        with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
-            plain = Path(tmp) / "frame.fits"
-            try:
-                with open(plain, "wb") as out:
-                    _decompress_file(cached, out)
-            except (OSError, EOFError):
-                return False
-            return _check_fits_image(plain) is None
-
-    def _write_sidecar(self, cached: Path, digest: str) -> None:
-        sidecar = self._sidecar(cached)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{sidecar.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{digest}  {cached.name}\n")  # the format `sha256sum -c` reads
-            os.replace(tmp, sidecar)
-        except BaseException:
-            _unlink_quietly(Path(tmp))
-            raise
-
-    # -- downloading ------------------------------------------------------------------------
-    def _download(self, fid: FieldId, band: str, cached: Path, target: Path) -> Path:
-        url = self.url(fid, band)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        attempts = self.retries + 1
-        last: Exception | None = None
-        for attempt in range(attempts):
-            if attempt:
-                wait = self.backoff_s * 2 ** (attempt - 1)
-                log.info(
-                    "%s: retry %d/%d in %.1f s",
-                    describe_frame(fid, band),
-                    attempt,
-                    self.retries,
-                    wait,
-                )
-                self._sleep(wait)
-            try:
-                return self._download_once(fid, band, url, cached, target)
-            except _RetryableError as exc:
-                last = exc
-                log.warning(
-                    "%s: download from %s failed (attempt %d/%d): %s",
-                    describe_frame(fid, band),
-                    url,
-                    attempt + 1,
-                    attempts,
-                    exc,
-                )
-        raise FrameDownloadError(
-            fid, band, url, f"gave up after {attempts} attempts; last error: {last}"
-        ) from last
-
-    def _download_once(self, fid: FieldId, band: str, url: str, cached: Path, target: Path):
-        """One attempt: stream into a temporary cache file and, at once, bunzip2 into work_dir."""
-        fd, tmp_name = tempfile.mkstemp(
-            dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial"
-        )
-        tmp = Path(tmp_name)
-        plain_fd, plain_name = tempfile.mkstemp(
-            dir=self.work_dir, prefix=f".{target.name}.", suffix=".tmp"
-        )
-        plain = Path(plain_name)
-        try:
-            with os.fdopen(fd, "wb") as raw, os.fdopen(plain_fd, "wb") as out:
-                digest, size, expected, complete = self._stream(fid, band, url, raw, out)
-            if expected is not None and size != expected:
-                raise _RetryableError(f"body has {size} bytes, Content-Length said {expected}")
-            if not complete:
-                raise _RetryableError(f"bzip2 stream ends early after {size} bytes")
-            problem = _check_fits_image(plain)
-            if problem:
-                # The bytes arrived whole and bzip2 is happy, so asking again will not help.
-                raise CorruptFrameError(fid, band, url, problem)
-            os.replace(tmp, cached)
-            self._write_sidecar(cached, digest)
-            os.replace(plain, target)
-        finally:
-            _unlink_quietly(tmp)
-            _unlink_quietly(plain)
-        log.info("%s: downloaded %s (%d bytes)", describe_frame(fid, band), url, size)
-        with self._lock:
-            self._owned[target] = self._owned.get(target, 0) + 1
-        return target
-
-    def _stream(self, fid, band, url, raw, out) -> tuple[str, int, int | None, bool]:
-        digest = hashlib.sha256()
-        size = 0
-        bunzip = _Bunzip(out)
-        try:
-            # identity: the length check and the checksum are about the file's own bytes.
-            with self.session.get(
-                url, stream=True, timeout=self.timeout_s, headers={"Accept-Encoding": "identity"}
-            ) as resp:
-                if resp.status_code == 404:
-                    raise FrameNotFoundError(fid, band, url, "not found (HTTP 404)")
-                if resp.status_code >= 500 or resp.status_code == 429:
-                    raise _RetryableError(f"HTTP {resp.status_code}")
-                if resp.status_code != 200:
-                    raise FrameDownloadError(fid, band, url, f"HTTP {resp.status_code}")
-                length = resp.headers.get("Content-Length")
-                expected = int(length) if length and length.isdigit() else None
-                for chunk in resp.iter_content(chunk_size=_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    raw.write(chunk)
-                    try:
-                        bunzip.feed(chunk)
-                    except (OSError, EOFError) as exc:  # the bytes are not (good) bzip2
-                        raise _RetryableError(f"bad bzip2 data near byte {size}: {exc}") from exc
-        except requests.RequestException as exc:  # connection, timeout, body cut short
-            raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
-        return digest.hexdigest(), size, expected, bunzip.complete
-
-
 # -- frames already on disk -----------------------------------------------------------------------
 class DirFrameSource(FrameSource):
     """Frames in ``folder`` under their SAS names, flat or in ``<run>/<camcol>/`` subfolders.
@@ -581,7 +322,7 @@ class DirFrameSource(FrameSource):
         ]
 
     def fetch(self, fid: FieldId, band: str, window: Window | None = None) -> Path:
-        _check_band(fid, band)
+        check_band(fid, band)
         found = next((p for p in self.candidates(fid, band) if p.is_file()), None)
         if found is None:
             looked = ", ".join(str(p) for p in self.candidates(fid, band))
@@ -628,6 +369,9 @@ def make_frame_source(
             raise ValueError("cutouts.frame_source 'mock' needs the simulated survey's sky_dir")
         return MockFrameSource(sky_dir, work_dir)
     if kind == "sas":
+        # Imported here: the other sources need neither requests nor the cache's code.
+        from ssl_photoz.surveys.sdss.sas_frames import SasFrameSource
+
         return SasFrameSource(
             path_of("cache_dir"),
             work_dir,
