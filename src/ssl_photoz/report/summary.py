@@ -14,6 +14,7 @@ import pandas as pd
 from ssl_photoz.core import kinds
 from ssl_photoz.core.atomic import atomic_path
 from ssl_photoz.core.config import crop_size, with_defaults
+from ssl_photoz.surveys.sdss import SDSS
 
 __all__ = ["PAPER_ROWS", "PAPER_SAMPLE", "write_summary"]
 
@@ -247,7 +248,8 @@ def _network_rows(model: dict, training: dict) -> list[tuple[str, str, str, str]
         (
             "all",
             "crop",
-            f"{crop_size(model)} x {crop_size(model)} of the 107 x 107 cut-outs",
+            f"{crop_size(model)} x {crop_size(model)} of the {SDSS.cutout_size} x "
+            f"{SDSS.cutout_size} cut-outs",
             PAPER_RECIPE["crop"],
         ),
         ("all", "precision (as run)", _precisions(training), PAPER_RECIPE["precision"]),

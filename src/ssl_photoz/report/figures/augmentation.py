@@ -11,6 +11,7 @@ from matplotlib.patches import Rectangle
 
 from ssl_photoz.report.figures import common
 from ssl_photoz.report.figures.common import new_figure
+from ssl_photoz.surveys.sdss import SDSS
 
 __all__ = ["MAX_SHIFT", "plot_augmentation_gallery"]
 
@@ -183,7 +184,7 @@ def plot_augmentation_gallery(
     fig.suptitle(
         f"Augmentations of objid {int(store.objid[row])} (z_spec = {z:.3f}, SFD E(B-V) = "
         f"{float(store.ebv[row]):.3f}); gri, Lupton asinh stretch; generator seed {seed}; "
-        f'0.396"/px, north up',
+        f'{SDSS.pixel_scale_arcsec}"/px, north up',
         fontsize=10,
     )
     return common.save_figure(fig, out_png)

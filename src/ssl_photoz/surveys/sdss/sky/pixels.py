@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import least_squares
 
+from ssl_photoz.surveys.sdss.conventions import PIXEL_SCALE_ARCSEC
+
 MAD_TO_SIGMA = 1.4826
 # Sub-pixel sampling of the model: fitting pixel-integrated data with a point-sampled profile
 # would inflate the FWHM by a few % at SDSS sampling (FWHM ~ 3 px).
@@ -100,7 +102,9 @@ def star_fwhm(image: np.ndarray, x: float, y: float, half_size: int = 10) -> flo
     return float(_moffat_fwhm(np.exp(log_alpha), 1.0 + np.exp(log_beta_m1)))
 
 
-def median_star_fwhm_arcsec(image: np.ndarray, xs, ys, pixel_scale_arcsec: float = 0.396) -> float:
+def median_star_fwhm_arcsec(
+    image: np.ndarray, xs, ys, pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC
+) -> float:
     """Median FWHM (arcsec) of the stars at 0-based pixel positions (xs, ys); NaN fits dropped."""
     fwhms = np.array([star_fwhm(image, float(x), float(y)) for x, y in zip(xs, ys, strict=True)])
     fwhms = fwhms[np.isfinite(fwhms)]
