@@ -32,6 +32,7 @@ from ssl_photoz.surveys.sdss.query.sql import load_query
 TOKEN = "e2e-T0KEN-1d2c"
 PAGE_ROWS = 9
 CFG = {"backend": "casjobs", "data_release": 12}
+KEEP = {**CFG, "casjobs_keep_mydb_tables": True}
 USER_TABLE = pd.DataFrame({"id": [1, 2, 3], "note": ["mine", "keep", "me"]})
 USER_TABLES = ("CasJobs", "ssl_photoz_notes")
 
@@ -195,25 +196,38 @@ def test_packaged_query_end_to_end_in_pages(casjobs, sky, sample):
     assert frame[key].is_unique and frame["objID"].dtype == np.int64
     assert record["rows"] == n and record["mydb_table"] == table and record["row_key"] == key
     quick = casjobs.quick_queries()
-    pages = [q for q in quick if "OFFSET" in q]
+    pages = [q for q in quick if q.startswith("SELECT TOP")]
     assert len(pages) == math.ceil(n / PAGE_ROWS)
-    assert all(f"FROM {table} ORDER BY {key} OFFSET" in q for q in pages)
+    # Key ranges on the indexed key: the first page from the start, each next one after the
+    # last key of the one before.
+    assert pages[0].endswith(f"FROM {table} ORDER BY {key}")
+    assert all(f"FROM {table} WHERE {key} > " in q for q in pages[1:])
     assert any(f"COUNT_BIG(DISTINCT {key})" in q for q in quick)  # uniqueness asked, not assumed
-    assert [sql for context, sql in casjobs.statements if context == "DR12"] == [query.text]
-    assert drops(casjobs) == [f"IF OBJECT_ID('{table}', 'U') IS NOT NULL DROP TABLE {table}"]
-    assert set(casjobs.mydb_tables()) == {*USER_TABLES, table}  # the result stays in MyDB
-    assert len(casjobs.table(table)) == n
+    assert any(f"SUM({key} % " in q for q in quick)  # and the keys' checksum
+    index = f"CREATE UNIQUE CLUSTERED INDEX ix_{table}_{key} ON MyDB.{table} ({key})"
+    assert [job["Query"] for job in casjobs.jobs.values()] == [f"{query.text.rstrip()}\n;\n{index}"]
+    own = f"IF OBJECT_ID('{table}', 'U') IS NOT NULL DROP TABLE {table}"
+    assert drops(casjobs) == [own, own]  # a stale table before the job, its own after download
+    assert set(casjobs.mydb_tables()) == set(USER_TABLES)  # dropped once verified
     assert_user_tables_untouched(casjobs)
 
 
+def test_the_table_is_kept_with_its_index_when_asked(casjobs):
+    frame, _ = run_query("labeled", KEEP, client=make_client(casjobs))
+    assert set(casjobs.mydb_tables()) == {*USER_TABLES, "ssl_photoz_labeled"}
+    assert len(casjobs.table("ssl_photoz_labeled")) == len(frame)
+    assert casjobs.indexed_columns("ssl_photoz_labeled") == [("[specObjID]", True)]
+    assert len(drops(casjobs)) == 1  # only the stale-table guard before the job
+
+
 def test_rerun_drops_only_its_own_table(casjobs):
-    first, _ = run_query("labeled", CFG, client=make_client(casjobs))
-    second, _ = run_query("labeled", CFG, client=make_client(casjobs))
+    first, _ = run_query("labeled", KEEP, client=make_client(casjobs))
+    second, _ = run_query("labeled", KEEP, client=make_client(casjobs))
 
     pd.testing.assert_frame_equal(first, second)
     assert [job["Status"] for job in casjobs.jobs.values()] == [5, 5]
     own = "IF OBJECT_ID('ssl_photoz_labeled', 'U') IS NOT NULL DROP TABLE ssl_photoz_labeled"
-    assert drops(casjobs) == [own, own]
+    assert drops(casjobs) == [own, own]  # no job record: each run drops the table and resubmits
     assert set(casjobs.mydb_tables()) == {*USER_TABLES, "ssl_photoz_labeled"}
     assert_user_tables_untouched(casjobs)
 
@@ -249,7 +263,7 @@ def test_a_redirect_to_another_origin_mid_run_stops_it_and_keeps_the_token_home(
     with LoopbackServer() as elsewhere:
         target = elsewhere.localhost_url + "/collect"
         casjobs.fault = lambda sql, reply: (
-            redirect(target, 307) if f"OFFSET {PAGE_ROWS} ROWS" in sql else None
+            redirect(target, 307) if "WHERE specObjID >" in sql else None
         )
         with pytest.raises(CasJobsRedirectError) as caught:
             run_query("labeled", CFG, client=make_client(casjobs))
@@ -258,7 +272,7 @@ def test_a_redirect_to_another_origin_mid_run_stops_it_and_keeps_the_token_home(
         caught.value
     )
     assert TOKEN not in str(caught.value)
-    assert len([q for q in casjobs.quick_queries() if f"OFFSET {PAGE_ROWS} ROWS" in q]) == 1
+    assert len([q for q in casjobs.quick_queries() if "WHERE specObjID >" in q]) == 1
 
 
 def test_an_http_casjobs_url_is_refused_before_any_traffic(monkeypatch):
