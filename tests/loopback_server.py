@@ -197,8 +197,14 @@ class CasJobsEmulator:
       ``SELECT ... INTO MyDB.t`` creates ``t`` and, like SQL Server, fails with "There is already
       an object named 't' in the database." when it exists. The job answers ``GET /jobs/<id>``
       with Status 0 (ready), 1 (started) for `polls_before_done` polls, then 5 or 4 (failed,
-      with SQL Server's message in ``Message`` and ``Error``).
-    - Quick queries (``POST /contexts/MyDB/query``) run in MyDB: SELECT (COUNT_BIG, COUNT_BIG
+      with SQL Server's message in ``Message`` and ``Error``). A job may hold several statements
+      (``;``-separated), among them ``CREATE [UNIQUE] CLUSTERED INDEX ... ON MyDB.t (key)``
+      (DuckDB has no clustered index: an ordinary one, unique if asked, which fails on a key
+      that repeats, as SQL Server's does). `outage` makes the next status polls fail (HTTP 503
+      or a dropped connection) as during a service outage; a job unknown to the server answers
+      404. `submissions` counts the jobs submitted.
+    - Quick queries (``POST /contexts/<ctx>/query``) run in MyDB or in the data context (where
+      ``INFORMATION_SCHEMA.COLUMNS`` gives the column types). In MyDB: SELECT (COUNT_BIG, COUNT_BIG
       DISTINCT, ORDER BY ... OFFSET ... FETCH), DROP TABLE (an absent table is an error), and
       ``IF OBJECT_ID('t', 'U') IS NOT NULL <statement>``. A SELECT is answered in CasJobs'
       text/plain CSV: a header line and the rows, no ``#Table1`` line, the last row ending with a
@@ -237,6 +243,7 @@ class CasJobsEmulator:
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")
         self._con.execute("CREATE SCHEMA MyDB")
+        self._outage: list[Reply] = []
         if sky_db is not None:
             self._con.execute(f"ATTACH '{sky_db}' AS sky (READ_ONLY)")
             names = self._con.execute(
@@ -250,6 +257,7 @@ class CasJobsEmulator:
         server.route("GET", "/contexts/MyDB/Tables", self._tables)
         server.route("PUT", f"/contexts/{context}/jobs", self._submit)
         server.route("POST", "/contexts/MyDB/query", self._quick)
+        server.route("POST", f"/contexts/{context}/query", self._quick)
 
     # --- what a test looks at -------------------------------------------------------------
 
@@ -276,6 +284,25 @@ class CasJobsEmulator:
     def quick_queries(self) -> list[str]:
         return [sql for context, sql in self.statements if context == "MyDB"]
 
+    @property
+    def submissions(self) -> int:
+        return len(self.jobs)
+
+    def outage(self, polls: int, reply: Reply | None = None) -> None:
+        """Answer the next `polls` status polls with `reply` (HTTP 503 by default)."""
+        with self._lock:
+            self._outage = [reply or Reply(503, "Service Unavailable")] * polls
+
+    def indexed_columns(self, name: str) -> list[tuple[str, bool]]:
+        """(index expressions, unique) of every index on MyDB.<name>."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT expressions, is_unique FROM duckdb_indexes() WHERE schema_name = 'MyDB' "
+                "AND lower(table_name) = lower(?)",
+                [name],
+            ).fetchall()
+        return [(str(expr), bool(unique)) for expr, unique in rows]
+
     # --- the service ----------------------------------------------------------------------
 
     def _refused(self, request: Request) -> Reply | None:
@@ -299,7 +326,7 @@ class CasJobsEmulator:
             return refused
         sql = request.json()["Query"]
         try:
-            self._execute(self.context, sql)
+            self._execute(self.context, sql, statements="many")
             outcome = {"Status": 5, "Message": "Query Complete", "Error": ""}
         except _SqlServerError as err:
             outcome = {"Status": 4, "Message": str(err), "Error": str(err)}
@@ -316,6 +343,8 @@ class CasJobsEmulator:
             return refused
         job_id = int(request.path.rsplit("/", 1)[1])
         with self._lock:
+            if self._outage:
+                return self._outage.pop(0)
             job = self.jobs[job_id]
             job["polls"] += 1
             described = {k: v for k, v in job.items() if k != "polls"}
@@ -328,8 +357,9 @@ class CasJobsEmulator:
         if refused := self._refused(request):
             return refused
         sql = request.json()["Query"]
+        context = request.path.split("/")[2]
         try:
-            result = self._execute("MyDB", sql)
+            result = self._execute(context, sql)
         except _SqlServerError as err:
             return self._sql_error(str(err))
         reply = Reply(200, "" if result is None else self._csv(*result))
@@ -348,8 +378,9 @@ class CasJobsEmulator:
         text = out.getvalue()
         return text if self.final_newline else text.removesuffix("\n")
 
-    def _execute(self, context: str, sql: str):
-        """Run one T-SQL statement in `context`; (columns, rows) for a SELECT, else None."""
+    def _execute(self, context: str, sql: str, statements: str = "one"):
+        """Run one T-SQL statement (``statements="many"``: a batch job's ``;``-separated ones)
+        in `context`; (columns, rows) of the last one if it is a SELECT, else None."""
         import re
 
         import duckdb
@@ -374,19 +405,24 @@ class CasJobsEmulator:
                     return None
                 sql = guarded.group(2)
             try:
-                statements = sqlglot.transpile(sql, read="tsql", write="duckdb")
+                transpiled = sqlglot.transpile(sql, read="tsql", write="duckdb")
             except sqlglot.errors.ParseError as err:
                 raise _SqlServerError(f"Incorrect syntax: {err}") from None
-            if len(statements) != 1:
+            if len(transpiled) != 1 and statements == "one":
                 raise _SqlServerError("the emulator runs one statement at a time")
-            try:
-                cursor = self._con.execute(statements[0])
-                if not statements[0].lstrip().upper().startswith(("SELECT", "WITH")):
-                    return None  # DROP, or SELECT ... INTO (now CREATE TABLE ... AS)
-                columns = [d[0] for d in cursor.description]
-                return columns, cursor.fetchall()
-            except duckdb.Error as err:
-                raise _SqlServerError(_sql_server_message(str(err), sql)) from None
+            result = None
+            for statement in transpiled:
+                # DuckDB has no clustered index: an ordinary one keeps the key's uniqueness.
+                statement = re.sub(r"\b(?:NON)?CLUSTERED\s+", "", statement, flags=re.IGNORECASE)
+                try:
+                    cursor = self._con.execute(statement)
+                    if not statement.lstrip().upper().startswith(("SELECT", "WITH")):
+                        result = None  # DROP, CREATE INDEX, or SELECT ... INTO (CREATE TABLE AS)
+                        continue
+                    result = [d[0] for d in cursor.description], cursor.fetchall()
+                except duckdb.Error as err:
+                    raise _SqlServerError(_sql_server_message(str(err), sql)) from None
+            return result
 
 
 class _SqlServerError(Exception):
@@ -409,4 +445,9 @@ def _sql_server_message(duckdb_message: str, sql: str) -> str:
         return f"Invalid object name '{m.group(1)}'."
     if m := re.search(r'Referenced column "?(\w+)"? not found', first):
         return f"Invalid column name '{m.group(1)}'."
+    if "duplicate key" in first.lower() or "constraint" in first.lower():
+        return (
+            "The CREATE UNIQUE INDEX statement terminated because a duplicate key was found "
+            f"({first})"
+        )
     return first

@@ -300,7 +300,13 @@ def test_large_table_is_downloaded_in_ordered_pages(server, clock):
     expected = CATALOGUE.sort_values("objid").reset_index(drop=True)
     pd.testing.assert_frame_equal(frame, expected)
     pages = [r.json()["Query"] for r in server.requests_to(QUERY)][1:]
-    assert len(pages) == 3 and all("ORDER BY objid OFFSET" in q for q in pages)
+    # Key ranges, not OFFSET: each page starts after the last key of the one before.
+    assert pages[0] == "SELECT TOP 2 *, 1 AS ssl_photoz_end FROM mgs_labels ORDER BY objid"
+    after = expected["objid"].iloc[[1, 3]].tolist()
+    assert pages[1:] == [
+        f"SELECT TOP {n} *, 1 AS ssl_photoz_end FROM mgs_labels WHERE objid > {key} ORDER BY objid"
+        for n, key in zip((2, 1), after, strict=True)
+    ]
 
 
 def test_large_table_without_order_by_is_refused(server, clock):
@@ -556,7 +562,7 @@ REDIRECTED_CALLS = {
         "download",
     ),
     "second page": (
-        lambda srv, emu, to: _redirect_quick(emu, "OFFSET 2 ROWS", to),
+        lambda srv, emu, to: _redirect_quick(emu, "WHERE objid >", to),
         lambda client: client.download_table("mgs_labels", order_by="objid"),
         "download",
     ),

@@ -10,20 +10,30 @@ after "into"), which must come through every run untouched.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from labeled_reference import labeled_specobjids
-from loopback_server import CasJobsEmulator, LoopbackServer, redirect
+from loopback_server import CasJobsEmulator, LoopbackServer, Reply, redirect
 
 from ssl_photoz.surveys.sdss.query.casjobs import (
     CasJobsClient,
     CasJobsError,
     CasJobsJobError,
+    CasJobsOutageError,
     CasJobsRedirectError,
 )
 from ssl_photoz.surveys.sdss.query.run import run_duckdb, run_query
@@ -32,6 +42,7 @@ from ssl_photoz.surveys.sdss.query.sql import load_query
 TOKEN = "e2e-T0KEN-1d2c"
 PAGE_ROWS = 9
 CFG = {"backend": "casjobs", "data_release": 12}
+KEEP = {**CFG, "casjobs_keep_mydb_tables": True}
 USER_TABLE = pd.DataFrame({"id": [1, 2, 3], "note": ["mine", "keep", "me"]})
 USER_TABLES = ("CasJobs", "ssl_photoz_notes")
 
@@ -195,25 +206,38 @@ def test_packaged_query_end_to_end_in_pages(casjobs, sky, sample):
     assert frame[key].is_unique and frame["objID"].dtype == np.int64
     assert record["rows"] == n and record["mydb_table"] == table and record["row_key"] == key
     quick = casjobs.quick_queries()
-    pages = [q for q in quick if "OFFSET" in q]
+    pages = [q for q in quick if q.startswith("SELECT TOP")]
     assert len(pages) == math.ceil(n / PAGE_ROWS)
-    assert all(f"FROM {table} ORDER BY {key} OFFSET" in q for q in pages)
+    # Key ranges on the indexed key: the first page from the start, each next one after the
+    # last key of the one before.
+    assert pages[0].endswith(f"FROM {table} ORDER BY {key}")
+    assert all(f"FROM {table} WHERE {key} > " in q for q in pages[1:])
     assert any(f"COUNT_BIG(DISTINCT {key})" in q for q in quick)  # uniqueness asked, not assumed
-    assert [sql for context, sql in casjobs.statements if context == "DR12"] == [query.text]
-    assert drops(casjobs) == [f"IF OBJECT_ID('{table}', 'U') IS NOT NULL DROP TABLE {table}"]
-    assert set(casjobs.mydb_tables()) == {*USER_TABLES, table}  # the result stays in MyDB
-    assert len(casjobs.table(table)) == n
+    assert any(f"SUM({key} % " in q for q in quick)  # and the keys' checksum
+    index = f"CREATE UNIQUE CLUSTERED INDEX ix_{table}_{key} ON MyDB.{table} ({key})"
+    assert [job["Query"] for job in casjobs.jobs.values()] == [f"{query.text.rstrip()}\n;\n{index}"]
+    own = f"IF OBJECT_ID('{table}', 'U') IS NOT NULL DROP TABLE {table}"
+    assert drops(casjobs) == [own, own]  # a stale table before the job, its own after download
+    assert set(casjobs.mydb_tables()) == set(USER_TABLES)  # dropped once verified
     assert_user_tables_untouched(casjobs)
 
 
+def test_the_table_is_kept_with_its_index_when_asked(casjobs):
+    frame, _ = run_query("labeled", KEEP, client=make_client(casjobs))
+    assert set(casjobs.mydb_tables()) == {*USER_TABLES, "ssl_photoz_labeled"}
+    assert len(casjobs.table("ssl_photoz_labeled")) == len(frame)
+    assert casjobs.indexed_columns("ssl_photoz_labeled") == [("[specObjID]", True)]
+    assert len(drops(casjobs)) == 1  # only the stale-table guard before the job
+
+
 def test_rerun_drops_only_its_own_table(casjobs):
-    first, _ = run_query("labeled", CFG, client=make_client(casjobs))
-    second, _ = run_query("labeled", CFG, client=make_client(casjobs))
+    first, _ = run_query("labeled", KEEP, client=make_client(casjobs))
+    second, _ = run_query("labeled", KEEP, client=make_client(casjobs))
 
     pd.testing.assert_frame_equal(first, second)
     assert [job["Status"] for job in casjobs.jobs.values()] == [5, 5]
     own = "IF OBJECT_ID('ssl_photoz_labeled', 'U') IS NOT NULL DROP TABLE ssl_photoz_labeled"
-    assert drops(casjobs) == [own, own]
+    assert drops(casjobs) == [own, own]  # no job record: each run drops the table and resubmits
     assert set(casjobs.mydb_tables()) == {*USER_TABLES, "ssl_photoz_labeled"}
     assert_user_tables_untouched(casjobs)
 
@@ -249,7 +273,7 @@ def test_a_redirect_to_another_origin_mid_run_stops_it_and_keeps_the_token_home(
     with LoopbackServer() as elsewhere:
         target = elsewhere.localhost_url + "/collect"
         casjobs.fault = lambda sql, reply: (
-            redirect(target, 307) if f"OFFSET {PAGE_ROWS} ROWS" in sql else None
+            redirect(target, 307) if "WHERE specObjID >" in sql else None
         )
         with pytest.raises(CasJobsRedirectError) as caught:
             run_query("labeled", CFG, client=make_client(casjobs))
@@ -258,7 +282,7 @@ def test_a_redirect_to_another_origin_mid_run_stops_it_and_keeps_the_token_home(
         caught.value
     )
     assert TOKEN not in str(caught.value)
-    assert len([q for q in casjobs.quick_queries() if f"OFFSET {PAGE_ROWS} ROWS" in q]) == 1
+    assert len([q for q in casjobs.quick_queries() if "WHERE specObjID >" in q]) == 1
 
 
 def test_an_http_casjobs_url_is_refused_before_any_traffic(monkeypatch):
@@ -279,3 +303,250 @@ def test_an_http_casjobs_url_is_refused_before_any_traffic(monkeypatch):
         run_query("labeled", cfg)
     assert repr(url) in str(caught.value) and TOKEN not in str(caught.value)
     assert attempts == []
+
+
+# --- long jobs: outages, reattachment, clean-up, footprint, SIGTERM -------------------------
+
+
+def timed_client(emulator: CasJobsEmulator, **options) -> CasJobsClient:
+    """`make_client` with other waiting settings; its fake clock is ``client._clock``."""
+    client = make_client(emulator)
+    for name, value in options.items():
+        setattr(client, name, value)
+    return client
+
+
+def test_an_outage_mid_poll_longer_than_the_old_give_up_is_ridden_out(casjobs, tmp_path, caplog):
+    """Polls fail for minutes of (fake) time, far past the ~30 s after which each poll's own
+    retries give up; within the outage tolerance the client polls on and gets the table."""
+    record = tmp_path / "labeled.casjobs.json"
+    casjobs.polls_before_done = 3
+    casjobs.outage(polls=24)  # 12 status calls of 2 attempts each
+    client = timed_client(casjobs, outage_tolerance_s=900.0)
+    caplog.set_level(logging.INFO)
+    frame, _ = run_query("labeled", KEEP, client=client, job_record=record)
+
+    assert sorted(frame["specObjID"]) == expected_specobjids(casjobs_tables())
+    assert casjobs.submissions == 1
+    assert "status answered again after" in caplog.text
+    outage_s = float(re.search(r"status answered again after (\d+) s", caplog.text).group(1))
+    assert outage_s > 120  # minutes, not the old 30 s
+    assert json.loads(record.read_text())["state"] == "downloaded"
+
+
+def test_an_outage_past_the_tolerance_stops_naming_the_job_and_a_rerun_reattaches(
+    casjobs, tmp_path
+):
+    record = tmp_path / "labeled.casjobs.json"
+    casjobs.polls_before_done = 2
+    casjobs.outage(polls=10_000, reply=Reply(drop=True))
+    client = timed_client(casjobs, outage_tolerance_s=120.0)
+    with pytest.raises(CasJobsOutageError) as caught:
+        run_query("labeled", KEEP, client=client, job_record=record)
+    job_id = next(iter(casjobs.jobs))
+    message = str(caught.value)
+    assert caught.value.job_id == job_id and f"job {job_id}" in message
+    assert "Rerun the query to reattach" in message and str(record) in message
+    assert "casjobs_outage_tolerance_s" in message
+    assert not [r for r in casjobs.server.requests if r.method == "DELETE"]  # not cancelled
+    assert _state(record) == "submitted"
+
+    casjobs.outage(polls=0)  # the service is back
+    frame, _ = run_query("labeled", KEEP, client=make_client(casjobs), job_record=record)
+    assert casjobs.submissions == 1  # reattached, never resubmitted
+    assert len(frame) == len(casjobs.table("ssl_photoz_labeled"))
+
+
+def test_a_finished_table_is_reused_not_resubmitted(casjobs, tmp_path, caplog):
+    record = tmp_path / "labeled.casjobs.json"
+    first, _ = run_query("labeled", KEEP, client=make_client(casjobs), job_record=record)
+    caplog.set_level(logging.INFO)
+    second, _ = run_query("labeled", KEEP, client=make_client(casjobs), job_record=record)
+
+    pd.testing.assert_frame_equal(first, second)
+    assert casjobs.submissions == 1
+    assert len(drops(casjobs)) == 1  # the first run's stale-table guard only
+    assert "finished before this run: downloading its MyDB.ssl_photoz_labeled" in caplog.text
+
+
+def test_a_changed_query_resubmits_and_says_why(casjobs, tmp_path, caplog):
+    record = tmp_path / "labeled.casjobs.json"
+    run_query("labeled", KEEP, client=make_client(casjobs), job_record=record)
+    changed = tmp_path / "labeled.sql"
+    changed.write_text(load_query("labeled").text.replace("s.z <= 0.4", "s.z <= 0.3"))
+    caplog.set_level(logging.INFO)
+    frame, _ = run_query(
+        "labeled", KEEP, sql_path=changed, client=make_client(casjobs), job_record=record
+    )
+
+    assert casjobs.submissions == 2
+    assert "job record is for SQL sha256" in caplog.text and "submitting a new job" in caplog.text
+    assert frame["z_spec"].max() <= 0.3
+    digest = json.loads(record.read_text())["sql_sha256"]
+    assert digest == hashlib.sha256(casjobs.jobs[max(casjobs.jobs)]["Query"].encode()).hexdigest()
+
+
+def test_a_failed_job_is_resubmitted(casjobs, tmp_path, caplog):
+    record = tmp_path / "labeled.casjobs.json"
+    run_query("labeled", KEEP, client=make_client(casjobs), job_record=record)
+    first = next(iter(casjobs.jobs))
+    casjobs.jobs[first].update(Status=4, Message="the server lost it", Error="")
+    caplog.set_level(logging.INFO)
+    run_query("labeled", KEEP, client=make_client(casjobs), job_record=record)
+    assert casjobs.submissions == 2
+    assert f"job {first} is failed on the server (the server lost it)" in caplog.text
+
+
+def test_the_table_is_dropped_after_a_verified_download_and_a_rerun_resubmits(
+    casjobs, tmp_path, caplog
+):
+    record = tmp_path / "labeled.casjobs.json"
+    run_query("labeled", CFG, client=make_client(casjobs), job_record=record)
+    assert "ssl_photoz_labeled" not in casjobs.mydb_tables()
+    assert json.loads(record.read_text())["state"] == "dropped"
+    caplog.set_level(logging.INFO)
+    run_query("labeled", CFG, client=make_client(casjobs), job_record=record)
+    assert casjobs.submissions == 2
+    assert "MyDB.ssl_photoz_labeled was dropped after its download" in caplog.text
+
+
+def test_a_download_that_fails_its_checksum_keeps_the_table(casjobs, tmp_path):
+    """A page whose keys were altered in transit (same count, still unique) fails the checksum,
+    so the table is not dropped and the record says finished, not downloaded."""
+    record = tmp_path / "labeled.casjobs.json"
+
+    def alter(sql, reply):
+        if "WHERE specObjID >" in sql and isinstance(reply.body, str):
+            header, first, *rest = reply.body.split("\n")
+            at = header.split(",").index("specObjID")
+            fields = first.split(",")
+            fields[at] = str(int(fields[at]) + 1)
+            return Reply(200, "\n".join([header, ",".join(fields), *rest]))
+        return None
+
+    casjobs.fault = alter
+    with pytest.raises(CasJobsError, match="checksum"):
+        run_query("labeled", CFG, client=make_client(casjobs), job_record=record)
+    assert "ssl_photoz_labeled" in casjobs.mydb_tables()
+    assert json.loads(record.read_text())["state"] == "finished"
+
+
+def test_the_mydb_footprint_is_logged_before_submitting(casjobs, sky, caplog):
+    caplog.set_level(logging.INFO)
+    run_query("labeled", CFG, client=make_client(casjobs))
+    reference = run_duckdb(load_query("labeled"), sky[0])
+    width = int(sum(dtype.itemsize for dtype in reference.dtypes))  # DuckDB's types, as NumPy's
+    line = next(r.getMessage() for r in caplog.records if "of MyDB (" in r.getMessage())
+    assert f"({width} bytes per row of data alone, 502,977 rows expected" in line
+    assert f"about {width * 502_977 / 1e9:.2f} GB" in line
+    logged = [r.getMessage() for r in caplog.records]
+    footprint_at = next(i for i, m in enumerate(logged) if "of MyDB (" in m)
+    submitted_at = next(i for i, m in enumerate(logged) if "submitted to DR12" in m)
+    assert footprint_at < submitted_at
+
+
+def casjobs_tables():
+    return synthetic_sdss()
+
+
+def _cli(emulator: CasJobsEmulator, out, poll_s: float = 0.05):
+    section = {**CFG, "casjobs_url": emulator.server.url, "casjobs_token_env": "E2E_TOKEN"}
+    machine = {
+        "casjobs_max_wait_s": 600,
+        "casjobs_poll_interval_s": poll_s,
+        "casjobs_max_poll_interval_s": poll_s,
+        "casjobs_outage_tolerance_s": 60,
+        "casjobs_keep_mydb_tables": False,
+    }
+    command = [sys.executable, "-m", "ssl_photoz.cli", "query-labeled"]
+    command += ["--section-json", json.dumps(section), "--machine-json", json.dumps(machine)]
+    env = {**os.environ, "E2E_TOKEN": TOKEN, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "*"}
+    return subprocess.Popen(
+        [*command, "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(process, condition, what: str, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the CLI ended before {what}:\n{process.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _state(record) -> str | None:
+    try:
+        return json.loads(record.read_text())["state"]
+    except (OSError, ValueError):
+        return None
+
+
+def _terminate(process) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    return output
+
+
+def test_sigterm_between_submit_and_download_then_a_rerun_reattaches(casjobs, tmp_path):
+    """The CLI is killed (SIGTERM, as SLURM does) while its job runs, then again mid-download:
+    each time the job record stays, no .partial file is left, and the last run downloads the
+    table of the one job ever submitted."""
+    out = tmp_path / "catalog" / "labeled.parquet"
+    record = out.with_suffix(".casjobs.json")
+    casjobs.polls_before_done = 10**9  # the job runs until the test says otherwise
+
+    running = _cli(casjobs, out)
+    _wait_for(running, lambda: _state(record) == "submitted", "the job record")
+    _terminate(running)
+    assert _state(record) == "submitted" and not out.exists()
+    assert not list(out.parent.glob(".*partial"))
+
+    casjobs.polls_before_done = 0  # the job finishes; the download (one answer) is slow
+    downloads = []
+
+    def slow(sql, reply):
+        if sql.startswith("SELECT *"):
+            downloads.append(sql)
+            return Reply(reply.status, reply.body, delay_s=5.0)
+        return None
+
+    casjobs.fault = slow
+    downloading = _cli(casjobs, out)
+    _wait_for(downloading, lambda: len(downloads) >= 1, "the download")
+    output = _terminate(downloading)
+    assert "reattaching to CasJobs job" in output or "finished before this run" in output
+    assert _state(record) == "finished" and not out.exists()
+    assert not list(out.parent.glob(".*partial"))
+
+    casjobs.fault = None
+    last = _cli(casjobs, out)
+    output, _ = last.communicate(timeout=120)
+    assert last.returncode == 0, output
+    assert casjobs.submissions == 1
+    frame = pd.read_parquet(out)
+    assert sorted(frame["specObjID"]) == expected_specobjids(casjobs_tables())
+    assert _state(record) == "dropped" and "ssl_photoz_labeled" not in casjobs.mydb_tables()
+    assert not list(out.parent.glob(".*partial"))
+
+
+def test_sigterm_while_an_output_is_written_removes_its_partial_file(tmp_path):
+    """Inside the CLI's guard a SIGTERM becomes SystemExit, so the atomic writer's finally
+    removes the half-written file (without the guard the signal would kill pytest itself)."""
+    from ssl_photoz.cli.catalog import sigterm_as_exit
+    from ssl_photoz.core.atomic import atomic_path
+
+    target = tmp_path / "labeled.parquet"
+    with pytest.raises(SystemExit) as caught, sigterm_as_exit(), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a table")
+        assert tmp.exists()
+        signal.raise_signal(signal.SIGTERM)
+    assert caught.value.code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the guard is undone

@@ -155,3 +155,35 @@ def test_each_query_names_its_mydb_table_and_a_row_key(tmp_path):
     keyless.write_text("SELECT p.objID INTO MyDB.t FROM PhotoObjAll AS p")
     with pytest.raises(ValueError, match="does not select specObjID"):
         _ = load_query("labeled", keyless).row_key
+
+
+def test_casjobs_machine_settings_are_the_rules_resource_not_their_params():
+    """The waiting and clean-up settings reach the query rules as the resource `machine`: the
+    params (identity settings) are those of before they existed, and --machine-json takes only
+    them."""
+    from ssl_photoz.core.config import ConfigError, load_schema, validate_section
+    from ssl_photoz.surveys.sdss.query.settings import (
+        MACHINE_KEYS,
+        identity_settings,
+        machine_settings,
+        merge_machine_json,
+    )
+
+    properties = load_schema()["properties"]["query"]["properties"]
+    assert all("default" in properties[k] for k in MACHINE_KEYS)
+    section = validate_section("query", {"backend": "casjobs", "data_release": 12})
+    slower = {**section, "casjobs_max_wait_s": 86400, "casjobs_keep_mydb_tables": True}
+    assert identity_settings(slower) == identity_settings(section)
+    assert set(identity_settings(section)) == {
+        "backend",
+        "data_release",
+        "skyserver_url",
+        "runs_per_range",
+        "casjobs_url",
+        "casjobs_token_env",
+    } - ({"skyserver_url"} - set(section))
+    assert machine_settings(slower)["casjobs_max_wait_s"] == 86400
+    merged = merge_machine_json(identity_settings(section), json.dumps(machine_settings(slower)))
+    assert validate_section("query", merged) == slower
+    with pytest.raises(ConfigError, match="not query machine settings"):
+        merge_machine_json(section, json.dumps({"backend": "duckdb"}))

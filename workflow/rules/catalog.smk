@@ -3,7 +3,26 @@
 
 
 # The queries talk to SkyServer/CasJobs: with a cluster executor they run on the submitting host
-# (compute nodes often have no internet), one at a time (resource skyserver).
+# (compute nodes often have no internet), one at a time (resource skyserver). The CasJobs waiting
+# and clean-up settings (ssl_photoz.surveys.sdss.query.settings.MACHINE_KEYS) reach them through
+# the resource `machine`, not params: changing them reruns nothing. A CasJobs run records its job
+# beside the output (<output>.casjobs.json), so a rerun reattaches to it.
+
+
+def query_section_json():
+    """The query settings that decide the rows (every key but the machine settings)."""
+    from ssl_photoz.surveys.sdss.query.settings import identity_settings
+
+    return json.dumps(identity_settings(config["query"]), sort_keys=True)
+
+
+def query_machine_json(wildcards):
+    """The CasJobs waiting and clean-up settings, for the query rules' resources."""
+    from ssl_photoz.surveys.sdss.query.settings import machine_settings
+
+    return json.dumps(machine_settings(config["query"]), sort_keys=True)
+
+
 localrules:
     query_labeled,
     query_unlabeled,
@@ -24,13 +43,14 @@ rule query_labeled:
         "../../envs/pipeline.yaml"
     resources:
         skyserver=1,
+        machine=query_machine_json,  # waiting and clean-up settings: no rerun trigger
     params:
         code=stage_code("ssl_photoz.surveys.sdss.query.run"),
-        section=section_json("query"),
+        section=query_section_json(),
         sky_db=sky_db_argument,
     shell:
         "ssl-photoz query-labeled --section-json {params.section:q} {params.sky_db}"
-        " --sql {input.sql}"
+        " --machine-json {resources.machine:q} --sql {input.sql}"
         " --out {output.rows} > {log} 2>&1"
 
 
@@ -49,13 +69,14 @@ rule query_unlabeled:
         "../../envs/pipeline.yaml"
     resources:
         skyserver=1,
+        machine=query_machine_json,  # waiting and clean-up settings: no rerun trigger
     params:
         code=stage_code("ssl_photoz.surveys.sdss.query.run"),
-        section=section_json("query"),
+        section=query_section_json(),
         sky_db=sky_db_argument,
     shell:
         "ssl-photoz query-unlabeled --section-json {params.section:q} {params.sky_db}"
-        " --sql {input.sql}"
+        " --machine-json {resources.machine:q} --sql {input.sql}"
         " --out {output.rows} > {log} 2>&1"
 
 

@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from ssl_photoz.cli.common import _read_parquet, _section, add_common, log
 
 
-def _query(args: argparse.Namespace, sample: str) -> int:
-    from ssl_photoz.surveys.sdss.query.run import run_query, write_query_output
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (SLURM's time limit, a cancelled job) raises SystemExit(143) instead of killing
+    the process outright, so every ``finally`` runs: the atomic writers remove their .partial
+    files, and the CasJobs job record already written stays for a rerun to reattach."""
 
-    query_cfg = _section(args, "query")
+    def terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _query(args: argparse.Namespace, sample: str) -> int:
+    from ssl_photoz.core.config import validate_section
+    from ssl_photoz.surveys.sdss.query.casjobs_record import record_path_for
+    from ssl_photoz.surveys.sdss.query.run import run_query, write_query_output
+    from ssl_photoz.surveys.sdss.query.settings import merge_machine_json
+
+    query_cfg = merge_machine_json(_section(args, "query"), args.machine_json)
+    query_cfg = validate_section("query", query_cfg, source="--section-json/--machine-json")
     sky_db = Path(args.sky_db) if args.sky_db else None
     sql_path = Path(args.sql) if args.sql else None
-    frame, record = run_query(sample, query_cfg, sky_db, sql_path)
-    write_query_output(frame, record, Path(args.out), {"query": query_cfg})
+    out = Path(args.out)
+    with sigterm_as_exit():
+        frame, record = run_query(
+            sample, query_cfg, sky_db, sql_path, job_record=record_path_for(out)
+        )
+        write_query_output(frame, record, out, {"query": query_cfg})
     log.info("%s: %d rows -> %s", sample, len(frame), args.out)
     return 0
 
@@ -51,7 +78,16 @@ def _add_query(sub: argparse._SubParsersAction, verb: str, func, sample: str) ->
     add_common(p)
     p.add_argument("--sql", help=f"the query file (default: the packaged queries/{sample}.sql)")
     p.add_argument("--sky-db", help="the simulated survey's DuckDB file (backend duckdb)")
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument(
+        "--machine-json",
+        help="the CasJobs waiting and clean-up settings of section query as JSON (the rule's "
+        "resource machine; they rerun nothing), over --section-json or the config",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output Parquet file; a CasJobs run records its job beside it (<out>.casjobs.json)",
+    )
     p.set_defaults(func=func)
 
 

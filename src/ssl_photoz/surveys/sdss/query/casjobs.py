@@ -14,6 +14,15 @@ REST flow (SciServer CasJobs REST API, as used by SciServer's own SciScript-Pyth
 The MyDB table is read from the parsed SQL (`ssl_photoz.surveys.sdss.query.sql.into_table`,
 sqlglot), never by searching the text, so a comment that says "into" names nothing.
 
+Long jobs. The job is recorded beside the output as soon as it has an id (`casjobs_record`), so a
+rerun reattaches to a running or finished job instead of resubmitting. Status polls ride out an
+outage of up to `outage_tolerance_s` (each poll's own retries last only seconds); past it the
+run stops naming the job and how to reattach, and the job is left running. The job also builds a
+unique clustered index on the paging key, so pages are key ranges; the download is checked
+against the server's row count and key checksum, and only then is the MyDB table dropped
+(unless it is to be kept). Before submitting, the table's MyDB footprint is estimated and logged
+(`casjobs_footprint`).
+
 This module holds the job flow; the token, redirects and retries of each call are
 `casjobs_http`'s, and the download SQL, CSV parsing and truncation checks `casjobs_tables`'.
 """
@@ -25,10 +34,12 @@ import os
 import time
 from collections.abc import Callable
 from enum import IntEnum
+from pathlib import Path
 
 import pandas as pd
 import requests
 
+from ssl_photoz.surveys.sdss.query import casjobs_footprint as footprint
 from ssl_photoz.surveys.sdss.query import casjobs_tables as tables
 from ssl_photoz.surveys.sdss.query.casjobs_http import (
     CasJobsAuthError,
@@ -37,9 +48,22 @@ from ssl_photoz.surveys.sdss.query.casjobs_http import (
     CasJobsSession,
     check_base_url,
 )
+from ssl_photoz.surveys.sdss.query.casjobs_record import (
+    JobRecord,
+    read_record,
+    reattach_reason,
+    sql_sha256,
+    utc_now,
+    write_record,
+)
 from ssl_photoz.surveys.sdss.query.casjobs_tables import read_casjobs_csv
-from ssl_photoz.surveys.sdss.query.http_errors import QueryError, RemoteQueryError, sql_head
-from ssl_photoz.surveys.sdss.query.sql import into_table
+from ssl_photoz.surveys.sdss.query.http_errors import (
+    QueryError,
+    RemoteQueryError,
+    RetriesExhaustedError,
+    sql_head,
+)
+from ssl_photoz.surveys.sdss.query.sql import into_table, selected_columns
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +73,7 @@ __all__ = [
     "CasJobsClient",
     "CasJobsError",
     "CasJobsJobError",
+    "CasJobsOutageError",
     "CasJobsRedirectError",
     "CasJobsTimeoutError",
     "JobStatus",
@@ -93,13 +118,27 @@ class CasJobsTimeoutError(CasJobsError):
     """The job did not finish within the client's timeout (it was asked to cancel)."""
 
 
+class CasJobsOutageError(CasJobsError):
+    """Status polls failed for longer than the outage tolerance; the job was left running."""
+
+    def __init__(self, message: str, job_id: int):
+        super().__init__(message)
+        self.job_id = job_id
+
+
+def _comparable(sql: str) -> str:
+    """SQL with its whitespace collapsed: the server may store the job's text re-wrapped."""
+    return " ".join(str(sql).split())
+
+
 class CasJobsClient(CasJobsSession):
     """Batch queries through SciServer CasJobs into MyDB.
 
     The token comes from `token` or else the environment variable `token_env`; without one the
     constructor raises `CasJobsAuthError`. `poll_interval_s` is the first wait between status polls;
     it grows by half each time up to `max_poll_interval_s`. `timeout_s` bounds the whole wait for a
-    job. `clock`, `sleep` and `session` are injectable for tests.
+    job; `outage_tolerance_s` how long status polls may keep failing (the pipeline passes the
+    config's ``query.casjobs_*`` values). `clock`, `sleep` and `session` are injectable for tests.
 
     `base_url` (config ``query.casjobs_url``) must be ``https://``; ``http://`` is accepted only
     for a loopback host (127.0.0.1, ::1, localhost), which the offline tests serve on plain HTTP.
@@ -117,6 +156,7 @@ class CasJobsClient(CasJobsSession):
         timeout_s: float = 4 * 3600.0,
         *,
         max_poll_interval_s: float = 60.0,
+        outage_tolerance_s: float = 1800.0,
         request_timeout_s: float = 300.0,
         retries: int = 4,
         backoff_s: float = 2.0,
@@ -148,6 +188,7 @@ class CasJobsClient(CasJobsSession):
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
         self.timeout_s = timeout_s
+        self.outage_tolerance_s = outage_tolerance_s
         self.page_rows = page_rows
         self.task_name = task_name
         self._clock = clock
@@ -177,22 +218,143 @@ class CasJobsClient(CasJobsSession):
         *,
         order_by: str | None = None,
         drop_existing: bool = False,
+        record_path: Path | None = None,
+        keep_table: bool = True,
+        expected_rows: int | None = None,
     ) -> pd.DataFrame:
         """Run `sql` (which writes ``INTO MyDB.<table>``) as a batch job and download the table.
 
         The table is the one the parsed SQL names after INTO; `table`, if given, must agree with
-        it (it is needed only when the SQL cannot be parsed). With `drop_existing`, an old table of
-        that name, and only that one, is dropped first (CasJobs refuses to SELECT INTO an
-        existing table). `order_by` (one column, unique in the table) is needed when the table has
-        more than `page_rows` rows; its uniqueness is checked on the server before paging.
+        it (it is needed only when the SQL cannot be parsed). `order_by` (one column, unique in
+        the table) is the paging key: the job then also builds a unique clustered index on it,
+        and the download is checked against the server's count and key checksum.
+
+        With `record_path`, the job is recorded there once submitted, and a record of the same
+        job SQL reattaches to its job (running: polled on; finished: its table downloaded)
+        instead of submitting again. Before a new submission, `expected_rows` (or the rows of an
+        earlier record) give the logged MyDB footprint, and with `drop_existing` an old table of
+        that name, and only that one, is dropped (CasJobs refuses to SELECT INTO an existing
+        table). Without `keep_table`, the table is dropped after its verified download.
         """
         name = self._target_table(sql, table)
+        key = tables.paging_key(order_by)
+        job_sql = sql if key is None else f"{sql.rstrip()}\n;\n{tables.index_sql(name, key)}"
+        digest = sql_sha256(job_sql)
         self.check_auth()
-        if drop_existing:
+        earlier = read_record(record_path)
+        record = self._reattach(earlier, record_path, name, job_sql)
+        if record is None:
+            if earlier is not None and earlier.rows:
+                self.estimate_footprint(sql, name, earlier.rows, f"job record {record_path}", key)
+            elif expected_rows:
+                self.estimate_footprint(sql, name, expected_rows, "the paper's sample", key)
+            if drop_existing:
+                self.drop_table(name)
+            job_id = self.submit(job_sql)
+            record = JobRecord(job_id, self.base_url, self.context, name, digest, utc_now())
+            self._save(record_path, record)
+        try:
+            self.wait(record.job_id, sql=job_sql, record_path=record_path)
+        except CasJobsJobError as exc:
+            self._save(record_path, record.moved_to(exc.job_status.name.lower()))
+            raise
+        except CasJobsTimeoutError:
+            self._save(record_path, record.moved_to("cancelled"))
+            raise
+        record = self._save(record_path, record.moved_to("finished"))
+        frame = self.download_table(name, order_by=key)
+        record = self._save(record_path, record.moved_to("downloaded", rows=len(frame)))
+        if keep_table:
+            log.info("MyDB.%s kept after its download (query.casjobs_keep_mydb_tables)", name)
+        else:
             self.drop_table(name)
-        job_id = self.submit(sql)
-        self.wait(job_id, sql=sql)
-        return self.download_table(name, order_by=order_by)
+            self._save(record_path, record.moved_to("dropped"))
+        return frame
+
+    def _reattach(
+        self, record: JobRecord | None, path: Path | None, name: str, job_sql: str
+    ) -> JobRecord | None:
+        """The recorded job if this run may reattach to it, else None (the log says why)."""
+        if record is None:
+            if path is not None:
+                log.info("no CasJobs job record at %s: submitting a new job", path)
+            return None
+        why = reattach_reason(
+            record,
+            base_url=self.base_url,
+            context=self.context,
+            table=name,
+            digest=sql_sha256(job_sql),
+        )
+        if why is None:
+            why = self._server_refuses(record, name, job_sql)
+        if why is not None:
+            log.info(
+                "not reattaching to CasJobs job %d: %s; submitting a new job", record.job_id, why
+            )
+            return None
+        return record
+
+    def _server_refuses(self, record: JobRecord, name: str, job_sql: str) -> str | None:
+        """Why the server's view of the recorded job rules out reattaching (None: reattach)."""
+        job_id = record.job_id
+        try:
+            job = self.status(job_id)
+        except RetriesExhaustedError as exc:  # an outage: the polls ride it out, or give up
+            log.warning("CasJobs job %d: cannot ask its state now (%s); reattaching", job_id, exc)
+            return None
+        except (CasJobsAuthError, CasJobsRedirectError):
+            raise
+        except CasJobsError as exc:
+            return f"the server does not know job {job_id} ({exc})"
+        ran = job.get("Query")
+        if ran and _comparable(ran) != _comparable(job_sql):
+            return f"the server's job {job_id} ran other SQL"
+        state = self._state(job_id, job)
+        if state in (JobStatus.READY, JobStatus.STARTED):
+            log.info(
+                "reattaching to CasJobs job %d (%s, submitted %s): polling on",
+                job_id,
+                state.name.lower(),
+                record.submitted_utc,
+            )
+            return None
+        if state == JobStatus.FINISHED:
+            if name.lower() not in {t.lower() for t in self.mydb_tables()}:
+                return f"job {job_id} finished but MyDB.{name} is no longer there"
+            log.info(
+                "CasJobs job %d finished before this run: downloading its MyDB.%s, no resubmission",
+                job_id,
+                name,
+            )
+            return None
+        return f"job {job_id} is {state.name.lower()} on the server ({self._job_message(job)})"
+
+    @staticmethod
+    def _save(path: Path | None, record: JobRecord) -> JobRecord:
+        if path is not None:
+            write_record(Path(path), record)
+        return record
+
+    def estimate_footprint(
+        self, sql: str, name: str, rows: int, rows_from: str, key: str | None = None
+    ) -> int | None:
+        """Log (and return) the MyDB bytes the job's table will take; None if the column types
+        cannot be had (the job is submitted all the same)."""
+        try:
+            selected = selected_columns(sql)
+            sources = sorted({t for _, t, _ in selected if t})
+            types = self.quick_query(footprint.columns_sql(sources), context=self.context)
+        except (ValueError, RemoteQueryError) as exc:
+            log.warning("MyDB.%s: could not estimate its MyDB footprint: %s", name, exc)
+            return None
+        width, unknown = footprint.row_bytes(selected, types)
+        log.info(footprint.describe(name, width, rows, rows_from, unknown))
+        if key is not None:
+            log.info(
+                "building its clustered index on %s needs about as much again while it runs", key
+            )
+        return width * rows
 
     @staticmethod
     def _target_table(sql: str, table: str | None) -> str:
@@ -220,6 +382,15 @@ class CasJobsClient(CasJobsSession):
         self._call("GET", TABLES_PATH.format(context=MYDB), what="auth check")
         self._auth_checked = True
         log.info("CasJobs at %s accepted the token (%s)", self.base_url, self.token_source)
+
+    def mydb_tables(self) -> list[str]:
+        """The names of the tables in MyDB."""
+        response = self._call("GET", TABLES_PATH.format(context=MYDB), what="list MyDB tables")
+        try:
+            listing = response.json()
+        except ValueError:
+            raise CasJobsError("the MyDB table listing is not JSON") from None
+        return [str(t.get("Name", "")) for t in listing if isinstance(t, dict)]
 
     def submit(self, sql: str, task_name: str | None = None) -> int:
         """Submit `sql` as a batch job in this client's context; return the job id."""
@@ -255,34 +426,74 @@ class CasJobsClient(CasJobsSession):
             raise CasJobsError(f"job {job_id}: status answer has no Status field")
         return job
 
-    def wait(self, job_id: int, *, sql: str = "") -> dict:
+    def wait(self, job_id: int, *, sql: str = "", record_path: Path | None = None) -> dict:
         """Poll until the job ends. Finished: return its JSON. Failed/cancelled: raise
         `CasJobsJobError` with the server's message. Past `timeout_s`: cancel, raise
-        `CasJobsTimeoutError`."""
+        `CasJobsTimeoutError`. Polls failing for longer than `outage_tolerance_s` in a row:
+        raise `CasJobsOutageError`, leaving the job to run (a rerun reattaches)."""
         deadline = self._clock() + self.timeout_s
         interval = self.poll_interval_s
         last_state = None
+        outage_since = None
         while True:
-            job = self.status(job_id)
+            asked = self._clock()
             try:
-                state = JobStatus(int(job["Status"]))
-            except ValueError:
-                raise CasJobsError(f"job {job_id}: unknown Status {job['Status']!r}") from None
-            if state != last_state:
-                log.info("CasJobs job %d: %s", job_id, state.name.lower())
-                last_state = state
-            if state == JobStatus.FINISHED:
-                return job
-            if state in _TERMINAL:
-                raise CasJobsJobError(job_id, state, self._job_message(job), sql)
+                job = self.status(job_id)
+            except RetriesExhaustedError as exc:
+                outage_since = asked if outage_since is None else outage_since
+                self._ride_out(job_id, self._clock() - outage_since, exc, record_path)
+            else:
+                if outage_since is not None:
+                    log.info(
+                        "CasJobs job %d: status answered again after %.0f s",
+                        job_id,
+                        asked - outage_since,
+                    )
+                    outage_since = None
+                state = self._state(job_id, job)
+                if state != last_state:
+                    log.info("CasJobs job %d: %s", job_id, state.name.lower())
+                    last_state = state
+                if state == JobStatus.FINISHED:
+                    return job
+                if state in _TERMINAL:
+                    raise CasJobsJobError(job_id, state, self._job_message(job), sql)
             if self._clock() + interval > deadline:
                 self._cancel_quietly(job_id)
+                still = last_state.name.lower() if last_state is not None else "unknown"
                 raise CasJobsTimeoutError(
-                    f"job {job_id} still {state.name.lower()} after {self.timeout_s:.0f} s; "
-                    "asked the server to cancel it"
+                    f"job {job_id} still {still} after {self.timeout_s:.0f} s "
+                    "(query.casjobs_max_wait_s); asked the server to cancel it"
                 )
             self._sleep(interval)
             interval = min(self.max_poll_interval_s, interval * 1.5)
+
+    def _ride_out(self, job_id: int, down_s: float, exc: Exception, record_path) -> None:
+        """Carry on through a failed status poll, or give up once the outage is too long."""
+        if down_s <= self.outage_tolerance_s:
+            log.warning(
+                "CasJobs job %d: no status for %.0f s (%s); polling on, up to %.0f s of outage",
+                job_id,
+                down_s,
+                exc,
+                self.outage_tolerance_s,
+            )
+            return
+        where = f"the job record {record_path} holds it" if record_path else f"job id {job_id}"
+        raise CasJobsOutageError(
+            f"CasJobs job {job_id}: no status answer for {down_s:.0f} s, more than "
+            f"query.casjobs_outage_tolerance_s = {self.outage_tolerance_s:.0f} s; the job was not "
+            f"cancelled and may still be running. Rerun the query to reattach to it ({where}); "
+            f"last error: {exc}",
+            job_id,
+        ) from None
+
+    @staticmethod
+    def _state(job_id: int, job: dict) -> JobStatus:
+        try:
+            return JobStatus(int(job["Status"]))
+        except ValueError:
+            raise CasJobsError(f"job {job_id}: unknown Status {job['Status']!r}") from None
 
     def cancel(self, job_id: int) -> None:
         """Ask the server to cancel a job."""
@@ -322,29 +533,39 @@ class CasJobsClient(CasJobsSession):
         log.info("dropped MyDB.%s if it existed", name)
 
     def download_table(self, table: str, *, order_by: str | None = None) -> pd.DataFrame:
-        """Download a MyDB table; pages of `page_rows` rows (ordered by `order_by`) when large.
+        """Download a MyDB table; pages of `page_rows` rows (key ranges of `order_by`) when large.
 
-        The row count is asked first and every page, and the total, are checked against it (a
-        short answer is asked again, then fails). Before paging, the server counts the distinct
-        values of `order_by`: a key that is not unique (or has NULLs) would make the pages overlap
-        and miss rows, so it is refused. Every answer carries the constant column `END_COLUMN`,
-        which must arrive whole in every row.
+        The row count (and, with a key, its distinct values and checksum) is asked first; every
+        page, and the whole, are checked against it (a short answer is asked again, then fails).
+        A key that is not unique (or has NULLs) would make key ranges miss rows, so it is refused
+        before paging. Every answer carries the constant column `END_COLUMN`, which must arrive
+        whole in every row.
         """
         name = tables.plain_table(table)
         key = tables.paging_key(order_by)
         counted = self._download(tables.count_sql(name, key), rows=1)
         expected = int(counted.iloc[0, 0])
+        checksum = None
+        if key is not None and expected:
+            checksum = int(counted.iloc[0, 2])
         if expected <= self.page_rows:
-            return self._download(tables.table_sql(name), rows=expected)
+            frame = self._download(tables.table_sql(name), rows=expected)
+            if key is not None:
+                tables.check_pages(name, frame, key, expected, checksum)
+            return frame
         keys = int(counted.iloc[0, 1]) if key is not None else None
         tables.check_pageable(name, key, expected, keys, self.page_rows)
-        pages = []
-        for start in range(0, expected, self.page_rows):
-            size = min(self.page_rows, expected - start)
-            pages.append(self._download(tables.page_sql(name, key, start, size), rows=size))
-            log.info("MyDB.%s: downloaded %d of %d rows", name, start + size, expected)
+        pages, got, after = [], 0, None
+        while got < expected:
+            size = min(self.page_rows, expected - got)
+            page = self._download(tables.page_sql(name, key, after, size), rows=size)
+            pages.append(page)
+            got += size
+            after = page[key].iloc[-1]
+            log.info("MyDB.%s: downloaded %d of %d rows", name, got, expected)
         frame = pd.concat(pages, ignore_index=True)
-        tables.check_pages(name, frame, key, expected)
+        tables.check_pages(name, frame, key, expected, checksum)
+        log.info("MyDB.%s: %d rows, keys and checksum verified", name, expected)
         return frame
 
     def _download(self, sql: str, *, rows: int) -> pd.DataFrame:

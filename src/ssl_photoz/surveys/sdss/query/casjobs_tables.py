@@ -10,13 +10,19 @@ anywhere loses it or its value. A body cut exactly between rows gives too few ro
 count asked first exposes.
 
 A table larger than one page is paged by a key column that the server is first asked to prove
-unique (COUNT vs COUNT DISTINCT).
+unique (COUNT vs COUNT DISTINCT). The job that creates the table also builds a unique clustered
+index on that key (`index_sql`), so each page is a key range read in key order
+(``SELECT TOP n ... WHERE key > last ORDER BY key``): a seek on the index, where an OFFSET page
+of an unindexed table sorts the whole table again for every page (and runs into the quick
+queries' short time limit). Every download is then checked against the server's count and a
+checksum of the keys (`KEY_MODULUS`) before the table may be dropped.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import requests
 
@@ -25,6 +31,9 @@ from ssl_photoz.surveys.sdss.query.http_errors import TruncatedResponseError, sq
 from ssl_photoz.surveys.sdss.query.skyserver import parse_skyserver_csv
 
 END_COLUMN = "ssl_photoz_end"  # constant last column of every download: a cut row loses it
+# The key checksum is SUM(key % KEY_MODULUS): a prime just under 2**31, so the sum of 1e9 keys
+# still fits a BIGINT on the server, and one lost, doubled or altered key changes it.
+KEY_MODULUS = 2_147_483_647
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _TABLE = re.compile(rf"(?:mydb\.(?:dbo\.)?)?({_NAME})", re.IGNORECASE)
@@ -48,9 +57,14 @@ def paging_key(order_by: str | None) -> str | None:
 
 
 def count_sql(name: str, key: str | None) -> str:
-    """One row: the table's row count and, with a key, the key's distinct non-NULL values."""
-    distinct = f", COUNT_BIG(DISTINCT {key}) AS n_keys" if key else ""
-    return f"SELECT COUNT_BIG(*) AS n_rows{distinct}, 1 AS {END_COLUMN} FROM {name}"
+    """One row: the table's row count and, with a key, the key's distinct non-NULL values and
+    their checksum (SUM of key % KEY_MODULUS)."""
+    keyed = (
+        f", COUNT_BIG(DISTINCT {key}) AS n_keys, SUM({key} % {KEY_MODULUS}) AS key_sum"
+        if key
+        else ""
+    )
+    return f"SELECT COUNT_BIG(*) AS n_rows{keyed}, 1 AS {END_COLUMN} FROM {name}"
 
 
 def table_sql(name: str) -> str:
@@ -58,12 +72,29 @@ def table_sql(name: str) -> str:
     return f"SELECT *, 1 AS {END_COLUMN} FROM {name}"
 
 
-def page_sql(name: str, key: str, start: int, size: int) -> str:
-    """Rows [start, start + size) of the table ordered by ``key``, with the end column."""
-    return (
-        f"SELECT *, 1 AS {END_COLUMN} FROM {name} ORDER BY {key} "
-        f"OFFSET {start} ROWS FETCH NEXT {size} ROWS ONLY"
-    )
+def index_sql(name: str, key: str) -> str:
+    """The statement that gives MyDB.<name> a unique clustered index on ``key`` (run inside the
+    job that creates the table): pages become index seeks, and a key that repeats fails the job
+    instead of a download."""
+    return f"CREATE UNIQUE CLUSTERED INDEX ix_{name}_{key} ON MyDB.{name} ({key})"
+
+
+def sql_literal(value) -> str:
+    """A key value as a T-SQL literal (numbers as they are, text quoted)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise CasJobsError(f"cannot page by a key value of type {type(value).__name__}")
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def page_sql(name: str, key: str, after, size: int) -> str:
+    """The next ``size`` rows of the table in ``key`` order after the key value ``after`` (None:
+    from the start), with the end column: a key range, cheap on the table's index."""
+    where = "" if after is None else f" WHERE {key} > {sql_literal(after)}"
+    return f"SELECT TOP {size} *, 1 AS {END_COLUMN} FROM {name}{where} ORDER BY {key}"
 
 
 def check_pageable(name: str, key: str | None, rows: int, keys: int | None, page_rows: int):
@@ -87,13 +118,27 @@ def check_rows(what: str, got: int, expected: int) -> None:
         raise CasJobsError(f"MyDB.{what}: downloaded {got} rows, expected {expected}")
 
 
-def check_pages(name: str, frame: pd.DataFrame, key: str, expected: int) -> None:
-    """The concatenated pages hold every row once: the count, and the key unique."""
+def key_checksum(keys: pd.Series) -> int:
+    """SUM(key % KEY_MODULUS) as the server computes it (T-SQL's % keeps the dividend's sign)."""
+    values = keys.to_numpy()
+    return int(np.fmod(values, KEY_MODULUS).astype(np.int64).sum(dtype=np.int64))
+
+
+def check_pages(
+    name: str, frame: pd.DataFrame, key: str, expected: int, checksum: int | None = None
+) -> None:
+    """The download holds every row once: the count, the key unique and in order, and (given
+    the server's ``checksum``) the same keys the server holds."""
     check_rows(name, len(frame), expected)
     if key not in frame.columns:
         raise CasJobsError(f"MyDB.{name}: the download has no column {key}")
     if frame[key].duplicated().any():  # the server said unique: the pages disagree
         raise CasJobsError(f"MyDB.{name}: pages ordered by {key} overlap")
+    if checksum is not None and key_checksum(frame[key]) != checksum:
+        raise CasJobsError(
+            f"MyDB.{name}: the checksum of the downloaded {key} values differs from the "
+            "server's: some rows were lost or altered"
+        )
 
 
 def read_casjobs_csv(response: requests.Response, *, sql: str = "") -> pd.DataFrame:

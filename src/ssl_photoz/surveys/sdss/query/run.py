@@ -4,7 +4,8 @@ Backends (config ``query.backend``):
 - ``duckdb``: the simulated survey's DuckDB file, read-only; the T-SQL is transpiled by sqlglot.
 - ``skyserver``: SDSS SkyServer through astroquery, DR pinned, split into objID ranges (by run)
   under the 500,000-row limit, rate-limited and retried (``skyserver.SkyServerClient``).
-- ``casjobs``: SciServer CasJobs batch job into MyDB, then a download (``casjobs.CasJobsClient``).
+- ``casjobs``: SciServer CasJobs batch job into MyDB, then a download (``casjobs.CasJobsClient``);
+  with a job record (``<output>.casjobs.json``, `casjobs_record`) a rerun reattaches to its job.
 """
 
 from __future__ import annotations
@@ -78,12 +79,17 @@ def run_query(
     sql_path: Path | None = None,
     *,
     client=None,
+    job_record: Path | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Fetch one sample (``labeled`` or ``unlabeled``); returns the rows and their provenance.
 
     ``sql_path`` is the query file (the rule's input); the packaged copy when omitted. ``client``
     is a ready `SkyServerClient` or `CasJobsClient` for the network backends (tests pass one
-    pointed at a loopback server); by default one is built from ``query_cfg``."""
+    pointed at a loopback server); by default one is built from ``query_cfg``. ``job_record``
+    (casjobs) is where the job is recorded for a rerun to reattach to."""
+    from ssl_photoz.core.config import validate_section
+
+    query_cfg = validate_section("query", query_cfg, source="query settings")
     query = load_query(sample, sql_path)
     backend = query_cfg["backend"]
     started = time.perf_counter()
@@ -113,18 +119,29 @@ def run_query(
             base_url=query_cfg["casjobs_url"],
             token_env=query_cfg["casjobs_token_env"],
             context=f"DR{query_cfg['data_release']}",
+            poll_interval_s=query_cfg["casjobs_poll_interval_s"],
+            max_poll_interval_s=query_cfg["casjobs_max_poll_interval_s"],
+            timeout_s=query_cfg["casjobs_max_wait_s"],
+            outage_tolerance_s=query_cfg["casjobs_outage_tolerance_s"],
         )
         # The table and the paging key come from the parsed query: MyDB.ssl_photoz_<sample>,
         # paged by a column unique in it (specObjID for the labeled sample, whose objIDs repeat
-        # for repeat spectra). Only that table is dropped before the job recreates it.
+        # for repeat spectra). Only that table is dropped before a new job recreates it.
         frame = client.query(
-            query.text, query.into_table, order_by=query.row_key, drop_existing=True
+            query.text,
+            query.into_table,
+            order_by=query.row_key,
+            drop_existing=True,
+            record_path=job_record,
+            keep_table=query_cfg["casjobs_keep_mydb_tables"],
+            expected_rows=query.expected_rows,
         )
         details = {
             **client.provenance(),
             "mydb_table": query.into_table,
             "row_key": query.row_key,
             "page_rows": client.page_rows,
+            "job_record": str(job_record) if job_record else None,
         }
     else:  # the schema forbids this; keep the error explicit anyway
         raise ValueError(f"query.backend: unknown backend {backend!r}")

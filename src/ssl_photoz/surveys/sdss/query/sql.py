@@ -23,6 +23,11 @@ from ssl_photoz.surveys.sdss.query.skyserver import RANGE_PLACEHOLDER
 
 SAMPLES = ("labeled", "unlabeled")
 ROW_KEYS = {"labeled": "specObjID", "unlabeled": "objID"}
+# Rows a first run expects, for the MyDB footprint stated before a CasJobs job is submitted:
+# the paper's sample sizes (Hayat et al. 2021: 502,977 labeled, 1,194,779 unlabeled galaxies),
+# which the select stage's cuts leave from somewhat larger query results; a rerun uses the row
+# count its job record holds instead.
+EXPECTED_ROWS = {"labeled": 502_977, "unlabeled": 1_194_779}
 
 
 def packaged_query_path(sample: str) -> Path:
@@ -63,6 +68,13 @@ class CatalogQuery:
             raise ValueError(f"{self.path}: the query does not select {key}, its row key")
         return key
 
+    @property
+    def expected_rows(self) -> int:
+        return EXPECTED_ROWS[self.sample]
+
+    def selected_columns(self) -> list[tuple[str, str | None, str | None]]:
+        return selected_columns(self.text, self.path)
+
     def for_duckdb(self) -> str:
         return transpile_to_duckdb(self.text, self.path)
 
@@ -98,6 +110,31 @@ def into_table(text: str, path: Path | str = "<sql>") -> str | None:
     if database not in ("", "mydb") or schema not in ("", "dbo"):
         raise ValueError(f"{path}: INTO {table.sql(dialect='tsql')} is not a MyDB table")
     return table.name
+
+
+def selected_columns(
+    text: str, path: Path | str = "<sql>"
+) -> list[tuple[str, str | None, str | None]]:
+    """(output name, source table, source column) of every selected column; the table is
+    resolved through the FROM/JOIN aliases, and both are None for an expression that is not a
+    plain column (its type is then unknown)."""
+    tree = _parse(text, path)
+    aliases = {}
+    for table in tree.find_all(exp.Table):
+        if table.find_ancestor(exp.Into) is None:
+            aliases[(table.alias or table.name).lower()] = table.name
+    found = []
+    for select in tree.expressions:
+        source = select.this if isinstance(select, exp.Alias) else select
+        if isinstance(source, exp.Column):
+            qualifier = source.table.lower()
+            table = aliases.get(qualifier) if qualifier else None
+            if table is None and not qualifier and len(set(aliases.values())) == 1:
+                table = next(iter(aliases.values()))
+            found.append((select.alias_or_name, table, source.name))
+        else:
+            found.append((select.alias_or_name, None, None))
+    return found
 
 
 def load_query(sample: str, path: Path | str | None = None) -> CatalogQuery:
