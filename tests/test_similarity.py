@@ -225,7 +225,7 @@ def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp
     # The preprocessing is the dereddened centre crop through the query encoder and head.
     from ssl_photoz.learn import augment, data
 
-    moco = emb_mod._moco_from_checkpoint(load_checkpoint(model), model).eval()
+    moco = emb_mod.pretrained_network(load_checkpoint(model), model)[1].eval()
     item = data.CutoutDataset(store, [5], deredden=False)[0]["image"][None]
     ebv = data.open_store(store).ebv[5]
     with torch.no_grad():

@@ -15,9 +15,9 @@ import zarr
 
 from ssl_photoz.core.config import with_defaults
 from ssl_photoz.learn.precision import Precision
+from ssl_photoz.learn.ssl.moco import check_queue_fits_pool
 from ssl_photoz.learn.train import (
     Runtime,
-    check_queue_fits_pool,
     load_checkpoint,
     pretrain,
     setup_runtime,
@@ -187,16 +187,16 @@ def _differ(a: dict, b: dict) -> bool:
 @pytest.fixture
 def steps(monkeypatch):
     """Counts the optimiser steps the training loops take."""
-    from ssl_photoz.learn import train
+    from ssl_photoz.learn import epochs
 
     taken = []
-    original = train._optimizer_step
+    original = epochs.optimizer_step
 
     def counted(*args, **kwargs):
         taken.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_optimizer_step", counted)
+    monkeypatch.setattr(epochs, "optimizer_step", counted)
     return taken
 
 
@@ -275,7 +275,7 @@ def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatc
     """Editing the training code changes its digest (the rule's code param): a rerun must not
     resume the finished checkpoint written by the old code."""
     from ssl_photoz.core import codehash
-    from ssl_photoz.learn import models
+    from ssl_photoz.learn.ssl import moco
 
     store, stats = tiny_store
     cfg = {**PRETRAIN, "epochs": 1}
@@ -283,8 +283,8 @@ def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatc
     pretrain(MODEL, cfg, store, stats, out, _cpu())
     old = load_checkpoint(out)["moco"]
     # The "edit": the loss doubled (so the weights change), and with it the code's digest.
-    info_nce = models.info_nce
-    monkeypatch.setattr(models, "info_nce", lambda logits, labels: 2 * info_nce(logits, labels))
+    info_nce = moco.info_nce
+    monkeypatch.setattr(moco, "info_nce", lambda logits, labels: 2 * info_nce(logits, labels))
     # Without a new digest the finished checkpoint is resumed: no step, the old weights.
     pretrain(MODEL, cfg, store, stats, out, _cpu())
     _assert_same(old, load_checkpoint(out)["moco"])
