@@ -70,7 +70,9 @@ def compute_embeddings(
     batch_size: int = 256,
     precision: str = "fp32",
 ) -> int:
-    """Embed every ok object of the store with the pretrained query encoder; return the row count.
+    """Embed every ok object of the store with the pretrained encoder and head (those its method
+    names: MoCo's query encoder and head, BYOL's online encoder and projector); return the row
+    count.
 
     Preprocessing is the pretraining view without its randomness: the 64 x 64 centre crop, no
     noise, no rotation, and dereddened (the views carried random extra reddening, so the encoder
@@ -113,26 +115,11 @@ def compute_embeddings(
     def embed(features: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(head(features), dim=1)
 
-    parts = inference.run_network(
-        encoder,
-        dataset,
-        dev,
-        chosen,
-        crop_size=crop_size(state["config"]["model"]),
-        batch_size=batch_size,
-        head=embed,
-    )
-    vectors = parts.numpy()
-
-    table = pd.DataFrame(
-        {
-            "objid": store.objid[rows].astype(np.int64),
-            "ra": store.ra[rows].astype(np.float64),
-            "dec": store.dec[rows].astype(np.float64),
-            "z_spec": store.z_spec[rows].astype(np.float64),
-            "split": np.asarray(store.split_codes, dtype=object)[store.split[rows]],
-        }
-    )
+    crop = crop_size(state["config"]["model"])
+    vectors = inference.run_network(
+        encoder, dataset, dev, chosen, crop_size=crop, batch_size=batch_size, head=embed
+    ).numpy()
+    table = _catalogue(store, rows)
     meta = provenance(
         state["config"],
         kind="embeddings",
@@ -149,6 +136,19 @@ def compute_embeddings(
     )
     write_embeddings(out, table, vectors, meta)
     return len(rows)
+
+
+def _catalogue(store, rows: np.ndarray) -> pd.DataFrame:
+    """The catalogue columns of the store's ``rows``."""
+    return pd.DataFrame(
+        {
+            "objid": store.objid[rows].astype(np.int64),
+            "ra": store.ra[rows].astype(np.float64),
+            "dec": store.dec[rows].astype(np.float64),
+            "z_spec": store.z_spec[rows].astype(np.float64),
+            "split": np.asarray(store.split_codes, dtype=object)[store.split[rows]],
+        }
+    )
 
 
 def pretrained_network(state: dict, path: Path):
