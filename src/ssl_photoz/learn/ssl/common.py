@@ -76,7 +76,7 @@ def split_batch_norm(module: nn.Module, num_splits: int) -> nn.Module:
 
 
 def world_size() -> int:
-    return dist.getworld_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @torch.no_grad()
