@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_photoz.learn import precision as precision_mod
-from ssl_photoz.learn.models import MoCo, RedshiftClassifier, build_backbone, info_nce
+from ssl_photoz.learn.models import RedshiftClassifier, build_backbone
+from ssl_photoz.learn.ssl.moco import MoCo, info_nce
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

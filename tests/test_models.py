@@ -17,14 +17,12 @@ from torch import nn
 
 from ssl_photoz.learn.models import (
     ARCHS,
-    MoCo,
     RedshiftClassifier,
-    SplitBatchNorm,
     build_backbone,
-    info_nce,
     load_authors_checkpoint,
-    split_batch_norm,
 )
+from ssl_photoz.learn.ssl.common import SplitBatchNorm, split_batch_norm
+from ssl_photoz.learn.ssl.moco import MoCo, info_nce
 
 
 def small_backbone():
@@ -502,3 +500,91 @@ def test_input_softening_feeds_the_network_asinh_of_the_fluxes():
     assert moco.encoder_k.input_softening.flatten().tolist() == pytest.approx(soft)
     with pytest.raises(ValueError, match="5 positive values"):
         build_backbone("resnet_small", width=16, input_softening=[1.0, 0.0, 1.0, 1.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# BYOL
+
+
+def _byol(**kwargs):
+    from ssl_photoz.learn.ssl.byol import BYOL
+
+    sizes = {"dim": 16, "projector_hidden": 32, "predictor_hidden": 32}
+    return BYOL(small_backbone, **sizes | kwargs)
+
+
+def test_byol_loss_is_two_minus_twice_the_cosine():
+    from ssl_photoz.learn.ssl.byol import byol_loss
+
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    z = torch.tensor([[3.0, 0.0], [1.0, 0.0]])  # cos 1 and 0
+    torch.testing.assert_close(byol_loss(p, z), torch.tensor(0.5 * (0.0 + 2.0)))
+    z.requires_grad_(True)
+    byol_loss(p.requires_grad_(True), z).backward()
+    assert z.grad is None or not z.grad.any()  # no gradient reaches the target
+
+
+def test_byol_tau_rises_from_its_base_to_one_along_a_cosine():
+    from ssl_photoz.learn.ssl.byol import target_tau
+
+    assert target_tau(0.99, 0, 100) == pytest.approx(0.99)
+    assert target_tau(0.99, 50, 100) == pytest.approx(0.995)
+    assert target_tau(0.99, 100, 100) == pytest.approx(1.0)
+    taus = [target_tau(0.9, k, 10) for k in range(11)]
+    assert taus == sorted(taus)
+
+
+def test_byol_loss_falls_on_a_tiny_problem():
+    from ssl_photoz.learn.ssl.byol import byol_loss, target_tau
+
+    torch.manual_seed(0)
+    images = torch.randn(16, 5, 64, 64)
+    byol = _byol()
+    params = [p for p in byol.parameters() if p.requires_grad]
+    assert params and all(not p.requires_grad for p in byol._target_params())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(20):
+        a = images + 0.3 * torch.randn_like(images)
+        b = images + 0.3 * torch.randn_like(images)
+        p_a, p_b, z_a, z_b = byol(a, b)
+        loss = byol_loss(p_a, z_b) + byol_loss(p_b, z_a)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        byol.update_target(target_tau(0.9, step + 1, 20))
+        losses.append(loss.item())
+    assert 0 <= min(losses) and max(losses) <= 8  # 2 x (2 - 2 cos)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.5 * first, losses
+
+
+def test_byol_target_is_the_ema_of_the_online_network_after_a_step():
+    """One training step through the method (loss, SGD, after_step): the online network moved by
+    its gradient, the target by tau_1 * target + (1 - tau_1) * online, and by nothing else."""
+    from ssl_photoz.learn.ssl import get
+    from ssl_photoz.learn.ssl.byol import target_tau
+
+    torch.manual_seed(0)
+    method = get("byol")
+    byol = _byol()
+    with torch.no_grad():
+        for p in byol._online_params():
+            p.add_(0.1 * torch.randn_like(p))  # make online and target differ
+    old_target = [p.detach().clone() for p in byol._target_params()]
+    old_online = [p.detach().clone() for p in byol._online_params()]
+    opt = torch.optim.SGD([p for p in byol.parameters() if p.requires_grad], lr=0.1)
+    loss = method.training_loss(byol, torch.randn(6, 5, 64, 64), torch.randn(6, 5, 64, 64), None)
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for p in byol._target_params())
+    opt.step()
+    cfg = {"byol": {"tau_base": 0.9}}
+    method.after_step(byol, 0, 10, cfg)
+    tau = target_tau(0.9, 1, 10)
+    new_online = [p.detach() for p in byol._online_params()]
+    assert any(not torch.equal(a, b) for a, b in zip(new_online, old_online, strict=True))
+    for new, t0, o1 in zip(byol._target_params(), old_target, new_online, strict=True):
+        torch.testing.assert_close(new, tau * t0 + (1 - tau) * o1, rtol=0, atol=1e-6)
+    assert method.backbone(byol) is byol.online_encoder
+    assert method.embedding_parts(byol) == (byol.online_encoder, byol.online_projector)

@@ -225,12 +225,34 @@ def test_compute_embeddings_one_unit_row_per_ok_object(pretrained, embedded, tmp
     # The preprocessing is the dereddened centre crop through the query encoder and head.
     from ssl_photoz.learn import augment, data
 
-    moco = emb_mod._moco_from_checkpoint(load_checkpoint(model), model).eval()
+    moco = emb_mod.pretrained_network(load_checkpoint(model), model)[1].eval()
     item = data.CutoutDataset(store, [5], deredden=False)[0]["image"][None]
     ebv = data.open_store(store).ebv[5]
     with torch.no_grad():
         want = moco.embed(augment.center_crop(augment.deredden(item, ebv))).numpy()[0]
     np.testing.assert_allclose(a.vectors[4], want, atol=1e-5)  # row 5 is the 5th ok object
+
+
+def test_embeddings_of_a_byol_model_come_from_its_online_encoder_and_projector(
+    pretrained, tmp_path
+):
+    from test_train import BYOL
+
+    from ssl_photoz.learn import augment, data
+
+    store, stats, _ = pretrained
+    model = tmp_path / "byol" / "model.pt"
+    pretrain(MODEL, {**BYOL, "epochs": 1}, store, stats, model, Runtime(torch.device("cpu")))
+    out = tmp_path / "byol.parquet"
+    assert emb_mod.compute_embeddings(model, store, stats, out, batch_size=16) == 38
+    emb = emb_mod.load_embeddings(out)
+    assert emb.vectors.shape == (38, BYOL["dim"])
+    byol = emb_mod.pretrained_network(load_checkpoint(model), model)[1].eval()
+    item = data.CutoutDataset(store, [5], deredden=False)[0]["image"][None]
+    x = augment.center_crop(augment.deredden(item, data.open_store(store).ebv[5]))
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(byol.online_projector(byol.online_encoder(x)), dim=1)
+    np.testing.assert_allclose(emb.vectors[4], want.numpy()[0], atol=1e-5)
 
 
 def test_compute_embeddings_refuses_a_classifier_checkpoint(pretrained, tmp_path):

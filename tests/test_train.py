@@ -15,9 +15,9 @@ import zarr
 
 from ssl_photoz.core.config import with_defaults
 from ssl_photoz.learn.precision import Precision
+from ssl_photoz.learn.ssl.moco import check_queue_fits_pool
 from ssl_photoz.learn.train import (
     Runtime,
-    check_queue_fits_pool,
     load_checkpoint,
     pretrain,
     setup_runtime,
@@ -187,16 +187,16 @@ def _differ(a: dict, b: dict) -> bool:
 @pytest.fixture
 def steps(monkeypatch):
     """Counts the optimiser steps the training loops take."""
-    from ssl_photoz.learn import train
+    from ssl_photoz.learn import epochs
 
     taken = []
-    original = train._optimizer_step
+    original = epochs.optimizer_step
 
     def counted(*args, **kwargs):
         taken.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_optimizer_step", counted)
+    monkeypatch.setattr(epochs, "optimizer_step", counted)
     return taken
 
 
@@ -275,7 +275,7 @@ def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatc
     """Editing the training code changes its digest (the rule's code param): a rerun must not
     resume the finished checkpoint written by the old code."""
     from ssl_photoz.core import codehash
-    from ssl_photoz.learn import models
+    from ssl_photoz.learn.ssl import moco
 
     store, stats = tiny_store
     cfg = {**PRETRAIN, "epochs": 1}
@@ -283,8 +283,8 @@ def test_a_code_change_retrains_the_pretraining(tiny_store, tmp_path, monkeypatc
     pretrain(MODEL, cfg, store, stats, out, _cpu())
     old = load_checkpoint(out)["moco"]
     # The "edit": the loss doubled (so the weights change), and with it the code's digest.
-    info_nce = models.info_nce
-    monkeypatch.setattr(models, "info_nce", lambda logits, labels: 2 * info_nce(logits, labels))
+    info_nce = moco.info_nce
+    monkeypatch.setattr(moco, "info_nce", lambda logits, labels: 2 * info_nce(logits, labels))
     # Without a new digest the finished checkpoint is resumed: no step, the old weights.
     pretrain(MODEL, cfg, store, stats, out, _cpu())
     _assert_same(old, load_checkpoint(out)["moco"])
@@ -567,3 +567,99 @@ def test_the_model_crop_size_reaches_every_view_and_evaluation(tiny_store, tmp_p
     )  # fmt: skip
     assert seen == {("train", 40), ("eval", 40)}
     assert crop_size({"arch": "resnet50"}) == 64  # the paper's when absent
+
+
+# -- BYOL: the same loop with another method (pretrain.method) ------------------------------------
+BYOL = with_defaults(
+    "pretrain",
+    {
+        **{k: PRETRAIN[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "dim", "seed")},
+        "method": "byol",
+        "byol": {"tau_base": 0.9, "projector_hidden": 32, "predictor_hidden": 32},
+    },
+)
+
+
+def test_byol_pretraining_falls_resumes_exactly_and_feeds_fine_tuning(tiny_store, tmp_path, steps):
+    from ssl_photoz.learn.ssl.byol import build_byol
+
+    store, stats = tiny_store
+    straight = tmp_path / "straight" / "model.pt"
+    cfg = {**BYOL, "epochs": 3}
+    summary = pretrain(MODEL, cfg, store, stats, straight, _cpu())
+    losses = [h["loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0], losses
+    assert summary["recipe"]["method"] == "byol" and summary["recipe"]["bn"].startswith("plain")
+    per_epoch = len(steps) // 3
+    state = load_checkpoint(straight)
+    assert "byol" in state and "moco" not in state
+    byol = build_byol(MODEL, cfg)
+    byol.load_state_dict(state["byol"])  # every key, target network included
+    _assert_same(byol.online_encoder.state_dict(), state["backbone"])
+    resumed = tmp_path / "resumed" / "model.pt"
+    pretrain(MODEL, cfg, store, stats, resumed, _cpu(), max_epochs=2)
+    steps.clear()
+    pretrain(MODEL, cfg, store, stats, resumed, _cpu())
+    assert len(steps) == per_epoch  # resumed: epoch 3 only
+    _assert_same(state["byol"], load_checkpoint(resumed)["byol"])
+    # Fine-tuning starts from the online encoder.
+    ft = train_classifier(
+        MODEL, {**FINETUNE, "epochs": 1}, store, tmp_path / "ft" / "model.pt", _cpu(), 1.0, 0,
+        pretrained=straight,
+    )  # fmt: skip
+    assert np.isfinite(ft["history"][-1]["sigma_mad"])
+
+
+def test_an_unknown_pretraining_method_is_refused_naming_the_key_and_the_methods(
+    tiny_store, tmp_path
+):
+    from ssl_photoz.core.config import ConfigError, load_schema, validate_section
+    from ssl_photoz.learn import ssl
+
+    store, stats = tiny_store
+    names = r"\['byol', 'moco_v2'\]"
+    with pytest.raises(ValueError, match=rf"'pretrain.method': 'simclr' .*{names}"):
+        pretrain(MODEL, {**PRETRAIN, "method": "simclr"}, store, stats, tmp_path / "m.pt", _cpu())
+    with pytest.raises(ConfigError, match="'pretrain.method': 'simclr' is not allowed"):
+        validate_section("pretrain", {**PRETRAIN, "method": "simclr"})
+    # The schema's choices are the registry's: a method is registered in both or in neither.
+    enum = load_schema()["properties"]["pretrain"]["properties"]["method"]["enum"]
+    assert sorted(enum) == sorted(ssl.METHODS)
+    # BYOL's settings are filled for BYOL only, and refused under MoCo.
+    assert "byol" not in with_defaults("pretrain", PRETRAIN)
+    assert set(BYOL["byol"]) == {"tau_base", "projector_hidden", "predictor_hidden"}
+    with pytest.raises(ConfigError, match="'pretrain.byol' does not apply"):
+        validate_section("pretrain", {**PRETRAIN, "byol": {}})
+    assert validate_section("pretrain", BYOL) == BYOL  # no MoCo keys needed
+
+
+def test_ddp_byol_pretraining_on_two_cpu_processes(tiny_store, tmp_path):
+    """torchrun with 2 processes (gloo): BYOL with DDP's averaged gradients and each rank's EMA."""
+    store, stats = tiny_store
+    sections = json.dumps({"model": MODEL, "pretrain": {**BYOL, "epochs": 2}})
+    out = tmp_path / "ddp" / "model.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    bin_dir = Path(sys.executable).parent
+    cmd = [
+        str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2",
+        str(bin_dir / "ssl-photoz"), "pretrain", "--sections-json", sections,
+        "--store", str(store), "--stats", str(stats), "--out", str(out),
+        "--summary", str(tmp_path / "ddp" / "summary.json"), "--device", "cpu",
+        "--precision", "bf16",  # rank 0 resolves it and broadcasts it to rank 1
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = load_checkpoint(out)
+    assert len(state["history"]) == 2 and "byol" in state
+    assert all(np.isfinite(h["loss"]) for h in state["history"])
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["precision"]["chosen"] == "bf16"
+    assert "precision bf16 on cpu (asked: bf16)" in result.stderr
+    recipe = summary["recipe"]
+    assert (recipe["world_size"], recipe["per_process_batch"], recipe["effective_batch"]) == (
+        2,
+        8,
+        16,
+    )
+    assert recipe["lr"] == {"all": BYOL["lr"]} and recipe["steps_per_epoch"] == 4
+    assert recipe["method"] == "byol" and recipe["bn"] == "BN per rank"

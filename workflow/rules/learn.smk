@@ -1,4 +1,5 @@
-# Stage 3: MoCo v2 pretraining, then fine-tuning (config section finetune) and supervised
+# Stage 3: self-supervised pretraining (pretrain.method: moco_v2, the paper's MoCo v2, or byol;
+# code in ssl_photoz.learn.ssl), then fine-tuning (config section finetune) and supervised
 # baselines (section supervised: their own recipe, one learning rate) per label fraction and
 # seed. Machine settings (device, loader workers, GPUs) come from the profile's resources.
 # Resource `precision` (auto | fp32 | bf16 | fp16; default auto, set per rule in the profile's

@@ -13,11 +13,12 @@ from ssl_photoz.cli.common import _sections, add_precision, log
 def _training_runtime(args: argparse.Namespace, model_cfg: dict):
     from ssl_photoz.learn.train import setup_runtime
 
-    return setup_runtime(args.device, args.num_workers, args.precision, probe=model_cfg)
+    return setup_runtime(args.device, args.num_workers, args.precision, timing_network=model_cfg)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """MoCo v2 pretraining on the unlabeled pool plus the training images."""
+    """Self-supervised pretraining (pretrain.method: MoCo v2, the paper's, or BYOL) on the
+    unlabeled pool plus the training images."""
     from ssl_photoz.learn.train import pretrain, write_summary
 
     cfg = _sections(args, ("model", "pretrain"))
@@ -117,7 +118,9 @@ def _add_training(p: argparse.ArgumentParser) -> None:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="MoCo v2 pretraining (rule pretrain)")
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pretraining, MoCo v2 or BYOL (rule pretrain)"
+    )
     _add_training(p)
     p.add_argument("--stats", required=True, help="per-channel MAD (stats rule's JSON)")
     p.set_defaults(func=cmd_pretrain)

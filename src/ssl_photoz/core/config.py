@@ -50,16 +50,26 @@ def _resolve(schema: dict, defs: dict) -> dict:
 def _fill(value, schema: dict, defs: dict):
     """Fill the schema's defaults into ``value`` in place: every absent property that has a
     ``default`` gets a copy of it, and nested objects are filled in turn (an object's default,
-    e.g. ``{}`` for an optional section, is filled too)."""
+    e.g. ``{}`` for an optional section, is filled too). A default under the ``then`` of an
+    ``allOf`` entry applies where its ``if`` holds of the filled object (the settings section of
+    the chosen pretraining method, say), filled from the property's own schema."""
     schema = _resolve(schema, defs)
     if not isinstance(value, dict) or schema.get("type") != "object":
         return value
-    for key, sub in schema.get("properties", {}).items():
+    properties = schema.get("properties", {})
+    for key, sub in properties.items():
         sub = _resolve(sub, defs)
         if key not in value and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
         if key in value:
             _fill(value[key], sub, defs)
+    for branch in schema.get("allOf", []):
+        if "then" not in branch or not Draft202012Validator(branch.get("if", {})).is_valid(value):
+            continue
+        for key, sub in branch["then"].get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+                _fill(value[key], properties.get(key, {}), defs)
     return value
 
 

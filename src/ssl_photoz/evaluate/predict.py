@@ -47,9 +47,9 @@ def predict_classifier(
     network runs under its autocast, the softmax, PDF and E(z) in fp32."""
     import torch
 
-    from ssl_photoz.learn import augment, data, models
+    from ssl_photoz.learn import data, inference, models
     from ssl_photoz.learn import precision as precision_mod
-    from ssl_photoz.learn.train import _to_device, load_checkpoint
+    from ssl_photoz.learn.checkpoints import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = state["config"]
@@ -64,20 +64,17 @@ def predict_classifier(
         z_max=recipe["z_max"],
     )
     net.load_state_dict(state["model"])
-    net.eval().to(dev, memory_format=torch.channels_last)  # as in training
+    net.to(dev, memory_format=torch.channels_last)  # as in training
     store = data.open_store(store_path)
     indices = data.labeled_indices(store, "val")
     dataset = data.CutoutDataset(store_path, indices, deredden=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False)
-    crop = augment.EvalTransform(crop_size(cfg["model"]))
     pdfs, z_phot, rows = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            with chosen.autocast():
-                logits = net(crop(_to_device(batch["image"], dev))).float()
-            pdfs.append(net.pdf(logits).cpu().numpy())
-            z_phot.append(net.expected_z(logits).cpu().numpy())
-            rows.append(batch["index"].numpy())
+    for batch, logits in inference.eval_batches(
+        net, dataset, dev, chosen, crop_size=crop_size(cfg["model"])
+    ):
+        pdfs.append(net.pdf(logits).cpu().numpy())
+        z_phot.append(net.expected_z(logits).cpu().numpy())
+        rows.append(batch["index"].numpy())
     rows = np.concatenate(rows)
     write_predictions(
         out,

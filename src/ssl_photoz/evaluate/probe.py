@@ -1,9 +1,9 @@
 """A pretraining diagnostic that spends no labels budget: photo-z probes on frozen embeddings.
 
-The MoCo-pretrained backbone and the same backbone at random initialisation each embed the
-training objects (every training label) and the validation objects (centre crops, dereddened,
-as the classifiers see them). Two probes predict z from the frozen features, trained on the
-training labels and scored on the validation objects:
+The pretrained backbone (of either pretraining method, MoCo v2 or BYOL) and the same backbone at
+random initialisation each embed the training objects (every training label) and the validation
+objects (centre crops, dereddened, as the classifiers see them). Two probes predict z from the
+frozen features, trained on the training labels and scored on the validation objects:
 
 - ``knn``: mean z of the k nearest training galaxies by cosine similarity of the standardised
   features;
@@ -89,20 +89,11 @@ def ridge_photoz(
 
 
 def _embed(backbone, dataset, device, chosen, crop_size: int, batch_size: int = 256) -> np.ndarray:
-    import torch
+    from ssl_photoz.learn import inference
 
-    from ssl_photoz.learn import augment
-    from ssl_photoz.learn.train import _to_device
-
-    crop = augment.EvalTransform(crop_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    feats = []
-    backbone.eval()
-    with torch.no_grad():
-        for batch in loader:
-            with chosen.autocast():
-                feats.append(backbone(crop(_to_device(batch["image"], device))).float().cpu())
-    return torch.cat(feats).numpy()
+    return inference.run_network(
+        backbone, dataset, device, chosen, crop_size=crop_size, batch_size=batch_size
+    ).numpy()
 
 
 def calibrate_batch_norm(backbone, dataset, device, crop_size: int, batch_size: int = 64) -> None:
@@ -111,7 +102,7 @@ def calibrate_batch_norm(backbone, dataset, device, crop_size: int, batch_size: 
     import torch
 
     from ssl_photoz.learn import augment
-    from ssl_photoz.learn.train import _to_device
+    from ssl_photoz.learn.runtime import to_device
 
     bns = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in bns:
@@ -122,7 +113,7 @@ def calibrate_batch_norm(backbone, dataset, device, crop_size: int, batch_size: 
     backbone.train()
     with torch.no_grad():
         for batch in loader:
-            backbone(crop(_to_device(batch["image"], device)))
+            backbone(crop(to_device(batch["image"], device)))
     backbone.eval()
 
 
@@ -141,7 +132,7 @@ def run_probe(
 
     from ssl_photoz.learn import data, models
     from ssl_photoz.learn import precision as precision_mod
-    from ssl_photoz.learn.train import load_checkpoint
+    from ssl_photoz.learn.checkpoints import load_checkpoint
 
     state = load_checkpoint(pretrained)
     if state.get("kind") != "pretrain":

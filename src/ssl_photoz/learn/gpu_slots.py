@@ -470,6 +470,12 @@ def gpu_run(
         )
         argv, env = ranks(len(what.pool))
         return _run_child(argv, env, ())
+    return _run_on_locked_cards(command, what, gpus, lock_dir, timeout, env, ranks)
+
+
+def _run_on_locked_cards(command, what: Plan, gpus, lock_dir, timeout, env, ranks) -> int:
+    """gpu_run's usual case: lock ``gpus`` free cards of the pool, run the ranks on them with
+    CUDA_VISIBLE_DEVICES set, release the locks however the command ends."""
     folder = Path(lock_dir or env.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
     try:
         held = acquire(folder, what.namespace, what.pool, gpus, timeout)

@@ -1,28 +1,22 @@
-"""Networks of Hayat et al. (2021): 5-band ResNet backbones, MoCo v2 and the 180-bin photo-z head.
+"""Networks of Hayat et al. (2021): 5-band ResNet backbones and the 180-bin photo-z head; the
+authors' released checkpoints; safe loading of checkpoint files.
 
 The paper network is torchvision's ResNet50 with the stem the authors use in their repository
 (github.com/mahayat/ssl-sky-surveys, models/resnet.py): conv1 = Conv2d(5, 64, kernel_size=7,
 stride=1, padding=3, bias=False) and no max-pool, so a 64 x 64 crop keeps full resolution into
-layer1. MoCo v2 follows the reference implementation (github.com/facebookresearch/moco,
-moco/builder.py): momentum key encoder, queue of negatives, batch-shuffle BN and keys gathered
-across ranks under DDP. A single process has no ranks to shuffle across, so there (``bn_splits`` >
-1) both encoders normalise over sub-batches (``SplitBatchNorm``) and the keys are shuffled across
-the sub-batches, as in the MoCo authors' single-GPU demo (facebookresearch/moco, colab/moco_cifar10_
-demo.ipynb): a query and its key never share batch statistics. Nothing here moves tensors to a
-fixed device; everything follows the inputs.
+layer1. The self-supervised networks built on these backbones (MoCo v2, BYOL) are
+``ssl_photoz.learn.ssl``'s. Nothing here moves tensors to a fixed device; everything follows
+the inputs.
 """
 
 from __future__ import annotations
 
-import copy
 import pickle
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -115,253 +109,7 @@ def backbone_from_config(model_cfg: dict) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------
-# MoCo v2
-
-
-class SplitBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d that, in training, normalises each of ``num_splits`` consecutive sub-batches
-    with its own statistics (what BN does on one of ``num_splits`` GPUs); in eval mode it is plain
-    BN. The running statistics are the mean of the sub-batches' updates. Same parameters and
-    buffers as BatchNorm2d, so state_dicts load into a plain backbone and back."""
-
-    def __init__(self, num_features: int, num_splits: int, **kwargs):
-        super().__init__(num_features, **kwargs)
-        if num_splits < 1:
-            raise ValueError(f"num_splits must be positive, got {num_splits}")
-        self.num_splits = num_splits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.num_splits == 1:
-            return super().forward(x)
-        n = x.shape[0]
-        if n % self.num_splits:
-            raise ValueError(
-                f"batch of {n} does not split into {self.num_splits} equal sub-batches for "
-                f"split batch norm (pretrain.bn_splits): use a batch size that is a multiple"
-            )
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        means, variances, outs = [], [], []
-        for part in x.chunk(self.num_splits):
-            mean = self.running_mean.clone() if self.track_running_stats else None
-            var = self.running_var.clone() if self.track_running_stats else None
-            outs.append(
-                F.batch_norm(part, mean, var, self.weight, self.bias, True, momentum, self.eps)
-            )
-            means.append(mean)
-            variances.append(var)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.running_mean.copy_(torch.stack(means).mean(0))
-                self.running_var.copy_(torch.stack(variances).mean(0))
-        return torch.cat(outs)
-
-
-def split_batch_norm(module: nn.Module, num_splits: int) -> nn.Module:
-    """Replace every BatchNorm2d of ``module`` by a SplitBatchNorm with the same state."""
-    if num_splits == 1:
-        return module
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
-            split = SplitBatchNorm(
-                child.num_features,
-                num_splits,
-                eps=child.eps,
-                momentum=child.momentum,
-                affine=child.affine,
-                track_running_stats=child.track_running_stats,
-            )
-            split.load_state_dict(child.state_dict())
-            setattr(module, name, split)
-        else:
-            split_batch_norm(child, num_splits)
-    return module
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-@torch.no_grad()
-def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from all ranks along dim 0 (rank order); identity when not distributed.
-
-    No gradient flows through the gather; every rank must pass the same shape.
-    """
-    world = _world_size()
-    if world == 1:
-        return tensor
-    tensor = tensor.contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    dist.all_gather(parts, tensor)
-    return torch.cat(parts, dim=0)
-
-
-def info_nce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """InfoNCE loss: cross entropy of the positive (column `labels`) against the negatives."""
-    return F.cross_entropy(logits.float(), labels)
-
-
-def _projection_head(in_dim: int, out_dim: int, mlp: bool) -> nn.Module:
-    if not mlp:
-        return nn.Linear(in_dim, out_dim)
-    # MoCo v2: a 2-layer MLP with hidden size = feature size.
-    return nn.Sequential(
-        nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim)
-    )
-
-
-class MoCo(nn.Module):
-    """MoCo v2 (Chen et al. 2020) as a plain module; wrap it in DDP for multi-rank training.
-
-    `encoder_q` is the backbone being trained (its state_dict is what fine-tuning loads),
-    `head_q` the projection head; `encoder_k`/`head_k` are their momentum copies.
-    """
-
-    def __init__(
-        self,
-        backbone_fn: Callable[[], nn.Module],
-        dim: int = 128,
-        queue_size: int = 65536,
-        momentum: float = 0.999,
-        temperature: float = 0.2,
-        mlp: bool = True,
-        bn_splits: int = 1,
-    ):
-        super().__init__()
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be positive, got {queue_size}")
-        if bn_splits < 1:
-            raise ValueError(f"bn_splits must be positive, got {bn_splits}")
-        self.dim = dim
-        self.queue_size = queue_size
-        self.momentum = momentum
-        self.temperature = temperature
-        # Sub-batches of split BN in a single process (1: plain BN); ignored under DDP, where
-        # each rank normalises its own part and the keys are shuffled across ranks.
-        self.bn_splits = bn_splits
-
-        self.encoder_q = split_batch_norm(backbone_fn(), bn_splits)
-        self.head_q = _projection_head(self.encoder_q.feature_dim, dim, mlp)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        self.head_k = copy.deepcopy(self.head_q)
-        for p in self._key_params():
-            p.requires_grad_(False)
-
-        # Persistent buffers, so a checkpoint resumes with the same negatives.
-        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.encoder_q
-
-    def _query_params(self) -> list[torch.Tensor]:
-        return [*self.encoder_q.parameters(), *self.head_q.parameters()]
-
-    def _key_params(self) -> list[torch.Tensor]:
-        return [*self.encoder_k.parameters(), *self.head_k.parameters()]
-
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """key <- m * key + (1 - m) * query, parameters only (BN statistics stay per encoder)."""
-        # lerp(k, q, 1 - m) = k + (1 - m)(q - k) = m k + (1 - m) q, one fused op per tensor list.
-        torch._foreach_lerp_(self._key_params(), self._query_params(), 1.0 - self.momentum)
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write this step's keys (gathered from all ranks) into the queue, oldest out first.
-
-        Unlike the reference, K need not be a multiple of the batch: the columns written are
-        (ptr + i) mod K, so a batch that crosses the end continues at column 0. The pointer stays
-        on the device (no int(queue_ptr)), so the step never waits for the GPU.
-        """
-        keys = concat_all_gather(keys)
-        n = keys.shape[0]
-        size = self.queue_size
-        skip = max(n - size, 0)  # of a batch larger than the queue only the newest K keys survive
-        offsets = torch.arange(skip, n, device=self.queue.device)
-        columns = (self.queue_ptr + offsets) % size
-        self.queue.index_copy_(1, columns, keys[skip:].detach().T.to(self.queue.dtype))
-        self.queue_ptr.add_(n).remainder_(size)
-
-    @torch.no_grad()
-    def _shuffle(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Shuffle the batch across ranks so key-encoder BN statistics cannot leak the positive.
-
-        In one process with split BN the keys are shuffled across the sub-batches instead (drawn
-        from ``generator`` when given, so a resumed run replays them); with plain BN and one
-        process there is nothing to shuffle across."""
-        world = _world_size()
-        if world == 1:
-            if self.bn_splits == 1:
-                return x, None
-            perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
-            return x[perm], torch.argsort(perm)
-        x_all = concat_all_gather(x)
-        perm = torch.randperm(x_all.shape[0], device=x.device)
-        dist.broadcast(perm, src=0)  # every rank must use rank 0's permutation
-        mine = perm.view(world, -1)[dist.get_rank()]
-        return x_all[mine], torch.argsort(perm)
-
-    @torch.no_grad()
-    def _unshuffle(self, x: torch.Tensor, inverse: torch.Tensor | None) -> torch.Tensor:
-        if inverse is None:
-            return x
-        if _world_size() == 1:
-            return x[inverse]
-        x_all = concat_all_gather(x)
-        return x_all[inverse.view(_world_size(), -1)[dist.get_rank()]]
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised query embeddings (the 128-d vectors of the similarity search)."""
-        return F.normalize(self.head_q(self.encoder_q(x)), dim=1)
-
-    def forward(
-        self, im_q: torch.Tensor, im_k: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, labels): logits (B, 1 + K) = [l_pos, l_neg] / T, labels all zero.
-
-        ``generator`` draws the single-process key shuffle of split BN."""
-        q = self.embed(im_q)
-        with torch.no_grad():
-            self.momentum_update()
-            im_k, inverse = self._shuffle(im_k, generator)
-            k = F.normalize(self.head_k(self.encoder_k(im_k)), dim=1)
-            k = self._unshuffle(k, inverse)
-        # Similarities in fp32 even under autocast: with T = 0.2 bf16 rounding is not negligible.
-        with torch.autocast(q.device.type, enabled=False):
-            q32, k32 = q.float(), k.float()
-            l_pos = (q32 * k32).sum(dim=1, keepdim=True)
-            l_neg = q32 @ self.queue.clone()  # clone: enqueue below writes into the queue
-            logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        self.enqueue(k32)
-        return logits, labels
-
-
-# ----------------------------------------------------------------------------------------------
 # Photo-z classifier
-
-
-def build_moco(model_cfg: dict, pretrain_cfg: dict, bn_splits: int = 1) -> MoCo:
-    """The MoCo v2 model of the config sections ``model`` and ``pretrain``; ``bn_splits`` > 1
-    gives single-process training split BN (pretraining passes ``pretrain.bn_splits``)."""
-
-    def backbone():
-        return backbone_from_config(model_cfg)
-
-    return MoCo(
-        backbone,
-        dim=pretrain_cfg["dim"],
-        queue_size=pretrain_cfg["queue_size"],
-        momentum=pretrain_cfg["momentum"],
-        temperature=pretrain_cfg["temperature"],
-        bn_splits=bn_splits,
-    )
 
 
 class RedshiftClassifier(nn.Module):

@@ -48,12 +48,14 @@ SETTING_HELP = (
     "the machine setting `precision` (--precision on the command line; resource `precision` in "
     "the Snakemake profile, profiles/*/config.v8+.yaml)"
 )
+# The network that ``auto`` times on a CPU with native bf16 is the run's model section (arch,
+# width), called the timing network here; without one, DEFAULT_TIMING_NETWORK.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # x86; on Arm the feature is called "bf16"
 BF16_MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by 10 % to be worth its 3 significant digits
 CACHE_VERSION = 1
-PROBE_SIZE = 64  # the training crop (pixels)
-DEFAULT_PROBE = {"arch": "resnet_small", "width": 32}
+TIMING_CROP = 64  # the training crop (pixels) of the timed steps
+DEFAULT_TIMING_NETWORK = {"arch": "resnet_small", "width": 32}
 
 
 @dataclass(frozen=True)
@@ -146,36 +148,37 @@ def cache_path() -> Path:
     return Path(root) / "precision.json"
 
 
-def _probe_name(probe: dict) -> str:
+def _network_name(timing_network: dict) -> str:
     """``resnet_small w32``; a paper arch by its name alone (``model.width`` is resnet_small's
     only: the paper archs have torchvision's widths)."""
-    width = probe.get("width")
-    return probe["arch"] if width is None else f"{probe['arch']} w{width}"
+    width = timing_network.get("width")
+    return timing_network["arch"] if width is None else f"{timing_network['arch']} w{width}"
 
 
-def _probe_key(info: dict, probe: dict) -> str:
+def _timing_key(info: dict, timing_network: dict) -> str:
     bf16 = sorted(f for f in info["flags"] if "bf16" in f)
     return (
         f"{info['model']} | {info['machine']} | flags {','.join(bf16) or '-'} | "
-        f"torch {torch.__version__} | {_probe_name(probe)}"
+        f"torch {torch.__version__} | {_network_name(timing_network)}"
     )
 
 
 def measure_cpu_step_rates(
-    probe: dict, batch: int | None = None, steps: int = 5, warmup: int = 2
+    timing_network: dict, batch: int | None = None, steps: int = 5, warmup: int = 2
 ) -> dict:
     """Images per second of a classifier training step (forward, cross-entropy, backward, SGD)
-    of the probe network on 5 x 64 x 64 inputs, channels_last, in fp32 and in bf16 autocast.
+    of the timing network on 5 x 64 x 64 inputs, channels_last, in fp32 and in bf16 autocast.
 
     The two are timed alternately, and each rate is that of its fastest step: other jobs on a
     shared machine only ever add time, so the minimum is the least disturbed estimate."""
     from ssl_photoz.learn.models import RedshiftClassifier, build_backbone
 
-    arch, width = probe["arch"], probe.get("width")  # resnet_small's only
+    arch, width = timing_network["arch"], timing_network.get("width")  # resnet_small's only
     if batch is None:
         batch = 32 if arch == "resnet_small" else 8
     torch.manual_seed(0)
-    x = torch.randn(batch, 5, PROBE_SIZE, PROBE_SIZE).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 5, TIMING_CROP, TIMING_CROP)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 180, (batch,))
     nets = {}
     for name in ("fp32", "bf16"):
@@ -240,17 +243,17 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cpu_bf16_rates(info: dict, probe: dict) -> tuple[dict, str]:
-    """The probe's fp32 and bf16 step rates on this CPU, from the cache or measured now (and
-    cached); returns the record and where it came from."""
+def cpu_bf16_rates(info: dict, timing_network: dict) -> tuple[dict, str]:
+    """The timing network's fp32 and bf16 step rates on this CPU, from the cache or measured now
+    (and cached); returns the record and where it came from."""
     path = cache_path()
-    key = _probe_key(info, probe)
+    key = _timing_key(info, timing_network)
     with _locked(path):
         entries = _read_cache(path)
         if key in entries:
             return entries[key], f"cached in {path}"
         log.info("precision auto: timing fp32 and bf16 training steps of %s once (%s)", key, path)
-        record = measure_cpu_step_rates(probe)
+        record = measure_cpu_step_rates(timing_network)
         record["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         entries[key] = record
         try:
@@ -266,16 +269,18 @@ def cpu_bf16_rates(info: dict, probe: dict) -> tuple[dict, str]:
 
 
 # -- the choice ------------------------------------------------------------------------------------
-def resolve(requested: str, device: torch.device | str, probe: dict | None = None) -> Precision:
-    """The precision for this process on ``device``; ``probe`` is the model section (arch,
-    width) that ``auto`` times on a CPU with native bf16."""
+def resolve(
+    requested: str, device: torch.device | str, timing_network: dict | None = None
+) -> Precision:
+    """The precision for this process on ``device``; ``timing_network`` is the model section
+    (arch, width) that ``auto`` times on a CPU with native bf16."""
     requested = check_choice(requested)
     device = torch.device(device)
     kind = device.type
     if kind == "cuda":
         return _resolve_cuda(requested, device)
     if kind == "cpu":
-        return _resolve_cpu(requested, probe or DEFAULT_PROBE)
+        return _resolve_cpu(requested, timing_network or DEFAULT_TIMING_NETWORK)
     if requested in ("auto", "fp32"):
         return Precision("fp32", kind, requested, f"autocast is not used on {kind} devices")
     raise ValueError(
@@ -301,7 +306,7 @@ def _resolve_cuda(requested: str, device: torch.device) -> Precision:
     return Precision(requested, "cuda", requested, "requested")
 
 
-def _resolve_cpu(requested: str, probe: dict) -> Precision:
+def _resolve_cpu(requested: str, timing_network: dict) -> Precision:
     if requested == "fp16":
         raise ValueError(
             "precision 'fp16' is refused on a CPU (CPU autocast is meant for bf16; fp16 would "
@@ -323,14 +328,14 @@ def _resolve_cpu(requested: str, probe: dict) -> Precision:
             "fp32", "cpu", requested, f"auto: {cpu} has {evidence}, so bf16 would be emulated"
         )
     try:
-        rates, where = cpu_bf16_rates(info, probe)
+        rates, where = cpu_bf16_rates(info, timing_network)
     except Exception as exc:  # a bf16 kernel missing in this build, say
         return Precision("fp32", "cpu", requested, f"auto: {cpu} has {evidence}, but {exc!r}")
     fp32, bf16 = rates["fp32_images_per_s"], rates["bf16_images_per_s"]
     speedup = bf16 / fp32
     chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     reason = (
-        f"auto: {cpu} has {evidence}; a training step of {_probe_name(probe)} "
+        f"auto: {cpu} has {evidence}; a training step of {_network_name(timing_network)} "
         f"(batch {rates['batch']}) ran {fp32:.1f} img/s in fp32 and "
         f"{bf16:.1f} img/s in bf16 ({speedup:.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x), {where}"
     )

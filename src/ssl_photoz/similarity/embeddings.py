@@ -1,7 +1,10 @@
-"""MoCo embeddings of the cut-outs (Hayat et al. 2021, Fig. 1): computing, writing, reading.
+"""Self-supervised embeddings of the cut-outs (Hayat et al. 2021, Fig. 1): computing, writing,
+reading.
 
-Every object of the cut-out store with a usable image gets the 128-d L2-normalised output of the
-pretrained query encoder and projection head (``MoCo.embed``) on its centre crop, dereddened.
+Every object of the cut-out store with a usable image gets the L2-normalised output of the
+pretrained network's encoder and projection head on its centre crop, dereddened: the pretraining
+method says which (``Method.embedding_parts``: MoCo v2's query encoder and head, ``MoCo.embed``,
+128-d in the paper; BYOL's online encoder and projector).
 
 Embeddings file (one Parquet file, written atomically): columns objid (int64), ra, dec, z_spec
 (float64, NaN when unlabeled), split (string) and ``embedding``, a fixed-size list of float32
@@ -67,7 +70,9 @@ def compute_embeddings(
     batch_size: int = 256,
     precision: str = "fp32",
 ) -> int:
-    """Embed every ok object of the store with the pretrained query encoder; return the row count.
+    """Embed every ok object of the store with the pretrained encoder and head (those its method
+    names: MoCo's query encoder and head, BYOL's online encoder and projector); return the row
+    count.
 
     Preprocessing is the pretraining view without its randomness: the 64 x 64 centre crop, no
     noise, no rotation, and dereddened (the views carried random extra reddening, so the encoder
@@ -83,17 +88,18 @@ def compute_embeddings(
     import torch
 
     from ssl_photoz.core.provenance import provenance
-    from ssl_photoz.learn import augment, data
+    from ssl_photoz.learn import data, inference
     from ssl_photoz.learn import precision as precision_mod
-    from ssl_photoz.learn.train import _to_device, load_checkpoint
+    from ssl_photoz.learn.checkpoints import load_checkpoint
 
     checkpoint, store_path, out = Path(checkpoint), Path(store_path), Path(out)
     state = load_checkpoint(checkpoint)
-    model = _moco_from_checkpoint(state, checkpoint)
+    encoder, head = pretrained_embedder(state, checkpoint)
     dev = torch.device(device)
     chosen = precision_mod.resolve(precision, dev, state["config"]["model"])
     log.info("embed: %s", chosen.describe())
-    model.eval().to(dev, memory_format=torch.channels_last)  # 4x faster convolutions on CPU
+    encoder.to(dev, memory_format=torch.channels_last)  # 4x faster convolutions on CPU
+    head.eval().to(dev)
     mad = data.load_stats(stats_path).tolist() if stats_path is not None else None
 
     store = data.open_store(store_path)
@@ -103,28 +109,17 @@ def compute_embeddings(
         "%s: embedding %d objects, skipping %d with ok == False", store_path, len(rows), skipped
     )
     dataset = data.CutoutDataset(store_path, rows, deredden=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    crop = augment.EvalTransform(crop_size(state["config"]["model"]))
-    parts = []
-    with torch.no_grad():
-        for batch in loader:
-            with chosen.autocast():
-                features = model.encoder_q(crop(_to_device(batch["image"], dev)))
-            # MoCo.embed with the head outside autocast: bf16's 3 significant digits on the 128
-            # outputs are as large as the gaps between near neighbours.
-            z = torch.nn.functional.normalize(model.head_q(features.float()), dim=1)
-            parts.append(z.cpu().numpy())
-    vectors = np.concatenate(parts)
 
-    table = pd.DataFrame(
-        {
-            "objid": store.objid[rows].astype(np.int64),
-            "ra": store.ra[rows].astype(np.float64),
-            "dec": store.dec[rows].astype(np.float64),
-            "z_spec": store.z_spec[rows].astype(np.float64),
-            "split": np.asarray(store.split_codes, dtype=object)[store.split[rows]],
-        }
-    )
+    # The head outside autocast (inference runs it on the fp32 features): bf16's 3 significant
+    # digits on the outputs are as large as the gaps between near neighbours.
+    def embed(features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(head(features), dim=1)
+
+    crop = crop_size(state["config"]["model"])
+    vectors = inference.run_network(
+        encoder, dataset, dev, chosen, crop_size=crop, batch_size=batch_size, head=embed
+    ).numpy()
+    table = _catalogue(store, rows)
     meta = provenance(
         state["config"],
         kind="embeddings",
@@ -143,20 +138,45 @@ def compute_embeddings(
     return len(rows)
 
 
-def _moco_from_checkpoint(state: dict, path: Path):
-    """The MoCo module of a pretraining checkpoint (train.pretrain's model.pt), weights loaded."""
-    from ssl_photoz.learn import models
+def _catalogue(store, rows: np.ndarray) -> pd.DataFrame:
+    """The catalogue columns of the store's ``rows``."""
+    return pd.DataFrame(
+        {
+            "objid": store.objid[rows].astype(np.int64),
+            "ra": store.ra[rows].astype(np.float64),
+            "dec": store.dec[rows].astype(np.float64),
+            "z_spec": store.z_spec[rows].astype(np.float64),
+            "split": np.asarray(store.split_codes, dtype=object)[store.split[rows]],
+        }
+    )
 
-    if state.get("kind") != "pretrain" or "moco" not in state:
+
+def pretrained_network(state: dict, path: Path):
+    """(method, network) of a pretraining checkpoint (``pretraining.pretrain``'s model.pt), the
+    network of its method (``pretrain.method``, MoCo v2 where the config predates the key) with
+    its weights loaded."""
+    from ssl_photoz.learn import ssl
+
+    method = None
+    if state.get("kind") == "pretrain" and "pretrain" in state.get("config", {}):
+        method = ssl.method_of(state["config"]["pretrain"])
+    if method is None or method.checkpoint_key not in state:
         raise ValueError(
-            f"{path}: not a MoCo pretraining checkpoint (kind {state.get('kind')!r}, "
+            f"{path}: not a MoCo pretraining checkpoint, nor one of another self-supervised "
+            f"method ({', '.join(sorted(ssl.METHODS))}) (kind {state.get('kind')!r}, "
             f"keys {sorted(state)})"
         )
     model_cfg, cfg = state["config"]["model"], state["config"]["pretrain"]
+    network = method.build(model_cfg, cfg)
+    network.load_state_dict(state[method.checkpoint_key])
+    return method, network
 
-    moco = models.build_moco(model_cfg, cfg)
-    moco.load_state_dict(state["moco"])
-    return moco
+
+def pretrained_embedder(state: dict, path: Path):
+    """(encoder, head) of a pretraining checkpoint, in eval mode: its method's embedding parts."""
+    method, network = pretrained_network(state, path)
+    encoder, head = method.embedding_parts(network.eval())
+    return encoder, head
 
 
 def write_embeddings(path: Path, table: pd.DataFrame, vectors: np.ndarray, meta: dict) -> None:
