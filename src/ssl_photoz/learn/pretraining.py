@@ -115,6 +115,8 @@ class _Run:
         cfg, rt = self.cfg, self.runtime
         return {
             "method": self.method.name,
+            "method_title": self.method.title,
+            "method_settings": [list(row) for row in self.method.settings(cfg)],
             "optimizer": "SGD (momentum 0.9)",
             "lr": {"all": cfg["lr"]},
             "schedule": f"cosine per step, {cfg['warmup_epochs']} warm-up epoch(s)",

@@ -185,6 +185,7 @@ def _pdf_section(summary: pd.DataFrame) -> list[str]:
 PAPER_RECIPE = {
     "network": "ResNet50, 5 bands, 7x7 stride-1 stem, no max-pool",
     "pool": f"{PAPER_SAMPLE['train'] + PAPER_SAMPLE['unlabeled']:,} images (train + unlabeled)",
+    "method": "MoCo v2",
     "pre_optimizer": "SGD, momentum 0.9, weight decay 0.0001 (MoCo v2 default)",
     "pre_lr": "0.03, cosine (MoCo v2 default)",
     "pre_epochs": "200 (MoCo v2 default; configs/paper.yaml)",
@@ -256,8 +257,26 @@ def _network_rows(model: dict, training: dict) -> list[tuple[str, str, str, str]
     ]
 
 
+def _method_rows(pre: dict, recipe: dict) -> list[tuple[str, str, str, str]]:
+    """The self-supervised method's own settings as its run recorded them (ssl_photoz.learn.ssl:
+    each method names its settings); a run from before methods were recorded is MoCo v2's."""
+    title = recipe.get("method_title", "MoCo v2")
+    rows = [("pretraining", "method", title, PAPER_RECIPE["method"])]
+    settings = recipe.get("method_settings")
+    if settings is None:
+        settings = [
+            ("queue (negatives)", f"{pre.get('queue_size', 0):,}", "queue"),
+            ("key-encoder momentum", str(pre.get("momentum")), "momentum"),
+            ("temperature", str(pre.get("temperature")), "temperature"),
+        ]
+    for setting, value, paper_key in settings:
+        paper = PAPER_RECIPE[paper_key] if paper_key else "- (MoCo v2's settings instead)"
+        rows.append(("pretraining", setting, value, paper))
+    return rows
+
+
 def _pretraining_rows(pre: dict, training: dict) -> list[tuple[str, str, str, str]]:
-    """MoCo v2 pretraining's settings (``pre``: the section, defaults filled) as run."""
+    """The pretraining's settings (``pre``: the section, defaults filled) as run."""
     run = training.get("pretrain", {})
     pool = run.get("n_images")
     stage = "pretraining"
@@ -283,9 +302,7 @@ def _pretraining_rows(pre: dict, training: dict) -> list[tuple[str, str, str, st
         (stage, "epochs", str(pre.get("epochs")), PAPER_RECIPE["pre_epochs"]),
         (stage, "steps taken", _steps(training, "pretrain"), "-"),
         (stage, "batch size", str(pre.get("batch_size")), PAPER_RECIPE["pre_batch"]),
-        (stage, "queue (negatives)", f"{pre.get('queue_size', 0):,}", PAPER_RECIPE["queue"]),
-        (stage, "key-encoder momentum", str(pre.get("momentum")), PAPER_RECIPE["momentum"]),
-        (stage, "temperature", str(pre.get("temperature")), PAPER_RECIPE["temperature"]),
+        *_method_rows(pre, run.get("recipe", {})),
         (
             stage,
             "batch norm",
@@ -345,7 +362,8 @@ def _recipe_table(config: dict, training: dict) -> list[str]:
 
 
 def _differences(config: dict, counts: dict) -> list[str]:
-    model, pretrain, finetune = config["model"], config["pretrain"], config["finetune"]
+    model, finetune = config["model"], config["finetune"]
+    pretrain = with_defaults("pretrain", config["pretrain"])
     labels = config["labels"]
     out = []
     if config["source"] == "mock":
@@ -362,12 +380,18 @@ def _differences(config: dict, counts: dict) -> list[str]:
         out.append(
             f"Network: {model['arch']} (width {model.get('width')}), not the paper's ResNet50."
         )
-    if pretrain["momentum"] != 0.999:
-        out.append(f"MoCo momentum {pretrain['momentum']} (paper 0.999).")
-    out.append(
-        f"Pretraining {pretrain['epochs']} epochs, queue of {pretrain['queue_size']:,} negatives; "
-        f"fine-tuning {finetune['epochs']} epochs."
-    )
+    if pretrain["method"] != "moco_v2":
+        out.append(f"Pretraining method {pretrain['method']}, not the paper's MoCo v2.")
+        out.append(
+            f"Pretraining {pretrain['epochs']} epochs; fine-tuning {finetune['epochs']} epochs."
+        )
+    else:
+        if pretrain["momentum"] != 0.999:
+            out.append(f"MoCo momentum {pretrain['momentum']} (paper 0.999).")
+        out.append(
+            f"Pretraining {pretrain['epochs']} epochs, queue of {pretrain['queue_size']:,} "
+            f"negatives; fine-tuning {finetune['epochs']} epochs."
+        )
     paper_fractions = [0.025, 0.0625, 0.125, 0.25, 0.375, 0.625, 0.75, 0.875, 1.0]
     if sorted(labels["fractions"]) != paper_fractions:
         out.append(
@@ -387,7 +411,7 @@ def _probe_section(probe: pd.DataFrame | None) -> list[str]:
         "",
         f"Photo-z from frozen backbone features, learnt from the {int(probe['n_train'].iloc[0]):,} "
         f"training labels and scored on {int(probe['n_val'].iloc[0]):,} validation galaxies "
-        "(results/probe.tsv): the MoCo-pretrained encoder against the same encoder at random "
+        "(results/probe.tsv): the pretrained encoder against the same encoder at random "
         "initialisation (its batch-norm statistics calibrated on the training images).",
         "",
         "| encoder | probe | setting | sigma_MAD | eta (%) | bias |",

@@ -127,6 +127,18 @@ class Byol(Method):
     def after_step(self, network: BYOL, step: int, total_steps: int, cfg: dict) -> None:
         network.update_target(target_tau(cfg["byol"]["tau_base"], step + 1, total_steps))
 
+    def settings(self, cfg: dict) -> list[tuple[str, str, str | None]]:
+        byol = cfg["byol"]
+        return [
+            ("target EMA", f"tau {byol['tau_base']} -> 1, cosine over the run", None),
+            (
+                "projector, predictor",
+                f"hidden {byol['projector_hidden']}, "
+                f"{byol['predictor_hidden']}; output {cfg['dim']}",
+                None,
+            ),
+        ]
+
     def backbone(self, network: BYOL) -> nn.Module:
         return network.online_encoder
 

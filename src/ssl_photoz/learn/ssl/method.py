@@ -51,6 +51,11 @@ class Method:
         """The encoder that fine-tuning and the probe start from."""
         raise NotImplementedError
 
+    def settings(self, cfg: dict) -> list[tuple[str, str, str | None]]:
+        """The method's own settings as run, for summary.md's recipe table: (setting, value,
+        the key of the paper's value in the report's recipe, or None where the paper has none)."""
+        return []
+
     def embedding_parts(self, network: nn.Module) -> tuple[nn.Module, nn.Module]:
         """(encoder, head): the similarity search embeds normalize(head(encoder(x)))."""
         raise NotImplementedError

@@ -243,6 +243,13 @@ class MocoV2(Method):
         logits, labels = model(view_a, view_b, generator=generator)
         return info_nce(logits.float(), labels)
 
+    def settings(self, cfg: dict) -> list[tuple[str, str, str | None]]:
+        return [
+            ("queue (negatives)", f"{cfg['queue_size']:,}", "queue"),
+            ("key-encoder momentum", str(cfg["momentum"]), "momentum"),
+            ("temperature", str(cfg["temperature"]), "temperature"),
+        ]
+
     def backbone(self, network: MoCo) -> nn.Module:
         return network.encoder_q
 
