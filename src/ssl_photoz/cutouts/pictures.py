@@ -87,7 +87,7 @@ def store_cutouts(store_path, objids) -> list[np.ndarray]:
     """The raw (5, H, W) cut-outs of ``objids`` from the cut-out store, in that order."""
     import pandas as pd
 
-    from ssl_photoz.learn.data import open_store
+    from ssl_photoz.cutouts.reader import open_store
 
     store = open_store(store_path)
     rows = pd.Index(store.objid).get_indexer(np.asarray(objids, dtype=np.int64))

@@ -31,16 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from ssl_photoz.core.atomic import atomic_path
+from ssl_photoz.cutouts.reader import CorruptStoreError
 from ssl_photoz.surveys.sdss import SDSS
 
 IMAGES = "images"
 CUT = "cut"  # cut/<k>: how Zarr shard k was cut (a group holding only attributes)
 SPLIT_CODES = ("train", "val", "unlabeled")  # the int8 codes of the split array
-
-
-class CorruptStoreError(ValueError):
-    """The store cannot give the images it should: a shard file missing, damaged or not of this
-    plan. The message names the store, the shard file and its objects (rows, objid range)."""
 
 
 def image_shape(n_rows: int) -> tuple[int, int, int, int]:
