@@ -93,58 +93,12 @@ def run_query(
     query = load_query(sample, sql_path)
     backend = query_cfg["backend"]
     started = time.perf_counter()
-    if backend == "duckdb":
-        if sky_db is None:
-            raise ValueError("the duckdb backend needs the simulated survey's database")
-        frame = run_duckdb(query, sky_db)
-        details = {
-            "backend": "duckdb",
-            "database": str(sky_db),
-            "transpiled_sql": query.for_duckdb(),
-        }
-    elif backend == "skyserver":
-        from ssl_photoz.surveys.sdss.query.skyserver import SkyServerClient
-
-        client = client or SkyServerClient(
-            base_url=query_cfg.get("skyserver_url"), data_release=query_cfg["data_release"]
-        )
-        frame = client.query_ranges(
-            query.for_skyserver(), "p.objID", objid_edges(query_cfg["runs_per_range"])
-        )
-        details = {**client.provenance(), "ranges": len(frame.attrs.get("ranges", []))}
-    elif backend == "casjobs":
-        from ssl_photoz.surveys.sdss.query.casjobs import CasJobsClient
-
-        client = client or CasJobsClient(
-            base_url=query_cfg["casjobs_url"],
-            token_env=query_cfg["casjobs_token_env"],
-            context=f"DR{query_cfg['data_release']}",
-            poll_interval_s=query_cfg["casjobs_poll_interval_s"],
-            max_poll_interval_s=query_cfg["casjobs_max_poll_interval_s"],
-            timeout_s=query_cfg["casjobs_max_wait_s"],
-            outage_tolerance_s=query_cfg["casjobs_outage_tolerance_s"],
-        )
-        # The table and the paging key come from the parsed query: MyDB.ssl_photoz_<sample>,
-        # paged by a column unique in it (specObjID for the labeled sample, whose objIDs repeat
-        # for repeat spectra). Only that table is dropped before a new job recreates it.
-        frame = client.query(
-            query.text,
-            query.into_table,
-            order_by=query.row_key,
-            drop_existing=True,
-            record_path=job_record,
-            keep_table=query_cfg["casjobs_keep_mydb_tables"],
-            expected_rows=query.expected_rows,
-        )
-        details = {
-            **client.provenance(),
-            "mydb_table": query.into_table,
-            "row_key": query.row_key,
-            "page_rows": client.page_rows,
-            "job_record": str(job_record) if job_record else None,
-        }
-    else:  # the schema forbids this; keep the error explicit anyway
+    fetch = {"duckdb": _fetch_duckdb, "skyserver": _fetch_skyserver, "casjobs": _fetch_casjobs}
+    if backend not in fetch:  # the schema forbids this; keep the error explicit anyway
         raise ValueError(f"query.backend: unknown backend {backend!r}")
+    frame, details = fetch[backend](
+        query, query_cfg, sky_db=sky_db, client=client, job_record=job_record
+    )
     record = {
         "sample": sample,
         "sql_file": str(query.path.name),
@@ -157,6 +111,74 @@ def run_query(
     }
     log.info("%s query (%s): %d rows in %.1f s", sample, backend, len(frame), record["seconds"])
     return frame, record
+
+
+def _fetch_duckdb(
+    query, query_cfg: dict, *, sky_db, client, job_record
+) -> tuple[pd.DataFrame, dict]:
+    """The rows from the simulated survey's DuckDB database."""
+    if sky_db is None:
+        raise ValueError("the duckdb backend needs the simulated survey's database")
+    frame = run_duckdb(query, sky_db)
+    details = {
+        "backend": "duckdb",
+        "database": str(sky_db),
+        "transpiled_sql": query.for_duckdb(),
+    }
+    return frame, details
+
+
+def _fetch_skyserver(
+    query, query_cfg: dict, *, sky_db, client, job_record
+) -> tuple[pd.DataFrame, dict]:
+    """The rows from SkyServer, in objID ranges."""
+    from ssl_photoz.surveys.sdss.query.skyserver import SkyServerClient
+
+    client = client or SkyServerClient(
+        base_url=query_cfg.get("skyserver_url"), data_release=query_cfg["data_release"]
+    )
+    frame = client.query_ranges(
+        query.for_skyserver(), "p.objID", objid_edges(query_cfg["runs_per_range"])
+    )
+    details = {**client.provenance(), "ranges": len(frame.attrs.get("ranges", []))}
+    return frame, details
+
+
+def _fetch_casjobs(
+    query, query_cfg: dict, *, sky_db, client, job_record
+) -> tuple[pd.DataFrame, dict]:
+    """The rows from a CasJobs batch job into MyDB (reattached to when recorded)."""
+    from ssl_photoz.surveys.sdss.query.casjobs import CasJobsClient
+
+    client = client or CasJobsClient(
+        base_url=query_cfg["casjobs_url"],
+        token_env=query_cfg["casjobs_token_env"],
+        context=f"DR{query_cfg['data_release']}",
+        poll_interval_s=query_cfg["casjobs_poll_interval_s"],
+        max_poll_interval_s=query_cfg["casjobs_max_poll_interval_s"],
+        timeout_s=query_cfg["casjobs_max_wait_s"],
+        outage_tolerance_s=query_cfg["casjobs_outage_tolerance_s"],
+    )
+    # The table and the paging key come from the parsed query: MyDB.ssl_photoz_<sample>,
+    # paged by a column unique in it (specObjID for the labeled sample, whose objIDs repeat
+    # for repeat spectra). Only that table is dropped before a new job recreates it.
+    frame = client.query(
+        query.text,
+        query.into_table,
+        order_by=query.row_key,
+        drop_existing=True,
+        record_path=job_record,
+        keep_table=query_cfg["casjobs_keep_mydb_tables"],
+        expected_rows=query.expected_rows,
+    )
+    details = {
+        **client.provenance(),
+        "mydb_table": query.into_table,
+        "row_key": query.row_key,
+        "page_rows": client.page_rows,
+        "job_record": str(job_record) if job_record else None,
+    }
+    return frame, details
 
 
 def write_query_output(frame: pd.DataFrame, record: dict, parquet: Path, config: dict) -> None:
