@@ -137,6 +137,7 @@ def test_the_mlp_is_scored_like_the_networks(tmp_path):
         files.append(path)
     metrics = evaluate(files, objects, tmp_path, **BINS)
     assert metrics["kind"].eq("colours_mlp").all() and sorted(metrics["fraction"]) == [0.5, 1.0]
+    assert metrics["seed"].eq(-1).all()  # one run per fraction: its own seed is a setting
     assert metrics["crps"].notna().all() and metrics["coverage68"].notna().all()
     assert (metrics["sigma_mad"] < 0.05).all()
     with pytest.raises(ValueError, match="needs the redshift bins"):

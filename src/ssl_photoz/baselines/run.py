@@ -4,6 +4,7 @@ that fraction, scored on their validation objects, its predictions written as th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,12 @@ def predict_baseline(
         z_spec[val],
         z_phot,
         pdf,
-        {"model": name, **settings, "fraction": fraction, "n_train": int(train.sum())},
+        # The settings as one JSON value: a key of theirs (the MLP's seed) is not a run key.
+        {
+            "model": name,
+            "settings": json.dumps(settings, sort_keys=True),
+            "fraction": fraction,
+            "n_train": int(train.sum()),
+        },
     )
     return int(val.sum())
