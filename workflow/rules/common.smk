@@ -3,7 +3,7 @@ import json
 import os
 import shlex
 
-from ssl_photoz import baselines
+from ssl_photoz.baselines import registry as baselines
 from ssl_photoz.core import kinds
 from ssl_photoz.core.codehash import code_digest
 
@@ -91,7 +91,7 @@ def baseline_kinds():
 
 
 def baseline_code(wildcards):
-    """The code digest of one baseline: the runner and its module (ssl_photoz.baselines)."""
+    """The code digest of one baseline: the runner and its module (ssl_photoz.baselines.registry)."""
     return stage_code(
         "ssl_photoz.baselines.run", baselines.module_of(wildcards.baseline)
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssl_photoz import baselines
+from ssl_photoz.baselines import registry as baselines
 from ssl_photoz.baselines.features import RedshiftBins, catalogue_features
 from ssl_photoz.evaluate.predictions import write_predictions
 

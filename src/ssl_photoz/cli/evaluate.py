@@ -100,7 +100,7 @@ def _add_baseline_colours(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baseline",
         default="colours_knn",
-        help="the registered baseline (ssl_photoz.baselines; default: %(default)s)",
+        help="the registered baseline (ssl_photoz.baselines.registry; default: %(default)s)",
     )
     p.add_argument("--objects", required=True)
     p.add_argument("--out", required=True)
