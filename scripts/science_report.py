@@ -87,8 +87,12 @@ def results_table(results: Path) -> tuple[pd.DataFrame, list[str]]:
         run = json.loads(path.read_text())
         fraction = _fraction_of(path.parent)
         n_train[fraction] = run["n_train"]
-    # The baselines, then the networks, each in summary.md's order.
-    columns = [k.name for k in sorted(kinds.table_order(), key=lambda k: k.image)]
+    # The baselines, then the networks, each in summary.md's order: the kinds the run scored.
+    columns = [
+        k.name
+        for k in sorted(kinds.table_order(), key=lambda k: k.image)
+        if (summary["kind"] == k.name).any()
+    ]
     lines = [
         "| label fraction | labels | "
         + " | ".join(kinds.get(k).report_name for k in columns)

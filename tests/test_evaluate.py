@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssl_photoz.baselines.colours_knn import colour_features, knn_photoz
+from ssl_photoz.baselines.run import predict_baseline
 from ssl_photoz.core.config import with_defaults
 from ssl_photoz.evaluate.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
-from ssl_photoz.evaluate.predict import predict_colours, write_predictions
+from ssl_photoz.evaluate.predict import write_predictions
 from ssl_photoz.evaluate.scores import bootstrap_interval, evaluate, read_predictions
 from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs
 
@@ -78,7 +79,7 @@ def _objects(n=300, seed=0):
 def test_colour_baseline_and_evaluate_write_the_outputs(tmp_path):
     objects = _objects()
     pred = tmp_path / "predictions" / "colours_knn.parquet"
-    assert predict_colours(objects, pred, k=10) == 60
+    assert predict_baseline("colours_knn", objects, pred, settings={"k": 10}) == 60
     rng = np.random.default_rng(2)
     val = objects[objects["split"] == "val"]
     for seed in (0, 1):
@@ -113,7 +114,10 @@ def test_colour_baseline_per_label_fraction_uses_the_image_models_objects(tmp_pa
     files, n_train = [], {}
     for fraction in (0.25, 1.0):
         path = tmp_path / f"colours_knn_f{fraction}.parquet"
-        predict_colours(objects, path, k=10, fraction=fraction, usable_objids=usable)
+        predict_baseline(
+            "colours_knn", objects, path, settings={"k": 10}, fraction=fraction,
+            usable_objids=usable,
+        )  # fmt: skip
         pred, meta = read_predictions(path)
         n_train[fraction] = int(meta["n_train"])
         # Scored on the usable validation objects only, as the image models are.
@@ -128,9 +132,10 @@ def test_colour_baseline_per_label_fraction_uses_the_image_models_objects(tmp_pa
     assert metrics["kind"].eq("colours_knn").all()
     assert sorted(metrics["fraction"]) == [0.25, 1.0]
     with pytest.raises(ValueError, match="no fraction_rank"):
-        predict_colours(
-            objects.drop(columns="fraction_rank"), tmp_path / "x.parquet", k=10, fraction=0.5
-        )
+        predict_baseline(
+            "colours_knn", objects.drop(columns="fraction_rank"), tmp_path / "x.parquet",
+            settings={"k": 10}, fraction=0.5,
+        )  # fmt: skip
 
 
 def test_evaluate_refuses_empty_or_broken_predictions(tmp_path):
@@ -159,7 +164,7 @@ def test_evaluate_scores_the_pdfs_and_writes_the_per_object_table(tmp_path):
         )  # fmt: skip
         files.append(path)
     colours = tmp_path / "colours_knn.parquet"
-    predict_colours(objects, colours, k=10)
+    predict_baseline("colours_knn", objects, colours, settings={"k": 10})
     metrics = evaluate([*files, colours], objects, tmp_path, **BINS).set_index("kind")
     good, narrow = metrics.loc["finetune"], metrics.loc["supervised"]
     assert good["pit_ks"] < 0.1 and narrow["pit_ks"] > 0.2

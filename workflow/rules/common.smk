@@ -1,7 +1,9 @@
 # Shared helpers: paths, per-stage settings and the DAG's final targets.
 import json
 import os
+import shlex
 
+from ssl_photoz.baselines import registry as baselines
 from ssl_photoz.core import kinds
 from ssl_photoz.core.codehash import code_digest
 
@@ -51,17 +53,18 @@ def model_runs():
     their own, one model per label fraction and seed (ssl_photoz.core.kinds)."""
     return [
         (kind.name, fraction, seed)
-        for kind in kinds.KINDS
+        for kind in kinds.selected(config)
         if kind.train_rule is not None
         for fraction, seed in kind.runs(config["labels"])
     ]
 
 
 def prediction_files(wildcards):
-    """Every registered kind's prediction files, kind by kind in the registry's order."""
+    """Every selected kind's prediction files (the networks and the baselines the config key
+    `baselines` names), kind by kind in the registry's order."""
     return [
         f"{RESULTS}/predictions/{kind.stem(fraction, seed)}.parquet"
-        for kind in kinds.KINDS
+        for kind in kinds.selected(config)
         for fraction, seed in kind.runs(config["labels"])
     ]
 
@@ -77,6 +80,36 @@ def training_summaries(wildcards):
 def predict_kinds():
     """The wildcard constraint of the predict rule: the kinds it serves (ssl_photoz.core.kinds)."""
     return "|".join(kinds.names(rule="predict"))
+
+
+def baseline_kinds():
+    """The wildcard constraint of the baseline_colours rule: the selected catalogue baselines
+    (an unselected one has no job); never empty, so the pattern matches no other file.
+    """
+    chosen = [k.name for k in kinds.selected(config) if k.rule == "baseline_colours"]
+    return "|".join(chosen) or "(?!)"
+
+
+def baseline_code(wildcards):
+    """The code digest of one baseline: the runner and its module (ssl_photoz.baselines.registry)."""
+    return stage_code(
+        "ssl_photoz.baselines.run", baselines.module_of(wildcards.baseline)
+    )
+
+
+def baseline_arguments(wildcards):
+    """`ssl-photoz baseline-colours`' baseline, its config section and, for one with a PDF, the
+    networks' redshift bins (finetune's): its job reruns when these change, not the others'.
+    """
+    kind = kinds.get(wildcards.baseline)
+    arguments = [
+        f"--baseline {kind.name}",
+        f"--sections-json {shlex.quote(sections_json(kind.section))}",
+    ]
+    if kind.pdf:
+        bins = config["finetune"]
+        arguments.append(f"--pdf-bins {bins['n_bins']} {bins['z_min']} {bins['z_max']}")
+    return " ".join(arguments)
 
 
 def query_inputs(wildcards):

@@ -1,4 +1,4 @@
-# Stage 4: predictions for the validation objects, the colours-only baseline (per label fraction,
+# Stage 4: predictions for the validation objects, the catalogue baselines (per label fraction,
 # on the image models' objects), metrics.
 
 
@@ -28,28 +28,31 @@ rule predict:
         " --out {output.predictions} --precision {resources.precision} > {log} 2>&1"
 
 
+# Every catalogue baseline the config key `baselines` selects (ssl_photoz.baselines), one job per
+# label fraction; its module and config section are its kind's (ssl_photoz.core.kinds).
 rule baseline_colours:
     input:
         objects=rules.select.output.objects,
         manifest=rules.gather.output.manifest,
     output:
-        predictions=f"{RESULTS}/predictions/colours_knn_f{{fraction}}.parquet",
+        predictions=f"{RESULTS}/predictions/{{baseline}}_f{{fraction}}.parquet",
     log:
-        f"{RESULTS}/logs/baseline_colours/f{{fraction}}.log",
+        f"{RESULTS}/logs/baseline_colours/{{baseline}}_f{{fraction}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/baseline_colours/f{{fraction}}.tsv"
+        f"{RESULTS}/benchmarks/baseline_colours/{{baseline}}_f{{fraction}}.tsv"
     wildcard_constraints:
+        baseline=baseline_kinds(),
         fraction=r"[0-9.]+",
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.evaluate.predict"),
-        sections=sections_json("baseline_colours"),
+        code=baseline_code,
+        arguments=baseline_arguments,
         store=STORE,
     shell:
-        "ssl-photoz baseline-colours --sections-json {params.sections:q}"
-        " --objects {input.objects} --store {params.store}"
-        " --fraction {wildcards.fraction} --out {output.predictions} > {log} 2>&1"
+        "ssl-photoz baseline-colours {params.arguments} --objects {input.objects}"
+        " --store {params.store} --fraction {wildcards.fraction}"
+        " --out {output.predictions} > {log} 2>&1"
 
 
 rule evaluate:

@@ -1,5 +1,5 @@
 """Verbs predict, baseline-colours and evaluate (workflow/rules/evaluate.smk): the photo-z of
-every model, and their metrics."""
+every model (networks and catalogue baselines), and their metrics."""
 
 from __future__ import annotations
 
@@ -21,11 +21,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_colours(args: argparse.Namespace) -> int:
-    """The colours-only 10-nearest-neighbour photo-z at one label fraction, on the image models'
-    training and validation objects."""
-    from ssl_photoz.evaluate.predict import predict_colours
+    """A catalogue baseline's photo-z (the colours 10-NN by default) at one label fraction, on
+    the image models' training and validation objects."""
+    from ssl_photoz.baselines.features import RedshiftBins
+    from ssl_photoz.baselines.run import predict_baseline
+    from ssl_photoz.core import kinds
 
-    k = _sections(args, ("baseline_colours",))["baseline_colours"]["k"]
+    kind = kinds.get(args.baseline)
+    if kind.image:
+        raise SystemExit(f"{args.baseline} is a network, not a catalogue baseline")
+    settings = _sections(args, (kind.section,))[kind.section]
+    bins = None
+    if kind.pdf:  # over the networks' bins: --pdf-bins (the rule), else the config's finetune
+        if args.pdf_bins is not None:
+            n_bins, z_min, z_max = args.pdf_bins
+        else:
+            finetune = _sections(args, ("finetune",))["finetune"]
+            n_bins, z_min, z_max = (finetune[k] for k in ("n_bins", "z_min", "z_max"))
+        bins = RedshiftBins(int(n_bins), z_min, z_max)
     objects = _read_parquet(args.objects, "objects table")
     usable = None
     if args.store:
@@ -33,10 +46,14 @@ def cmd_baseline_colours(args: argparse.Namespace) -> int:
 
         store = open_store(Path(args.store))
         usable = store.objid[store.ok]
-    n = predict_colours(objects, Path(args.out), k=k, fraction=args.fraction, usable_objids=usable)
+    n = predict_baseline(
+        kind.name, objects, Path(args.out), settings=settings, bins=bins,
+        fraction=args.fraction, usable_objids=usable,
+    )  # fmt: skip
     log.info(
-        "colours kNN (k=%d, label fraction %g): %d validation predictions -> %s",
-        k,
+        "%s (%s, label fraction %g): %d validation predictions -> %s",
+        kind.label,
+        settings,
         args.fraction,
         n,
         args.out,
@@ -77,10 +94,25 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_baseline_colours(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("baseline-colours", help="colours-only kNN photo-z (rule baseline_colours)")
+    p = sub.add_parser(
+        "baseline-colours", help="a catalogue baseline's photo-z (rule baseline_colours)"
+    )
+    p.add_argument(
+        "--baseline",
+        default="colours_knn",
+        help="the registered baseline (ssl_photoz.baselines.registry; default: %(default)s)",
+    )
     p.add_argument("--objects", required=True)
     p.add_argument("--out", required=True)
-    add_config(p, "baseline_colours")
+    add_config(p, "of the baseline (its kind's section, e.g. baseline_colours)")
+    p.add_argument(
+        "--pdf-bins",
+        nargs=3,
+        type=float,
+        metavar=("N_BINS", "Z_MIN", "Z_MAX"),
+        help="the networks' redshift bins, for a baseline with a PDF (default: the config's "
+        "finetune section)",
+    )
     p.add_argument(
         "--fraction", type=float, default=1.0, help="label fraction: train on fraction_rank < it"
     )

@@ -3,9 +3,12 @@
 A kind is one row of ``metrics.tsv``'s ``kind`` column and the prefix of its prediction files
 (``results/predictions/<name>_f<fraction>[_s<seed>].parquet``). The rules
 (``workflow/rules/common.smk``: the training runs, the prediction files, the training summaries;
-``evaluate.smk``: which kinds the ``predict`` rule serves), the figures, ``summary.md``, the
-galaxy explorer and ``scripts/science_report.py`` read this registry, so adding a kind is one
-:class:`Kind` in ``KINDS`` plus the rule (and module) that makes its predictions.
+``evaluate.smk``: which kinds the ``predict`` and ``baseline_colours`` rules serve), the figures,
+``summary.md``, the galaxy explorer and ``scripts/science_report.py`` read this registry, so
+adding a kind is one :class:`Kind` in ``KINDS`` plus the rule (and module) that makes its
+predictions. A catalogue baseline's rule is ``baseline_colours`` whatever the baseline: its
+module is in ``ssl_photoz.baselines`` and the config key ``baselines`` selects it
+(:func:`selected`).
 
 Comparisons the paper makes between two particular kinds (the label-efficiency factor: how many
 more labels ``SUPERVISED`` needs to match ``SELF_SUPERVISED``) name them by the constants below.
@@ -26,6 +29,7 @@ __all__ = [
     "get",
     "kind_of",
     "names",
+    "selected",
     "table_order",
 ]
 
@@ -153,6 +157,25 @@ KINDS: tuple[Kind, ...] = (
         "(r, u-g, g-r, r-i, i-z), on the image models' labels of that fraction",
         table_rank=2,
     ),
+    Kind(
+        name="colours_mlp",
+        label="colours MLP",
+        summary_name="ours, colours MLP (180-bin PDF)",
+        fraction_column="colours MLP sigma_MAD (same labels)",
+        report_name="colours MLP",
+        colour="tab:red",
+        marker="P",
+        rule="baseline_colours",
+        train_rule=None,
+        section="baseline_colours_mlp",
+        seeds=False,
+        pdf=True,
+        family=CATALOGUE,
+        predicts="a multi-layer perceptron classifying dereddened (r, u-g, g-r, r-i, i-z) into "
+        "the networks' redshift bins, on the image models' labels of that fraction; z_p = E(z) "
+        "of its PDF",
+        table_rank=3,
+    ),
 )
 
 # The label-efficiency comparison: labels SUPERVISED needs to match SELF_SUPERVISED.
@@ -174,6 +197,20 @@ def names(**where) -> list[str]:
     """The registered kinds' names in registry order, those whose fields equal ``where``
     (e.g. ``names(rule="predict")``, ``names(pdf=True)``, ``names(family="image")``)."""
     return [k.name for k in KINDS if all(getattr(k, f) == v for f, v in where.items())]
+
+
+def selected(config: dict) -> list[Kind]:
+    """The kinds a run of ``config`` predicts and scores, in registry order: every network and
+    the catalogue baselines its key ``baselines`` names (a registered baseline it does not name
+    is neither made nor expected)."""
+    chosen = config["baselines"]
+    unknown = [name for name in chosen if name not in names(family=CATALOGUE)]
+    if unknown:
+        raise KeyError(
+            f"config key baselines: {unknown} not registered catalogue baselines "
+            f"(ssl_photoz.core.kinds: {names(family=CATALOGUE)})"
+        )
+    return [k for k in KINDS if k.image or k.name in chosen]
 
 
 def table_order() -> list[Kind]:

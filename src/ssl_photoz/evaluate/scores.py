@@ -25,6 +25,9 @@ import pyarrow.parquet as pq
 from ssl_photoz.core.atomic import atomic_path
 from ssl_photoz.evaluate.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from ssl_photoz.evaluate.pdf_metrics import pdf_object_table, pdf_scores
+from ssl_photoz.evaluate.predictions import read_pdf, read_predictions
+
+__all__ = ["bootstrap_interval", "evaluate", "pdf_bootstrap_interval", "read_predictions"]
 
 PDF_METRICS = (
     "crps",
@@ -41,21 +44,6 @@ def _edges(values, key: str) -> np.ndarray:
     if edges.ndim != 1 or edges.size < 2 or not (np.diff(edges) > 0).all():
         raise ValueError(f"{key} must be at least two increasing bin edges, got {list(values)}")
     return edges
-
-
-def read_predictions(path: Path) -> tuple[pd.DataFrame, dict]:
-    table = pq.read_table(path, columns=["objid", "z_spec", "z_phot"])
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    return table.to_pandas(), meta
-
-
-def read_pdf(path: Path) -> np.ndarray | None:
-    """The (n, n_bins) PDF of a prediction file, or None where the model gives none."""
-    if "pdf" not in pq.read_schema(path).names:
-        return None
-    column = pq.read_table(path, columns=["pdf"])["pdf"].combine_chunks()
-    width = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)
 
 
 def pdf_bootstrap_interval(per_object: dict, n_boot: int = 200, seed: int = 0) -> dict:
@@ -103,80 +91,74 @@ def bootstrap_interval(z_phot, z_spec, n_boot: int = 200, seed: int = 0) -> dict
     }
 
 
-def evaluate(
-    prediction_files: list[Path],
-    objects: pd.DataFrame,
-    out_dir: Path,
-    *,
-    z_min: float,
-    z_max: float,
-    z_bins,
-    r_bins,
-    min_objects: int,
-) -> pd.DataFrame:
-    """Write metrics.tsv, metrics_bins.tsv, metrics_summary.tsv and pdf_objects.parquet.
+def _checked_predictions(path: Path) -> tuple[pd.DataFrame, dict]:
+    pred, meta = read_predictions(path)
+    if pred.empty:
+        raise ValueError(f"{path}: no predictions")
+    if not np.isfinite(pred[["z_spec", "z_phot"]].to_numpy()).all():
+        raise ValueError(f"{path}: predictions or redshifts contain NaN/inf")
+    return pred, meta
 
-    ``z_min``, ``z_max``: the range of the classifiers' equal PDF bins (config ``finetune``);
-    ``z_bins``, ``r_bins``: the edges of metrics_bins.tsv's z_spec and dereddened r bins, where a
-    bin with fewer than ``min_objects`` objects is left out (config ``evaluate``).
-    """
-    z_bins, r_bins = _edges(z_bins, "evaluate.z_bins"), _edges(r_bins, "evaluate.r_bins")
-    rows, bins, per_object_frames = [], [], []
-    mags = objects.set_index("objid")["petroMag_r"] - objects.set_index("objid")["extinction_r"]
-    for path in prediction_files:
-        pred, meta = read_predictions(path)
-        if pred.empty:
-            raise ValueError(f"{path}: no predictions")
-        if not np.isfinite(pred[["z_spec", "z_phot"]].to_numpy()).all():
-            raise ValueError(f"{path}: predictions or redshifts contain NaN/inf")
-        name = Path(path).stem
-        pdf = read_pdf(path)
-        per_object = None
-        if pdf is not None:
-            per_object = pdf_object_table(pdf, pred["z_spec"].to_numpy(), z_min, z_max)
-            per_object_frames.append(
-                pd.DataFrame(
-                    {
-                        "model": name,
-                        "objid": pred["objid"].to_numpy(),
-                        "z_spec": pred["z_spec"].to_numpy(),
-                        "z_phot": pred["z_phot"].to_numpy(),
-                        **per_object,
-                    }
-                )
+
+def _bin_rows(name, pred, r, bin_edges, min_objects: int, per_object) -> list[dict]:
+    """metrics_bins.tsv's rows of one model: per z_spec bin, then per dereddened r bin."""
+    rows = []
+    for label, edges, values in (
+        ("z_spec", bin_edges[0], pred["z_spec"].to_numpy()),
+        ("r", bin_edges[1], r),
+    ):
+        which = np.digitize(values, edges) - 1
+        for k in range(len(edges) - 1):
+            sel = which == k
+            if sel.sum() < min_objects:
+                continue
+            rows.append(
+                {
+                    "model": name,
+                    "bin_variable": label,
+                    "bin_lo": edges[k],
+                    "bin_hi": edges[k + 1],
+                    **photoz_metrics(pred["z_phot"][sel], pred["z_spec"][sel]),
+                    **_pdf_columns(per_object, sel),
+                }
             )
-        row = {
-            "model": name,
-            "kind": meta.get("model", name),
-            "fraction": float(meta["fraction"]) if "fraction" in meta else np.nan,
-            "seed": int(meta["seed"]) if "seed" in meta else -1,
-            **photoz_metrics(pred["z_phot"], pred["z_spec"]),
-            **bootstrap_interval(pred["z_phot"].to_numpy(), pred["z_spec"].to_numpy()),
-            **_pdf_columns(per_object, boot=True),
-        }
-        rows.append(row)
-        r = mags.reindex(pred["objid"]).to_numpy()
-        for label, edges, values in (
-            ("z_spec", z_bins, pred["z_spec"].to_numpy()),
-            ("r", r_bins, r),
-        ):
-            which = np.digitize(values, edges) - 1
-            for k in range(len(edges) - 1):
-                sel = which == k
-                if sel.sum() < min_objects:
-                    continue
-                bins.append(
-                    {
-                        "model": name,
-                        "bin_variable": label,
-                        "bin_lo": edges[k],
-                        "bin_hi": edges[k + 1],
-                        **photoz_metrics(pred["z_phot"][sel], pred["z_spec"][sel]),
-                        **_pdf_columns(per_object, sel),
-                    }
-                )
-    metrics = pd.DataFrame(rows).sort_values(["kind", "fraction", "seed"])
-    summary = (
+    return rows
+
+
+def _score_file(path: Path, mags: pd.Series, z_range, bin_edges, min_objects: int):
+    """One prediction file's metrics.tsv row, metrics_bins.tsv rows and per-object PDF table
+    (None without a PDF)."""
+    pred, meta = _checked_predictions(path)
+    name = Path(path).stem
+    pdf = read_pdf(path)
+    per_object = objects_frame = None
+    if pdf is not None:
+        per_object = pdf_object_table(pdf, pred["z_spec"].to_numpy(), *z_range)
+        objects_frame = pd.DataFrame(
+            {
+                "model": name,
+                "objid": pred["objid"].to_numpy(),
+                "z_spec": pred["z_spec"].to_numpy(),
+                "z_phot": pred["z_phot"].to_numpy(),
+                **per_object,
+            }
+        )
+    row = {
+        "model": name,
+        "kind": meta.get("model", name),
+        "fraction": float(meta["fraction"]) if "fraction" in meta else np.nan,
+        "seed": int(meta["seed"]) if "seed" in meta else -1,
+        **photoz_metrics(pred["z_phot"], pred["z_spec"]),
+        **bootstrap_interval(pred["z_phot"].to_numpy(), pred["z_spec"].to_numpy()),
+        **_pdf_columns(per_object, boot=True),
+    }
+    r = mags.reindex(pred["objid"]).to_numpy()
+    return row, _bin_rows(name, pred, r, bin_edges, min_objects, per_object), objects_frame
+
+
+def _seed_summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """metrics_summary.tsv: per kind and label fraction, the mean and spread over seeds."""
+    return (
         metrics.groupby(["kind", "fraction"], dropna=False)
         .agg(
             n_seeds=("seed", "size"),
@@ -195,22 +177,57 @@ def evaluate(
         )
         .reset_index()
     )
-    out_dir = Path(out_dir)
-    for name, frame in (
-        ("metrics.tsv", metrics),
-        ("metrics_bins.tsv", pd.DataFrame(bins)),
-        ("metrics_summary.tsv", summary),
-    ):
-        with atomic_path(out_dir / name) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+
+
+def _write_pdf_objects(path: Path, frames: list[pd.DataFrame], z_min: float, z_max: float):
     objects_table = (
-        pd.concat(per_object_frames, ignore_index=True)
-        if per_object_frames
+        pd.concat(frames, ignore_index=True)
+        if frames
         else pd.DataFrame(columns=["model", "objid", "z_spec", "z_phot", "pit", "crps"])
     )
     table = pa.Table.from_pandas(objects_table, preserve_index=False)
     bins_meta = {"z_min": str(z_min), "z_max": str(z_max)}  # the PDFs' bins, for the figures
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **bins_meta})
-    with atomic_path(out_dir / "pdf_objects.parquet") as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def evaluate(
+    prediction_files: list[Path],
+    objects: pd.DataFrame,
+    out_dir: Path,
+    *,
+    z_min: float,
+    z_max: float,
+    z_bins,
+    r_bins,
+    min_objects: int,
+) -> pd.DataFrame:
+    """Write metrics.tsv, metrics_bins.tsv, metrics_summary.tsv and pdf_objects.parquet.
+
+    ``z_min``, ``z_max``: the range of the classifiers' equal PDF bins (config ``finetune``);
+    ``z_bins``, ``r_bins``: the edges of metrics_bins.tsv's z_spec and dereddened r bins, where a
+    bin with fewer than ``min_objects`` objects is left out (config ``evaluate``).
+    """
+    bin_edges = (_edges(z_bins, "evaluate.z_bins"), _edges(r_bins, "evaluate.r_bins"))
+    rows, bins, per_object_frames = [], [], []
+    mags = objects.set_index("objid")["petroMag_r"] - objects.set_index("objid")["extinction_r"]
+    for path in prediction_files:
+        row, bin_rows, objects_frame = _score_file(
+            path, mags, (z_min, z_max), bin_edges, min_objects
+        )
+        rows.append(row)
+        bins += bin_rows
+        if objects_frame is not None:
+            per_object_frames.append(objects_frame)
+    metrics = pd.DataFrame(rows).sort_values(["kind", "fraction", "seed"])
+    out_dir = Path(out_dir)
+    for name, frame in (
+        ("metrics.tsv", metrics),
+        ("metrics_bins.tsv", pd.DataFrame(bins)),
+        ("metrics_summary.tsv", _seed_summary(metrics)),
+    ):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    _write_pdf_objects(out_dir / "pdf_objects.parquet", per_object_frames, z_min, z_max)
     return metrics
