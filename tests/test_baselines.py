@@ -19,7 +19,7 @@ from ssl_photoz.baselines.features import RedshiftBins
 from ssl_photoz.baselines.run import predict_baseline
 from ssl_photoz.core import kinds
 from ssl_photoz.core.config import load_schema, with_defaults
-from ssl_photoz.evaluate.metrics import delta_z, sigma_mad
+from ssl_photoz.core.metrics import delta_z, sigma_mad
 from ssl_photoz.evaluate.predictions import read_pdf
 from ssl_photoz.evaluate.scores import evaluate
 

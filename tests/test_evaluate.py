@@ -10,10 +10,10 @@ import pytest
 from ssl_photoz.baselines.colours_knn import colour_features, knn_photoz
 from ssl_photoz.baselines.run import predict_baseline
 from ssl_photoz.core.config import with_defaults
-from ssl_photoz.evaluate.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
+from ssl_photoz.core.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from ssl_photoz.evaluate.predict import write_predictions
 from ssl_photoz.evaluate.scores import bootstrap_interval, evaluate, read_predictions
-from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs
+from ssl_photoz.report.sky_realism import load_real_mgs
 
 # The PDF bins of the classifiers (finetune's) and the evaluate section's metric bins.
 BINS = {"z_min": 0.0, "z_max": 0.4, **with_defaults("evaluate", {})}

@@ -59,7 +59,7 @@ def test_installed_package_carries_its_queries_and_reference_data(installed, tmp
     target, env = installed
     code = (
         "from ssl_photoz.surveys.sdss.query.sql import load_query\n"
-        "from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs, real_pixel_reference\n"
+        "from ssl_photoz.report.sky_realism import load_real_mgs, real_pixel_reference\n"
         "for s in ('labeled', 'unlabeled'):\n"
         "    q = load_query(s); assert q.into_table.startswith('ssl_photoz_'), q.path\n"
         "    print(q.path)\n"

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from test_train import MODEL, PRETRAIN, _cpu, tiny_store  # noqa: F401 (fixture)
 
-from ssl_photoz.evaluate.metrics import delta_z, sigma_mad
+from ssl_photoz.core.metrics import delta_z, sigma_mad
 from ssl_photoz.evaluate.probe import calibrate_batch_norm, knn_cosine, ridge_photoz, run_probe
 from ssl_photoz.learn.models import build_backbone
 from ssl_photoz.learn.train import pretrain

@@ -10,13 +10,13 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from ssl_photoz.report.sky_realism import real_pixel_reference
 from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, real_path
 from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
 from ssl_photoz.surveys.sdss.sky.footprint import BANDS, FRAME_COLUMNS, FRAME_ROWS, Footprint
 from ssl_photoz.surveys.sdss.sky.frame_model import nanomaggies, render_model
 from ssl_photoz.surveys.sdss.sky.pixels import background_sigma, star_fwhm
 from ssl_photoz.surveys.sdss.sky.render import frame_filename, render_frame, write_frame
-from ssl_photoz.surveys.sdss.sky.validate import real_pixel_reference
 
 REAL = real_path(*FRAMES_4510_4_0030)  # packaged strip of the field's five frames
 SEED = 3

@@ -140,13 +140,13 @@ def test_vendored_reference_data_is_small_and_has_a_manifest():
 
 
 def test_packaged_reference_data_is_readable():
+    from ssl_photoz.report.sky_realism import load_real_mgs
     from ssl_photoz.surveys.sdss.refdata import (
         FRAMES_4510_4_0030,
         MGS_SAMPLE,
         ReferenceDataMissing,
         real_path,
     )
-    from ssl_photoz.surveys.sdss.sky.validate import load_real_mgs
 
     assert len(load_real_mgs(real_path(*MGS_SAMPLE))) == 5000
     frames = real_path(*FRAMES_4510_4_0030)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ssl_photoz.surveys.sdss.sky.validate import knn_sigma_mad, load_real_mgs, validate_sky
+from ssl_photoz.report.sky_realism import knn_sigma_mad, load_real_mgs, validate_sky
 
 
 def test_real_mgs_knn_reference(real_mgs_path):

@@ -21,7 +21,7 @@ rule sky:
     params:
         code=stage_code(
             "ssl_photoz.surveys.sdss.sky.survey",
-            "ssl_photoz.surveys.sdss.sky.validate",
+            "ssl_photoz.report.sky_realism",
         ),
         section=section_json("sky"),
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),

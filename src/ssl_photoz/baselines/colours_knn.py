@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 # colour_features is also taken from here by the simulated survey's check
-# (ssl_photoz.surveys.sdss.sky.validate), with knn_photoz.
+# (ssl_photoz.report.sky_realism), with knn_photoz.
 from ssl_photoz.baselines.features import RedshiftBins, colour_features
 
 __all__ = ["ColoursKNN", "colour_features", "knn_photoz", "make"]

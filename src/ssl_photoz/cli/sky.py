@@ -33,7 +33,7 @@ def cmd_sky(args: argparse.Namespace) -> int:
 
 
 def _print_validation(sky_dir: Path, report: str | None) -> bool:
-    from ssl_photoz.surveys.sdss.sky.validate import TooFewGalaxies, validate_sky
+    from ssl_photoz.report.sky_realism import TooFewGalaxies, validate_sky
 
     try:
         checks, table = validate_sky(sky_dir)

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ssl_photoz.core.atomic import atomic_path
 from ssl_photoz.core.config import crop_size
-from ssl_photoz.evaluate.metrics import photoz_metrics
+from ssl_photoz.core.metrics import photoz_metrics
 
 log = logging.getLogger(__name__)
 

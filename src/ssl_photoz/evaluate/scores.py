@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssl_photoz.core.atomic import atomic_path
-from ssl_photoz.evaluate.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
+from ssl_photoz.core.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
 from ssl_photoz.evaluate.pdf_metrics import pdf_object_table, pdf_scores
 from ssl_photoz.evaluate.predictions import read_pdf, read_predictions
 

@@ -230,7 +230,7 @@ def evaluate_classifier(
     net, dataset, runtime: Runtime, batch_size: int = 256, *, crop_size: int
 ) -> dict:
     """sigma_MAD, eta and bias of z_p = E(z) on a dataset (centre crops, no augmentation)."""
-    from ssl_photoz.evaluate.metrics import photoz_metrics
+    from ssl_photoz.core.metrics import photoz_metrics
 
     preds, truth = [], []
     for batch, z_p in inference.eval_batches(

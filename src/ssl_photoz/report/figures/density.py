@@ -14,7 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import FuncFormatter
 
 from ssl_photoz.core import kinds
-from ssl_photoz.evaluate.metrics import OUTLIER_THRESHOLD, delta_z, photoz_metrics
+from ssl_photoz.core.metrics import OUTLIER_THRESHOLD, delta_z, photoz_metrics
 from ssl_photoz.report.figures import common
 from ssl_photoz.report.figures.common import (
     METRICS_COLUMNS,

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import ks_2samp
 
 from ssl_photoz.baselines.colours_knn import colour_features, knn_photoz
-from ssl_photoz.evaluate.metrics import delta_z, sigma_mad
+from ssl_photoz.core.metrics import delta_z, sigma_mad
 from ssl_photoz.surveys.sdss.conventions import BANDS as BANDS_ORDER
 from ssl_photoz.surveys.sdss.refdata import FRAMES_4510_4_0030, MGS_SAMPLE, real_path
 
