@@ -33,7 +33,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from enum import IntEnum
 from pathlib import Path
 
 import pandas as pd
@@ -48,17 +47,27 @@ from ssl_photoz.surveys.sdss.query.casjobs_http import (
     CasJobsSession,
     check_base_url,
 )
+from ssl_photoz.surveys.sdss.query.casjobs_jobs import (
+    TERMINAL_STATES as _TERMINAL,
+)
+from ssl_photoz.surveys.sdss.query.casjobs_jobs import (
+    CasJobsJobError,
+    CasJobsOutageError,
+    CasJobsTimeoutError,
+    JobStatus,
+    job_message,
+    job_state,
+)
+from ssl_photoz.surveys.sdss.query.casjobs_reattach import reattach
 from ssl_photoz.surveys.sdss.query.casjobs_record import (
     JobRecord,
     read_record,
-    reattach_reason,
     sql_sha256,
     utc_now,
     write_record,
 )
 from ssl_photoz.surveys.sdss.query.casjobs_tables import read_casjobs_csv
 from ssl_photoz.surveys.sdss.query.http_errors import (
-    QueryError,
     RemoteQueryError,
     RetriesExhaustedError,
     sql_head,
@@ -89,46 +98,6 @@ QUICK_QUERY_PATH = "/contexts/{context}/query"  # POST: synchronous query -> tab
 TABLES_PATH = "/contexts/{context}/Tables"  # GET: tables of a context; our auth check
 CSV_ACCEPT = "text/plain"  # CasJobs answers CSV for text/plain (SciScript's "csv" format)
 MYDB = "MyDB"
-
-
-class JobStatus(IntEnum):
-    """CasJobs job states (the ``Status`` field of a job)."""
-
-    READY = 0
-    STARTED = 1
-    CANCELING = 2
-    CANCELLED = 3
-    FAILED = 4
-    FINISHED = 5
-
-
-_TERMINAL = {JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.FINISHED}
-
-
-class CasJobsJobError(QueryError):
-    """The batch job ended failed or cancelled; carries the server's message."""
-
-    def __init__(self, job_id: int, status: JobStatus, message: str, sql: str = ""):
-        super().__init__(f"job {job_id} {status.name.lower()}: {message}", sql)
-        self.job_id = job_id
-        self.job_status = status
-
-
-class CasJobsTimeoutError(CasJobsError):
-    """The job did not finish within the client's timeout (it was asked to cancel)."""
-
-
-class CasJobsOutageError(CasJobsError):
-    """Status polls failed for longer than the outage tolerance; the job was left running."""
-
-    def __init__(self, message: str, job_id: int):
-        super().__init__(message)
-        self.job_id = job_id
-
-
-def _comparable(sql: str) -> str:
-    """SQL with its whitespace collapsed: the server may store the job's text re-wrapped."""
-    return " ".join(str(sql).split())
 
 
 class CasJobsClient(CasJobsSession):
@@ -275,60 +244,7 @@ class CasJobsClient(CasJobsSession):
         self, record: JobRecord | None, path: Path | None, name: str, job_sql: str
     ) -> JobRecord | None:
         """The recorded job if this run may reattach to it, else None (the log says why)."""
-        if record is None:
-            if path is not None:
-                log.info("no CasJobs job record at %s: submitting a new job", path)
-            return None
-        why = reattach_reason(
-            record,
-            base_url=self.base_url,
-            context=self.context,
-            table=name,
-            digest=sql_sha256(job_sql),
-        )
-        if why is None:
-            why = self._server_refuses(record, name, job_sql)
-        if why is not None:
-            log.info(
-                "not reattaching to CasJobs job %d: %s; submitting a new job", record.job_id, why
-            )
-            return None
-        return record
-
-    def _server_refuses(self, record: JobRecord, name: str, job_sql: str) -> str | None:
-        """Why the server's view of the recorded job rules out reattaching (None: reattach)."""
-        job_id = record.job_id
-        try:
-            job = self.status(job_id)
-        except RetriesExhaustedError as exc:  # an outage: the polls ride it out, or give up
-            log.warning("CasJobs job %d: cannot ask its state now (%s); reattaching", job_id, exc)
-            return None
-        except (CasJobsAuthError, CasJobsRedirectError):
-            raise
-        except CasJobsError as exc:
-            return f"the server does not know job {job_id} ({exc})"
-        ran = job.get("Query")
-        if ran and _comparable(ran) != _comparable(job_sql):
-            return f"the server's job {job_id} ran other SQL"
-        state = self._state(job_id, job)
-        if state in (JobStatus.READY, JobStatus.STARTED):
-            log.info(
-                "reattaching to CasJobs job %d (%s, submitted %s): polling on",
-                job_id,
-                state.name.lower(),
-                record.submitted_utc,
-            )
-            return None
-        if state == JobStatus.FINISHED:
-            if name.lower() not in {t.lower() for t in self.mydb_tables()}:
-                return f"job {job_id} finished but MyDB.{name} is no longer there"
-            log.info(
-                "CasJobs job %d finished before this run: downloading its MyDB.%s, no resubmission",
-                job_id,
-                name,
-            )
-            return None
-        return f"job {job_id} is {state.name.lower()} on the server ({self._job_message(job)})"
+        return reattach(self, record, path, name, job_sql)
 
     @staticmethod
     def _save(path: Path | None, record: JobRecord) -> JobRecord:
@@ -490,10 +406,7 @@ class CasJobsClient(CasJobsSession):
 
     @staticmethod
     def _state(job_id: int, job: dict) -> JobStatus:
-        try:
-            return JobStatus(int(job["Status"]))
-        except ValueError:
-            raise CasJobsError(f"job {job_id}: unknown Status {job['Status']!r}") from None
+        return job_state(job_id, job)
 
     def cancel(self, job_id: int) -> None:
         """Ask the server to cancel a job."""
@@ -580,12 +493,7 @@ class CasJobsClient(CasJobsSession):
 
     @staticmethod
     def _job_message(job: dict) -> str:
-        parts = []
-        for key in ("Error", "Message"):
-            text = str(job.get(key) or "").strip()
-            if text and text not in parts:
-                parts.append(text)
-        return "; ".join(parts) or "the server gave no message"
+        return job_message(job)
 
     def _cancel_quietly(self, job_id: int) -> None:
         try:
