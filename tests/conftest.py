@@ -129,3 +129,41 @@ def tiny_run(tmp_path_factory) -> Path:
     if out.returncode != 0:
         pytest.fail("the tiny DAG failed:\n" + out.stdout[-3000:] + out.stderr[-3000:])
     return workdir
+
+
+# --- shared checks -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch) -> dict:
+    """Every figure the report saves, by file name, kept open so a test can read its legends."""
+    from ssl_photoz.report import figures
+
+    drawn = {}
+    original = figures.common.save_figure
+    monkeypatch.setattr(
+        figures.common,
+        "save_figure",
+        lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out),
+    )
+    return drawn
+
+
+def data_half_reached(module: str) -> list[str]:
+    """The modules of the data half (sky, queries, frames, catalogue, cutting) that ``module``'s
+    code digest holds, apart from the store's reader (what training may read of the store)."""
+    from ssl_photoz.core.codehash import module_closure
+
+    data_half = (
+        "ssl_photoz.surveys.sdss.sky",
+        "ssl_photoz.surveys.sdss.query",
+        "ssl_photoz.surveys.sdss.frames",
+        "ssl_photoz.surveys.sdss.sas_frames",
+        "ssl_photoz.catalog",
+        "ssl_photoz.cutouts.",
+    )
+    return [
+        m
+        for m in module_closure(module)
+        if m.startswith(data_half) and m != "ssl_photoz.cutouts.reader"
+    ]

@@ -324,20 +324,8 @@ def test_load_stats_reads_the_pipeline_file_format(tmp_path):
 
 
 def test_module_imports_nothing_from_the_data_half():
-    # Of the data half (sky, queries, frames, cutting), training reads the store's reader only:
-    # an edit of how cut-outs are made must not count in the training code's digest.
-    from ssl_photoz.core.codehash import module_closure
+    # Of the data half, training reads the store's reader only: an edit of how cut-outs are
+    # made must not count in the training code's digest.
+    from conftest import data_half_reached
 
-    closure = module_closure(data.__name__)
-    data_half = (
-        "ssl_photoz.surveys.sdss.sky",
-        "ssl_photoz.surveys.sdss.query",
-        "ssl_photoz.surveys.sdss.frames",
-        "ssl_photoz.surveys.sdss.sas_frames",
-        "ssl_photoz.catalog",
-        "ssl_photoz.cutouts.",
-    )
-    allowed = {"ssl_photoz.cutouts.reader"}
-    reached = [m for m in closure if m.startswith(data_half) and m not in allowed]
-    assert not reached, reached
-    assert "ssl_photoz.cutouts.cut" not in closure and "ssl_photoz.cutouts.montage" not in closure
+    assert not data_half_reached(data.__name__)

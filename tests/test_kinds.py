@@ -211,7 +211,7 @@ def _prediction(folder, name, kind, fraction, rng, pdf=False):
     return path
 
 
-def test_a_new_kind_flows_through_the_figures(registered, tmp_path, monkeypatch):
+def test_a_new_kind_flows_through_the_figures(registered, tmp_path, drawn_figures):
     store = tmp_path / "cutouts.zarr"
     write_store(store, n=12)
     metrics = _metrics_with_new_kinds()
@@ -234,13 +234,7 @@ def test_a_new_kind_flows_through_the_figures(registered, tmp_path, monkeypatch)
     evaluate(pdf_files, objects, tmp_path / "pdf", z_min=0.0, z_max=0.4,
              **with_defaults("evaluate", {}))  # fmt: skip
 
-    drawn = {}
-    original = figures.common.save_figure
-    monkeypatch.setattr(
-        figures.common,
-        "save_figure",
-        lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out),
-    )
+    drawn = drawn_figures
     paths = figures.make_all_figures(
         metrics_tsv, summary_tsv, folder, store, tmp_path / "figures",
         pdf_objects=tmp_path / "pdf" / "pdf_objects.parquet", crop_size=64,
@@ -319,7 +313,7 @@ def test_a_new_network_is_ordered_after_the_others_in_the_explorer(registered):
 
 
 def test_registered_kinds_without_rows_are_left_out_of_the_figures(
-    registered, tmp_path, monkeypatch
+    registered, tmp_path, drawn_figures
 ):
     """Only the networks ran (no colours kNN, no BYOL, no random forest): every figure draws the
     two, in registry order, and names none of the others."""
@@ -342,13 +336,7 @@ def test_registered_kinds_without_rows_are_left_out_of_the_figures(
     evaluate(sorted(folder.glob("*.parquet")), objects, tmp_path / "pdf", z_min=0.0, z_max=0.4,
              **with_defaults("evaluate", {}))  # fmt: skip
 
-    drawn = {}
-    original = figures.common.save_figure
-    monkeypatch.setattr(
-        figures.common,
-        "save_figure",
-        lambda fig, out: drawn.setdefault(out.name, fig) and original(fig, out),
-    )
+    drawn = drawn_figures
     paths = figures.make_all_figures(
         metrics_tsv, summary_tsv, folder, store, tmp_path / "figures",
         pdf_objects=tmp_path / "pdf" / "pdf_objects.parquet", crop_size=64,
