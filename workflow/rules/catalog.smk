@@ -9,20 +9,6 @@
 # beside the output (<output>.casjobs.json), so a rerun reattaches to it.
 
 
-def query_section_json():
-    """The query settings that decide the rows (every key but the machine settings)."""
-    from ssl_photoz.surveys.sdss.query.settings import identity_settings
-
-    return json.dumps(identity_settings(config["query"]), sort_keys=True)
-
-
-def query_machine_json(wildcards):
-    """The CasJobs waiting and clean-up settings, for the query rules' resources."""
-    from ssl_photoz.surveys.sdss.query.settings import machine_settings
-
-    return json.dumps(machine_settings(config["query"]), sort_keys=True)
-
-
 localrules:
     query_labeled,
     query_unlabeled,

@@ -112,6 +112,21 @@ def baseline_arguments(wildcards):
     return " ".join(arguments)
 
 
+# -- the catalogue queries: which settings decide the rows, which only wait and clean up ------
+def query_section_json():
+    """The query settings that decide the rows (every key but the machine settings)."""
+    from ssl_photoz.surveys.sdss.query.settings import identity_settings
+
+    return json.dumps(identity_settings(config["query"]), sort_keys=True)
+
+
+def query_machine_json(wildcards):
+    """The CasJobs waiting and clean-up settings, for the query rules' resources."""
+    from ssl_photoz.surveys.sdss.query.settings import machine_settings
+
+    return json.dumps(machine_settings(config["query"]), sort_keys=True)
+
+
 def query_inputs(wildcards):
     """The simulated survey is a query input only when the sky is simulated."""
     if config["source"] == "mock":
