@@ -21,6 +21,7 @@ import requests
 
 from ssl_photoz.core.provenance import file_sha256
 from ssl_photoz.surveys.sdss.conventions import FieldId
+from ssl_photoz.surveys.sdss.frame_cache import CacheBound, reading, touch
 from ssl_photoz.surveys.sdss.frame_errors import (
     CorruptFrameError,
     FrameDownloadError,
@@ -87,6 +88,11 @@ class SasFrameSource(FrameSource):
     Connection errors, timeouts, HTTP 5xx/429, short bodies and broken bzip2 are retried up to
     ``retries`` times after the first attempt, waiting ``backoff_s * 2**k`` seconds before retry
     k; HTTP 404 raises ``FrameNotFoundError`` at once and other 4xx ``FrameDownloadError``.
+
+    ``cache_policy`` bounds the cache's disk (``ssl_photoz.surveys.sdss.frame_cache``): ``keep``
+    every frame, or ``lru`` (least recently used frames go after a download that takes the cache
+    over ``cache_max_gb``; a frame some job is reading is never deleted). An evicted frame is
+    simply downloaded again when a job needs it.
     """
 
     def __init__(
@@ -101,6 +107,8 @@ class SasFrameSource(FrameSource):
         backoff_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
+        cache_policy: str = "keep",
+        cache_max_gb: float | None = None,
     ):
         super().__init__(work_dir)
         if int(data_release) not in SAS_FRAME_PATHS:
@@ -109,6 +117,7 @@ class SasFrameSource(FrameSource):
                 f"{sorted(SAS_FRAME_PATHS)}"
             )
         self.cache_dir = Path(cache_dir)
+        self.cache_bound = CacheBound(self.cache_dir, cache_policy, cache_max_gb)
         self.base_url = base_url.rstrip("/")
         self.data_release = int(data_release)
         self.rerun = int(rerun)
@@ -149,9 +158,14 @@ class SasFrameSource(FrameSource):
             if self._reuse(target):
                 return target
             cached = self.cache_path(fid, band)
-            if self._cache_is_good(fid, band, cached):
-                return self._bunzip_to_work(fid, band, cached, target)
-            return self._download(fid, band, cached, target)
+            # Read under a shared lock: an evictor in another job skips the frame meanwhile.
+            with reading(cached) as present:
+                if present and self._cache_is_good(fid, band, cached):
+                    touch(cached)  # the LRU order
+                    return self._bunzip_to_work(fid, band, cached, target)
+            path = self._download(fid, band, cached, target)
+            self.cache_bound.added(cached)
+            return path
 
     # -- the cache --------------------------------------------------------------------------
     @staticmethod
