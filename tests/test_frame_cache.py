@@ -140,3 +140,33 @@ def test_cache_settings_come_from_the_config(tmp_path):
         CacheBound(tmp_path, "lru", None)
     with pytest.raises(ValueError, match="cache_policy"):
         CacheBound(tmp_path, "fifo", 1.0)
+
+
+def test_plan_policy_evicts_a_frame_when_the_last_shard_needing_it_is_done(tmp_path, server):
+    # Three shards of fields 30-41 that share their edge fields (33 and 37), as neighbours do.
+    plan = {"shards": [{"shard": k, "frames": []} for k in range(3)]}
+    for k, fields in enumerate((range(30, 34), range(33, 38), range(37, 42))):
+        plan["shards"][k]["frames"] = [[4510, 4, f] for f in fields]
+
+    def run_shard(k):
+        with _source(tmp_path, server, f"w{k}", cache_policy="plan") as src:
+            for _, _, field in plan["shards"][k]["frames"]:
+                src.release(src.fetch(FieldId(4510, 4, field), "r"))
+            return src.shard_done(plan, k), src
+
+    def cached_fields():
+        root = tmp_path / "cache" / _path(30).removeprefix("/sas/").rsplit("/", 1)[0]
+        return sorted(int(p.name[-13:-9]) for p in root.glob("frame-*.fits.bz2"))
+
+    gone, _ = run_shard(2)
+    assert gone == 4 and cached_fields() == [37]  # 37 still waits for shard 1
+    gone, _ = run_shard(0)
+    assert gone == 3 and cached_fields() == [33, 37]
+    gone, _ = run_shard(1)
+    assert gone == 5 and cached_fields() == []
+    # A rerun of shard 0 downloads its frames again, with the same pixels.
+    before = len(server.requests_to(_path(30)))
+    with _source(tmp_path, server, "again", cache_policy="plan") as src:
+        path = src.fetch(FieldId(4510, 4, 30), "r")
+        assert path.read_bytes() == bz2.decompress(R_BZ2)
+    assert len(server.requests_to(_path(30))) == before + 1

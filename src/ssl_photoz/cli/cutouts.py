@@ -118,6 +118,8 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
                 code=cutting_code(cfg["frame_source"]),
                 max_missing_fraction=cfg["max_missing_fraction"],
             )
+            if hasattr(source, "shard_done"):  # cache_policy plan: this shard's frames are done
+                source.shard_done(plan, args.shard)
     n_ok = sum(s["ok"] for s in statuses)
     log.info("shard %d: %d of %d cut-outs complete", args.shard, n_ok, len(statuses))
     _write_json_atomic(Path(args.out), {"shard": shard["shard"], "objects": statuses})

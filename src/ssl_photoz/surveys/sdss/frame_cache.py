@@ -1,10 +1,16 @@
 """The disk bound of the SAS frame cache (``cutouts.cache_policy``, ``cutouts.cache_max_gb``).
 
-Two policies:
+Three policies:
 
 - ``keep``: every downloaded frame stays (the cache grows to the survey: ~7 TB at paper scale);
 - ``lru``: after each download the cache's frames are brought back under ``cache_max_gb``,
-  least recently used first (a cache hit counts as a use: it touches the file's mtime).
+  least recently used first (a cache hit counts as a use: it touches the file's mtime);
+- ``plan``: a frame goes when every shard of the plan that needs it is done. Each cut-out job,
+  once it succeeds, adds its shard to ``.done/<frame>.json`` (the plan's id and the shards done)
+  for every frame of its shard (``shard_done``); a frame whose record lists all the shards that
+  need it is deleted. The bound is then the frames of the shards running or waiting for a
+  neighbour: jobs run in field order keep that small, but a job that keeps failing pins its
+  frames and those of the shards next to it.
 
 The cache is shared by cut-out jobs running at once, on one node or on several with a shared
 file system, so everything here goes through ``fcntl.flock`` locks on files in the cache:
@@ -32,10 +38,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CACHE_POLICIES = ("keep", "lru")
+CACHE_POLICIES = ("keep", "lru", "plan")
 LOW_WATER = 0.9  # evict down to this share of the cap, so a walk is paid once per ~10 % of it
 LOCK_NAME = ".cache.lock"
 TOTAL_NAME = ".cache-bytes"
+DONE_DIR = ".done"
 FRAME_SUFFIX = ".fits.bz2"
 SIDECAR_SUFFIX = ".sha256"
 
@@ -67,7 +74,7 @@ def touch(cached: Path) -> None:
     """Mark a cached frame as just used (its mtime is the LRU order)."""
     try:
         os.utime(cached)
-    except FileNotFoundError:
+    except OSError:  # gone, or another user's file in a shared cache: the order is a hint only
         pass
 
 
@@ -136,6 +143,37 @@ class CacheBound:
         )
         return total
 
+    def shard_done(self, plan_id: str, shard: int, needed_by: dict[Path, set[int]]) -> int:
+        """Policy ``plan``: shard ``shard`` of plan ``plan_id`` is done with the frames of
+        ``needed_by`` (cached path -> the plan's shards that need it); delete each frame every
+        shard needing it is done with. Returns how many frames went."""
+        if self.policy != "plan" or not needed_by:
+            return 0
+        import json
+
+        done_dir = self.root / DONE_DIR
+        done_dir.mkdir(parents=True, exist_ok=True)
+        gone = 0
+        with self._exclusive():
+            for cached, shards in needed_by.items():
+                record = done_dir / (cached.name + ".json")
+                try:
+                    held = json.loads(record.read_text())
+                except (FileNotFoundError, ValueError):
+                    held = {}
+                done = set(held.get("done", [])) if held.get("plan") == plan_id else set()
+                done.add(int(shard))
+                if done >= set(shards):
+                    there = cached.exists()
+                    if there and not _delete_unless_read(cached):
+                        continue  # in use (a rerun reading it): the next job done retries
+                    record.unlink(missing_ok=True)
+                    gone += there
+                else:
+                    record.write_text(json.dumps({"plan": plan_id, "done": sorted(done)}))
+        self.evicted += gone
+        return gone
+
     def _read_total(self) -> int | None:
         try:
             return int((self.root / TOTAL_NAME).read_text())
@@ -180,6 +218,8 @@ def _delete_unless_read(frame: Path) -> bool:
         fd = os.open(frame, os.O_RDWR)
     except FileNotFoundError:
         return True  # someone else removed it
+    except PermissionError:
+        fd = os.open(frame, os.O_RDONLY)  # enough for a local flock
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 from ssl_photoz.core.provenance import file_sha256
+from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.conventions import FieldId
 from ssl_photoz.surveys.sdss.frame_cache import CacheBound, reading, touch
 from ssl_photoz.surveys.sdss.frame_errors import (
@@ -90,9 +91,10 @@ class SasFrameSource(FrameSource):
     k; HTTP 404 raises ``FrameNotFoundError`` at once and other 4xx ``FrameDownloadError``.
 
     ``cache_policy`` bounds the cache's disk (``ssl_photoz.surveys.sdss.frame_cache``): ``keep``
-    every frame, or ``lru`` (least recently used frames go after a download that takes the cache
-    over ``cache_max_gb``; a frame some job is reading is never deleted). An evicted frame is
-    simply downloaded again when a job needs it.
+    every frame, ``lru`` (least recently used frames go after a download that takes the cache
+    over ``cache_max_gb``) or ``plan`` (a frame goes once every shard needing it is done,
+    ``shard_done``); a frame some job is reading is never deleted. An evicted frame is simply
+    downloaded again when a job needs it.
     """
 
     def __init__(
@@ -168,6 +170,26 @@ class SasFrameSource(FrameSource):
             return path
 
     # -- the cache --------------------------------------------------------------------------
+    def shard_done(self, plan: dict, shard: int) -> int:
+        """Cache policy ``plan``: cut-out job ``shard`` of ``plan`` (plan.json) succeeded, so
+        its frames that no other shard still needs leave the cache; returns how many went."""
+        if self.cache_bound.policy != "plan":
+            return 0
+        mine = {tuple(f) for f in plan["shards"][shard]["frames"]}
+        needers: dict[tuple, set[int]] = {f: set() for f in mine}
+        for other in plan["shards"]:
+            for f in other["frames"]:
+                if tuple(f) in needers:
+                    needers[tuple(f)].add(int(other["shard"]))
+        needed_by = {
+            self.cache_path(FieldId(*f), band): shards
+            for f, shards in needers.items()
+            for band in SDSS.bands
+        }
+        # The plan's shards and their frames say who needs what: a new plan starts afresh.
+        plan_id = hashlib.sha256(repr(plan["shards"]).encode()).hexdigest()[:16]
+        return self.cache_bound.shard_done(plan_id, shard, needed_by)
+
     @staticmethod
     def _sidecar(cached: Path) -> Path:
         return cached.with_name(cached.name + ".sha256")
