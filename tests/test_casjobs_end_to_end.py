@@ -539,7 +539,7 @@ def test_sigterm_between_submit_and_download_then_a_rerun_reattaches(casjobs, tm
 def test_sigterm_while_an_output_is_written_removes_its_partial_file(tmp_path):
     """Inside the CLI's guard a SIGTERM becomes SystemExit, so the atomic writer's finally
     removes the half-written file (without the guard the signal would kill pytest itself)."""
-    from ssl_photoz.cli.catalog import sigterm_as_exit
+    from ssl_photoz.cli.common import sigterm_as_exit
     from ssl_photoz.core.atomic import atomic_path
 
     target = tmp_path / "labeled.parquet"

@@ -169,6 +169,7 @@ def test_machine_and_network_settings_rerun_nothing_yet_reach_the_jobs(tiny_run,
     changed = _with_cutouts(
         tiny_run, tmp_path, retries=9, timeout_s=7.5, backoff_s=0.5,
         cache_dir="elsewhere/frames", sas_url="http://mirror.invalid/sas",
+        cache_policy="keep", cache_max_gb=3.5,
     )  # fmt: skip
     # Only summary.md, which shows the whole config as run (report.smk), is redone.
     jobs = planned_jobs(tiny_run, "--configfile", str(changed))
@@ -185,6 +186,15 @@ def test_machine_and_network_settings_rerun_nothing_yet_reach_the_jobs(tiny_run,
     for line in commands:
         assert "--machine-json" in line and '"retries": 9' in line and '"timeout_s": 7.5' in line
         assert "elsewhere/frames" in line and "http://mirror.invalid/sas" in line
+        assert '"cache_policy": "keep"' in line and '"cache_max_gb": 3.5' in line
+
+
+def test_the_missing_field_limit_reruns_the_jobs_not_the_plan(tiny_run, tmp_path):
+    """cutouts.max_missing_fraction decides whether a job's result stands: the jobs rerun (and
+    keep their Zarr shards, as for any rerun with the same plan), plan_shards does not."""
+    changed = _with_cutouts(tiny_run, tmp_path, max_missing_fraction=0.2)
+    jobs = planned_jobs(tiny_run, "--configfile", str(changed))
+    assert jobs.get("cutouts", 0) >= 1 and "plan_shards" not in jobs, jobs
 
 
 def test_a_statistics_setting_reruns_the_statistics_and_what_follows_only(tiny_run, tmp_path):

@@ -215,8 +215,18 @@ def cutouts_stats_json():
     return json.dumps(stats_settings(config["cutouts"]), sort_keys=True)
 
 
+def cutouts_job_json():
+    """The cut-out jobs' params: cutouts_plan_json's settings and max_missing_fraction, which
+    decides whether a job's result stands (a change reruns the jobs, not plan_shards).
+    """
+    from ssl_photoz.cutouts.settings import job_settings
+
+    return json.dumps(job_settings(config["cutouts"]), sort_keys=True)
+
+
 def cutouts_machine_json(wildcards):
-    """The machine and network settings (sas_url, cache_dir, timeout_s, retries, backoff_s) for
+    """The machine and network settings (sas_url, cache_dir, cache_policy, cache_max_gb,
+    timeout_s, retries, backoff_s) for
     the cut-out jobs' resources: they reach the command at run time and rerun nothing.
     """
     from ssl_photoz.cutouts.settings import machine_settings

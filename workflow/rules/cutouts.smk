@@ -2,7 +2,8 @@
 # Triggers: plan_shards and the jobs see only what decides the pixels and the layout
 # (cutouts_plan_json) and their code (the simulator's only for frame_source mock); a re-plan keeps
 # the store and the jobs keep the Zarr shards already cut from the same objects, frames and
-# cutting code. The machine and network settings (sas_url, cache_dir, timeout_s, retries,
+# cutting code; max_missing_fraction is the jobs' alone (cutouts_job_json). The machine and
+# network settings (sas_url, cache_dir, cache_policy, cache_max_gb, timeout_s, retries,
 # backoff_s) reach the jobs through the resource `machine`, not params: changing them reruns
 # nothing. stats_max_images and seed are the stats rule's alone.
 
@@ -52,7 +53,7 @@ rule cutouts:
         machine=cutouts_machine_json,  # machine and network settings: no rerun trigger
     params:
         code=cutouts_code("cutouts"),
-        section=cutouts_plan_json(),
+        section=cutouts_job_json(),
         store=STORE,
         sky_dir=sky_dir_argument,
     shell:

@@ -102,5 +102,6 @@ rule summary:
         " --objects {input.objects} --store {params.store}"
         " --metrics-summary {input.summary} --label-efficiency {input.efficiency}"
         " --predictions {input.predictions} --probe {input.probe}"
+        " --cutouts-manifest {input.manifest}"
         " --training-summaries {input.training} --out {output.summary}"
         " --leakage {output.leakage} > {log} 2>&1"

@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from ssl_photoz.cli.common import _read_parquet, _section, add_common, log
-
-
-@contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM (SLURM's time limit, a cancelled job) raises SystemExit(143) instead of killing
-    the process outright, so every ``finally`` runs: the atomic writers remove their .partial
-    files, and the CasJobs job record already written stays for a rerun to reattach."""
-
-    def terminate(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+from ssl_photoz.cli.common import _read_parquet, _section, add_common, log, sigterm_as_exit
 
 
 def _query(args: argparse.Namespace, sample: str) -> int:

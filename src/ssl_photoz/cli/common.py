@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ssl_photoz.core.config import ConfigError, load_config, validate_section
@@ -102,3 +105,20 @@ def add_precision(p: argparse.ArgumentParser) -> None:
         help="machine setting (default: %(default)s: bf16 on a CPU only where native and "
         "measured faster, else fp32; bf16 on a GPU that has it, else fp16)",
     )
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (SLURM's time limit, a cancelled job) raises SystemExit(143) instead of killing
+    the process outright, so every ``finally`` runs: the atomic writers remove their .partial
+    files, the CasJobs job record already written stays for a rerun to reattach, and a cut-out
+    job's scratch (its decompressed frames) is removed."""
+
+    def terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

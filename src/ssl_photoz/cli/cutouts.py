@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ssl_photoz.cli.common import _read_parquet, _write_json_atomic, add_common, log
+from ssl_photoz.cli.common import (
+    _read_parquet,
+    _write_json_atomic,
+    add_common,
+    log,
+    sigterm_as_exit,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,7 +102,9 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
     plan, objects = _plan_for_shard(args, cfg)
     shard = plan["shards"][args.shard]
     fingerprints = [plan["fingerprints"][z] for z in job_zarr_shards(shard, plan["store_shard"])]
-    with tempfile.TemporaryDirectory(prefix=f"cutouts-{args.shard}-") as tmp:
+    # SIGTERM (a time limit, a cancelled job) becomes an exit through every `with`: the frames
+    # decompressed into the job's scratch go with it, as on any other exit.
+    with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix=f"cutouts-{args.shard}-") as tmp:
         with make_frame_source(cfg, work_dir=Path(tmp) / "frames", sky_dir=args.sky_dir) as source:
             statuses = cut_shard(
                 shard,
@@ -108,7 +116,10 @@ def cmd_cutouts(args: argparse.Namespace) -> int:
                 Path(tmp) / "montage",
                 fingerprints=fingerprints,
                 code=cutting_code(cfg["frame_source"]),
+                max_missing_fraction=cfg["max_missing_fraction"],
             )
+            if hasattr(source, "shard_done"):  # cache_policy plan: this shard's frames are done
+                source.shard_done(plan, args.shard)
     n_ok = sum(s["ok"] for s in statuses)
     log.info("shard %d: %d of %d cut-outs complete", args.shard, n_ok, len(statuses))
     _write_json_atomic(Path(args.out), {"shard": shard["shard"], "objects": statuses})
@@ -120,7 +131,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ssl_photoz.core.provenance import provenance
-    from ssl_photoz.cutouts.gather import gather
+    from ssl_photoz.cutouts.gather import gather, reject_cause
 
     objects = _read_parquet(args.objects, "objects table")
     plan = json.loads(Path(args.plan).read_text())
@@ -138,6 +149,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
         {
             "objid": pd.Series([s["objid"] for s in failed], dtype="int64"),
             "stage": "cutouts",
+            "cause": pd.Series([reject_cause(s) for s in failed], dtype="str"),
             "reason": pd.Series([s["reason"] for s in failed], dtype="str"),
         }
     )
@@ -189,8 +201,8 @@ def _add_cutouts(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--machine-json",
         help="machine and network settings of section cutouts as JSON (sas_url, cache_dir, "
-        "timeout_s, retries, backoff_s), over --section-json; the rule passes them through its "
-        "resources, so that changing them reruns nothing",
+        "cache_policy, cache_max_gb, timeout_s, retries, backoff_s), over --section-json; the "
+        "rule passes them through its resources, so that changing them reruns nothing",
     )
     p.add_argument("--out", required=True, help="the shard's status file (JSON)")
     p.set_defaults(func=cmd_cutouts)

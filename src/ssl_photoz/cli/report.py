@@ -69,8 +69,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     leakage = leakage_report(Path(args.store), cfg["labels"]["fractions"], scored)
     probe = _read_table(args.probe, "probe table") if args.probe else None
     training = _training_summaries(args.training_summaries)
+    manifest = None
+    if args.cutouts_manifest:
+        manifest = json.loads(Path(args.cutouts_manifest).read_text())
     write_summary(
-        Path(args.out), summary, efficiency, objects, leakage, cfg, probe=probe, training=training
+        Path(args.out),
+        summary,
+        efficiency,
+        objects,
+        leakage,
+        cfg,
+        probe=probe,
+        training=training,
+        cutouts_manifest=manifest,
     )
     with open(args.leakage, "w") as handle:
         leakage["usage"].to_csv(handle, sep="\t", index=False)
@@ -108,6 +119,7 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-efficiency", required=True)
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--probe", help="the probe table (probe rule's TSV)")
+    p.add_argument("--cutouts-manifest", help="the cut-out stage's manifest.json (its rejects)")
     p.add_argument(
         "--training-summaries", nargs="*", help="training summary.json files (recipe, steps)"
     )

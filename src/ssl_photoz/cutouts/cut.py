@@ -7,9 +7,14 @@ frame the source reports as not there (``FrameNotFoundError``) is absent, whethe
 neighbour or the object's own field: it is asked for once per job, and the patch's coverage by
 the frames that are there decides. An object whose patch is not covered is a reject (status
 ``ok: false``) whose reason names every short band, its pixels without data and the absent
-frames. A frame that exists but cannot be read (a corrupt or truncated file, HTTP 5xx after the
-retries, a time-out) fails the job loudly naming the frame, as does a shard none of whose frames
-exists at all (a wrong ``frame_dir`` or ``sas_url`` would otherwise reject every object).
+frames. Each reject's status also carries its ``cause`` (``REJECT_CAUSES``); ``own_field_missing``
+(the object's own field is not at the source, so nothing but its neighbours' overlap could
+cover it) is counted per job, and a job losing more than ``max_missing_fraction`` of its objects
+that way fails naming the shard (``MissingFieldsError``): a mirror missing fields must not pass
+as a few rejects. A frame that exists but cannot be read (a corrupt or truncated file, HTTP 5xx
+after the retries, a time-out) fails the job loudly naming the frame, as does a shard none of
+whose frames exists at all (a wrong ``frame_dir`` or ``sas_url`` would otherwise reject every
+object).
 
 Reuse. A Zarr shard recorded as cut from the plan's fingerprint by the same cutting code
 (``ssl_photoz.cutouts.digests.cutting_code``), whose file is the one recorded and reads back
@@ -44,8 +49,21 @@ log = logging.getLogger(__name__)
 FRAMES_KEPT = 40  # whole frames kept on disk: objects come in field order, so 8 fields suffice
 
 
+# Why an object is a reject (its status's ``cause``; rejects.parquet and summary.md count them).
+REJECT_CAUSES = {
+    "unusable_row": "no usable run/camcol/field or position in objects.parquet",
+    "own_field_missing": "its own field is not at the source",
+    "incomplete": "the patch is not covered by the frames there",
+    "non_finite": "non-finite pixels in the cut-out",
+}
+
+
 class NoFramesError(RuntimeError):
     """Not one of the frames a shard needs exists at the source: a configuration error."""
+
+
+class MissingFieldsError(RuntimeError):
+    """More of a shard's objects lost their own field than ``cutouts.max_missing_fraction``."""
 
 
 def cut_shard(
@@ -58,6 +76,7 @@ def cut_shard(
     work_dir: Path,
     fingerprints: list[str] | None = None,
     code: str | None = None,
+    max_missing_fraction: float | None = None,
 ) -> list[dict]:
     """Cut every object of one job's shard; returns one status row per object.
 
@@ -69,6 +88,10 @@ def cut_shard(
     (``cut/<k>``), and a shard whose record already carries both, with its file as recorded, is
     kept as it is: its status rows come from the record, none of its frames is fetched. Without
     them every shard is cut and none is recorded.
+
+    ``max_missing_fraction`` (``cutouts.max_missing_fraction``; None: no limit) fails the job with
+    ``MissingFieldsError`` once its Zarr shards are written (a rerun with a higher limit keeps
+    them) when more of its objects than that are rejects for want of their own field.
     """
     # One job: its status rows are returned only once every object is cut or rejected. An
     # unreadable frame (FrameError other than FrameNotFoundError) or a Montage failure propagates.
@@ -86,6 +109,8 @@ def cut_shard(
             continue
         job.cut(b, zarr_shard, fingerprint, code if reuse else None)
     job.finish(len(zarr_shards))
+    if max_missing_fraction is not None:
+        _check_missing_fields(shard["shard"], job.statuses, max_missing_fraction)
     return job.statuses
 
 
@@ -139,13 +164,18 @@ class _Job:
         block, block_statuses, n_found = [], [], 0
         for k in self._rows(b):
             next(self.ticks, None)
-            image, reason, n = _cut_object(
+            image, cause, reason, n = _cut_object(
                 self.objs[k], self.object_frames[k], self.problems[k], self.frame_source,
                 self.work_dir, self.frames_cache, self.absent, self.found,
             )  # fmt: skip
             n_found += n
             block_statuses.append(
-                {"objid": int(self.objs[k].objid), "ok": image is not None, "reason": reason}
+                {
+                    "objid": int(self.objs[k].objid),
+                    "ok": image is not None,
+                    "cause": cause,
+                    "reason": reason,
+                }
             )
             block.append(image if image is not None else np.full(image_shape(1)[1:], np.nan, "f4"))
         self.statuses += block_statuses
@@ -233,12 +263,42 @@ def _intact(store_path: Path, zarr_shard: int, record: dict) -> bool:
     return True
 
 
+def _check_missing_fields(shard: int, statuses: list[dict], limit: float) -> None:
+    lost = [s for s in statuses if s.get("cause") == "own_field_missing"]
+    if not statuses or len(lost) / len(statuses) <= limit:
+        return
+    raise MissingFieldsError(
+        f"shard {shard}: {len(lost)} of {len(statuses)} objects "
+        f"({len(lost) / len(statuses):.1%}) are rejects because their own field is not at the "
+        f"source, more than cutouts.max_missing_fraction = {limit:g}; e.g. {lost[0]['reason']}. "
+        "Check the frame source (frame_dir / sas_url / data_release), or raise "
+        "cutouts.max_missing_fraction to accept them"
+    )
+
+
+def _own_field(obj) -> FieldId | None:
+    try:
+        return FieldId(int(obj.run), int(obj.camcol), int(obj.field))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _own_field_note(obj, absent: dict) -> str:
+    """'; its own field 4510-4-29 is not at the source (bands ugriz)', or '' when it is there."""
+    fid = _own_field(obj)
+    bands = "".join(b for b in SDSS.bands if fid is not None and (fid, b) in absent)
+    if not bands:
+        return ""
+    field = f"{fid.run}-{fid.camcol}-{fid.field}"
+    return f"; its own field {field} is not at the source (bands {bands})"
+
+
 def _cut_object(obj, needed, problem, frame_source, work_dir, cache, absent, found):
-    """One object's cut-out: (image or None, reason, number of frames found)."""
+    """One object's cut-out: (image or None, cause, reason, number of frames found)."""
     from ssl_photoz.cutouts.montage import IncompleteCutout, cutout
 
     if problem:
-        return None, problem, 0
+        return None, "unusable_row", problem, 0
     fetched: list[Path] = []
     n_found = 0
     try:
@@ -254,10 +314,12 @@ def _cut_object(obj, needed, problem, frame_source, work_dir, cache, absent, fou
             frames_by_band[band] = paths
         image = cutout(obj.ra, obj.dec, frames_by_band, work_dir, objid=int(obj.objid))
         if not np.isfinite(image).all():
-            return None, "non-finite pixels in the cut-out", n_found
-        return image, "", n_found
+            return None, "non_finite", "non-finite pixels in the cut-out", n_found
+        return image, "", "", n_found
     except IncompleteCutout as exc:
-        return None, str(exc) + _absent_note(needed, absent), n_found
+        own = _own_field_note(obj, absent)
+        cause = "own_field_missing" if own else "incomplete"
+        return None, cause, str(exc) + _absent_note(needed, absent) + own, n_found
     finally:
         for path in fetched:  # per-object windows go at once; whole frames stay cached
             frame_source.release(path)

@@ -3,7 +3,8 @@
 Integrity. Gather reads every shard and fails, naming the store, the shard file and its objects,
 on a damaged or missing shard, an ok image that is not finite, or (given the plan) a shard not
 recorded as cut for it. Then it writes the store's 1-D arrays and attributes; until it has, a
-store being re-cut never reads as finished.
+store being re-cut never reads as finished. Its summary (the stage's manifest.json) counts the
+rejects by cause.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ssl_photoz.core.progress import progress
+from ssl_photoz.cutouts.cut import REJECT_CAUSES
 from ssl_photoz.cutouts.store import (
     IMAGES,
     SPLIT_CODES,
@@ -83,7 +85,20 @@ def gather(
             "provenance": provenance,
         }
     )
-    return {"n_objects": n, "n_ok": int(ok.sum()), "n_failed": int((~ok).sum())}
+    causes = [reject_cause(s) for s in statuses if not s["ok"]]
+    return {
+        "n_objects": n,
+        "n_ok": int(ok.sum()),
+        "n_failed": int((~ok).sum()),
+        "rejects_by_cause": {c: causes.count(c) for c in sorted(set(causes))},
+        "reject_causes": {c: REJECT_CAUSES.get(c, "not recorded") for c in sorted(set(causes))},
+    }
+
+
+def reject_cause(status: dict) -> str:
+    """A reject's cause (``ssl_photoz.cutouts.cut.REJECT_CAUSES``); 'unrecorded' for a status
+    written before causes were."""
+    return status.get("cause") or "unrecorded"
 
 
 def _check_record(store_path, z: int, good, objid, store_shard: int, fingerprint: str) -> None:

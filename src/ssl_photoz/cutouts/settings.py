@@ -1,7 +1,8 @@
 """Which settings of config section ``cutouts`` count where, and how a verb reads them.
 
 Only what decides the pixels and the store's layout reruns ``plan_shards`` and the jobs
-(``PLAN_KEYS``; of the frame source only its own identity, ``SOURCE_KEYS``); the machine and
+(``PLAN_KEYS``; of the frame source only its own identity, ``SOURCE_KEYS``; of them
+``max_missing_fraction`` reruns the jobs alone, ``job_settings``); the machine and
 network settings (``MACHINE_KEYS``) reach the jobs at run time through the rule's resources and
 rerun nothing; the statistics settings (``STATS_KEYS``) rerun ``stats`` only.
 """
@@ -15,11 +16,29 @@ from pathlib import Path
 # What decides the plan, the pixels and the store's layout: the rules' params (a change re-plans,
 # and re-cuts the Zarr shards it changes). Of the frame source, only its own identity counts:
 # data_release and rerun for sas, frame_dir for dir (SOURCE_KEYS).
-PLAN_KEYS = ("frame_source", "shard_size", "store_shard", "data_release", "rerun", "frame_dir")
+# max_missing_fraction decides only whether a job's result stands: the jobs' params carry it
+# (job_settings; a change reruns them, and they keep their Zarr shards), the plan does not.
+PLAN_KEYS = (
+    "frame_source",
+    "shard_size",
+    "store_shard",
+    "data_release",
+    "rerun",
+    "frame_dir",
+    "max_missing_fraction",
+)
 SOURCE_KEYS = {"mock": (), "sas": ("data_release", "rerun"), "dir": ("frame_dir",)}
 # Machine and network settings: they reach the cut-out jobs at run time (the rule's resources)
 # and rerun nothing; they change how frames are fetched, never which frames or their pixels.
-MACHINE_KEYS = ("sas_url", "cache_dir", "timeout_s", "retries", "backoff_s")
+MACHINE_KEYS = (
+    "sas_url",
+    "cache_dir",
+    "cache_policy",
+    "cache_max_gb",
+    "timeout_s",
+    "retries",
+    "backoff_s",
+)
 # The channel statistics (rule stats) only.
 STATS_KEYS = ("stats_max_images", "seed")
 
@@ -28,6 +47,14 @@ def plan_settings(cutouts_cfg: dict) -> dict:
     """The settings of a (defaulted) cutouts section that decide the plan and the pixels."""
     keys = ("frame_source", "shard_size", "store_shard", *SOURCE_KEYS[cutouts_cfg["frame_source"]])
     return {k: cutouts_cfg[k] for k in keys}
+
+
+def job_settings(cutouts_cfg: dict) -> dict:
+    """The cut-out jobs' params: the plan settings and ``max_missing_fraction``, which decides
+    whether a job's result stands (a change reruns the jobs, which keep their Zarr shards, but
+    not plan_shards: it is no part of the plan)."""
+    gate = cutouts_cfg["max_missing_fraction"]
+    return {**plan_settings(cutouts_cfg), "max_missing_fraction": gate}
 
 
 def machine_settings(cutouts_cfg: dict) -> dict:

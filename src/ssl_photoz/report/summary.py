@@ -436,6 +436,30 @@ def _probe_section(probe: pd.DataFrame | None) -> list[str]:
     return [*lines, ""]
 
 
+def _cutout_rejects_section(manifest: dict | None) -> list[str]:
+    """Objects the cut-out stage rejected, by cause (the stage's manifest.json)."""
+    if manifest is None:
+        return []
+    n, by_cause = manifest["n_objects"], manifest.get("rejects_by_cause")
+    lines = [
+        "## Cut-out rejects",
+        "",
+        f"{manifest['n_failed']:,} of {n:,} objects have no cut-out "
+        f"({manifest['n_failed'] / max(n, 1):.2%}); results/cutouts/rejects.parquet names each "
+        "with its reason.",
+    ]
+    if by_cause is None:  # a manifest from before causes were recorded
+        return [*lines, ""]
+    if by_cause:
+        meanings = manifest.get("reject_causes", {})
+        lines += ["", "| cause | objects | meaning |", "| --- | --- | --- |"]
+        lines += [
+            f"| {cause} | {count:,} | {meanings.get(cause, '')} |"
+            for cause, count in sorted(by_cause.items(), key=lambda kv: -kv[1])
+        ]
+    return [*lines, ""]
+
+
 def _config_section(config: dict) -> list[str]:
     """The whole config as this run used it: the file's keys with the schema's defaults filled."""
     import yaml
@@ -462,9 +486,11 @@ def write_summary(
     figures: dict[str, str] | None = None,
     probe: pd.DataFrame | None = None,
     training: dict | None = None,
+    cutouts_manifest: dict | None = None,
 ) -> str:
     """Write the markdown summary; returns its text. ``probe`` is the probe table,
-    ``training`` the training summaries by run ("pretrain", "finetune/f1.0_s0", ...)."""
+    ``training`` the training summaries by run ("pretrain", "finetune/f1.0_s0", ...),
+    ``cutouts_manifest`` the cut-out stage's manifest.json (its rejects by cause)."""
     training = training or {}
     counts = objects["split"].value_counts().reindex(["train", "val", "unlabeled"]).fillna(0)
     counts = {k: int(v) for k, v in counts.items()}
@@ -508,6 +534,7 @@ def write_summary(
         *_markdown(leakage["usage"]),
         "",
         *_probe_section(probe),
+        *_cutout_rejects_section(cutouts_manifest),
         "## What differs from the paper's protocol",
         "",
         *_differences(config, counts),

@@ -351,9 +351,9 @@ def make_frame_source(
     ``cutouts_cfg`` is a cutouts section with the schema's defaults filled in
     (``ssl_photoz.core.config.with_defaults``; the CLI's sections come so). Keys: ``frame_source``
     (mock | sas | dir); for ``sas``: ``cache_dir``, ``sas_url``, ``data_release``, ``rerun``,
-    ``timeout_s``, ``retries``, ``backoff_s``; for ``dir``: ``frame_dir``. ``sky_dir`` is the
-    simulated survey for ``mock``. Relative paths in the config are taken from ``root``
-    (default: the current folder).
+    ``timeout_s``, ``retries``, ``backoff_s``, ``cache_policy``, ``cache_max_gb``; for ``dir``:
+    ``frame_dir``. ``sky_dir`` is the simulated survey for ``mock``. Relative paths in the config
+    are taken from ``root`` (default: the current folder).
     """
     kind = cutouts_cfg["frame_source"]
     base = Path(root) if root is not None else Path.cwd()
@@ -381,6 +381,8 @@ def make_frame_source(
             timeout_s=cutouts_cfg["timeout_s"],
             retries=cutouts_cfg["retries"],
             backoff_s=cutouts_cfg["backoff_s"],
+            cache_policy=cutouts_cfg["cache_policy"],
+            cache_max_gb=cutouts_cfg["cache_max_gb"],
         )
     if kind == "dir":
         return DirFrameSource(path_of("frame_dir"), work_dir)

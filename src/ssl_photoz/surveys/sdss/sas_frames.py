@@ -20,7 +20,9 @@ from pathlib import Path
 import requests
 
 from ssl_photoz.core.provenance import file_sha256
+from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.conventions import FieldId
+from ssl_photoz.surveys.sdss.frame_cache import CacheBound, reading, touch
 from ssl_photoz.surveys.sdss.frame_errors import (
     CorruptFrameError,
     FrameDownloadError,
@@ -87,6 +89,12 @@ class SasFrameSource(FrameSource):
     Connection errors, timeouts, HTTP 5xx/429, short bodies and broken bzip2 are retried up to
     ``retries`` times after the first attempt, waiting ``backoff_s * 2**k`` seconds before retry
     k; HTTP 404 raises ``FrameNotFoundError`` at once and other 4xx ``FrameDownloadError``.
+
+    ``cache_policy`` bounds the cache's disk (``ssl_photoz.surveys.sdss.frame_cache``): ``keep``
+    every frame, ``lru`` (least recently used frames go after a download that takes the cache
+    over ``cache_max_gb``) or ``plan`` (a frame goes once every shard needing it is done,
+    ``shard_done``); a frame some job is reading is never deleted. An evicted frame is simply
+    downloaded again when a job needs it.
     """
 
     def __init__(
@@ -101,6 +109,8 @@ class SasFrameSource(FrameSource):
         backoff_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         session: requests.Session | None = None,
+        cache_policy: str = "keep",
+        cache_max_gb: float | None = None,
     ):
         super().__init__(work_dir)
         if int(data_release) not in SAS_FRAME_PATHS:
@@ -109,6 +119,7 @@ class SasFrameSource(FrameSource):
                 f"{sorted(SAS_FRAME_PATHS)}"
             )
         self.cache_dir = Path(cache_dir)
+        self.cache_bound = CacheBound(self.cache_dir, cache_policy, cache_max_gb)
         self.base_url = base_url.rstrip("/")
         self.data_release = int(data_release)
         self.rerun = int(rerun)
@@ -149,11 +160,36 @@ class SasFrameSource(FrameSource):
             if self._reuse(target):
                 return target
             cached = self.cache_path(fid, band)
-            if self._cache_is_good(fid, band, cached):
-                return self._bunzip_to_work(fid, band, cached, target)
-            return self._download(fid, band, cached, target)
+            # Read under a shared lock: an evictor in another job skips the frame meanwhile.
+            with reading(cached) as present:
+                if present and self._cache_is_good(fid, band, cached):
+                    touch(cached)  # the LRU order
+                    return self._bunzip_to_work(fid, band, cached, target)
+            path = self._download(fid, band, cached, target)
+            self.cache_bound.added(cached)
+            return path
 
     # -- the cache --------------------------------------------------------------------------
+    def shard_done(self, plan: dict, shard: int) -> int:
+        """Cache policy ``plan``: cut-out job ``shard`` of ``plan`` (plan.json) succeeded, so
+        its frames that no other shard still needs leave the cache; returns how many went."""
+        if self.cache_bound.policy != "plan":
+            return 0
+        mine = {tuple(f) for f in plan["shards"][shard]["frames"]}
+        needers: dict[tuple, set[int]] = {f: set() for f in mine}
+        for other in plan["shards"]:
+            for f in other["frames"]:
+                if tuple(f) in needers:
+                    needers[tuple(f)].add(int(other["shard"]))
+        needed_by = {
+            self.cache_path(FieldId(*f), band): shards
+            for f, shards in needers.items()
+            for band in SDSS.bands
+        }
+        # The plan's shards and their frames say who needs what: a new plan starts afresh.
+        plan_id = hashlib.sha256(repr(plan["shards"]).encode()).hexdigest()[:16]
+        return self.cache_bound.shard_done(plan_id, shard, needed_by)
+
     @staticmethod
     def _sidecar(cached: Path) -> Path:
         return cached.with_name(cached.name + ".sha256")
