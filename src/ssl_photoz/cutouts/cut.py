@@ -35,6 +35,7 @@ from ssl_photoz.cutouts.plan import (
     job_zarr_shards,
     object_problems,
 )
+from ssl_photoz.cutouts.prefetch import Prefetcher
 from ssl_photoz.cutouts.store import IMAGES, file_matches, image_shape, publish, read_record
 from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.conventions import FieldId
@@ -42,6 +43,9 @@ from ssl_photoz.surveys.sdss.conventions import FieldId
 log = logging.getLogger(__name__)
 
 FRAMES_KEPT = 40  # whole frames kept on disk: objects come in field order, so 8 fields suffice
+# Whole frames fetched ahead at once (ssl_photoz.cutouts.prefetch); measured by
+# benchmarks/bench_rehearsal.py.
+FETCH_WORKERS = 2
 
 
 class NoFramesError(RuntimeError):
@@ -58,6 +62,7 @@ def cut_shard(
     work_dir: Path,
     fingerprints: list[str] | None = None,
     code: str | None = None,
+    fetch_workers: int = FETCH_WORKERS,
 ) -> list[dict]:
     """Cut every object of one job's shard; returns one status row per object.
 
@@ -69,6 +74,9 @@ def cut_shard(
     (``cut/<k>``), and a shard whose record already carries both, with its file as recorded, is
     kept as it is: its status rows come from the record, none of its frames is fetched. Without
     them every shard is cut and none is recorded.
+
+    ``fetch_workers`` threads fetch whole frames ahead of the objects that need them
+    (``ssl_photoz.cutouts.prefetch``); 0 fetches each when it is needed.
     """
     # One job: its status rows are returned only once every object is cut or rejected. An
     # unreadable frame (FrameError other than FrameNotFoundError) or a Montage failure propagates.
@@ -80,11 +88,15 @@ def cut_shard(
         )
     reuse = fingerprints is not None and code is not None
     job = _Job(shard, objects, store_path, n_objects, store_shard, frame_source, work_dir)
-    for b, zarr_shard in enumerate(zarr_shards):
-        fingerprint = fingerprints[b] if reuse else None
-        if reuse and job.keep(b, zarr_shard, fingerprint, code):
-            continue
-        job.cut(b, zarr_shard, fingerprint, code if reuse else None)
+    job.frames = Prefetcher(frame_source, fetch_workers)
+    try:
+        for b, zarr_shard in enumerate(zarr_shards):
+            fingerprint = fingerprints[b] if reuse else None
+            if reuse and job.keep(b, zarr_shard, fingerprint, code):
+                continue
+            job.cut(b, zarr_shard, fingerprint, code if reuse else None)
+    finally:
+        job.frames.close()
     job.finish(len(zarr_shards))
     return job.statuses
 
@@ -96,6 +108,7 @@ class _Job:
         self.shard, self.store_path = shard, store_path
         self.n_objects, self.store_shard = n_objects, store_shard
         self.frame_source, self.work_dir = frame_source, work_dir
+        self.frames = Prefetcher(frame_source, 0)  # what the objects fetch from
         rows = objects.iloc[shard["start"] : shard["stop"]]
         # Recomputed here rather than stored in the plan, which stays small at survey scale.
         sky = getattr(frame_source, "sky", None)
@@ -137,10 +150,13 @@ class _Job:
     def cut(self, b: int, zarr_shard: int, fingerprint: str | None, code: str | None) -> None:
         """Cut the objects of Zarr shard ``zarr_shard`` and write it (or hold it back)."""
         block, block_statuses, n_found = [], [], 0
+        self.frames.expect(
+            (fr, band) for k in self._rows(b) for band in SDSS.bands for fr in self.object_frames[k]
+        )
         for k in self._rows(b):
             next(self.ticks, None)
             image, reason, n = _cut_object(
-                self.objs[k], self.object_frames[k], self.problems[k], self.frame_source,
+                self.objs[k], self.object_frames[k], self.problems[k], self.frames,
                 self.work_dir, self.frames_cache, self.absent, self.found,
             )  # fmt: skip
             n_found += n
