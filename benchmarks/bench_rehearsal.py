@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import pandas as pd
 
 SKY = {
     "seed": 42,
-    # High Galactic latitude (b about +80 deg), one run: six camcols of 2 deg.
+    # High Galactic latitude (b about +80 deg), one run: six camcols of 12 fields.
     "region": {"ra_min": 180.0, "ra_max": 182.0, "dec_min": 30.0, "n_runs": 1},
     "catalog_r_limit": 19.0,
     "frame_r_limit": 22.5,
@@ -49,12 +50,14 @@ PAPER_DENSITY = 4.4
 DEFAULT_OPTIONS = "bz2:0,indexed_bzip2:0,bz2:4,indexed_bzip2:4"
 
 
-def ensure_sky(sky_dir: Path) -> Path:
+def ensure_sky(sky_dir: Path, frames_root: Path) -> Path:
+    """Build the sky unless ``sky_dir`` holds this one; a rebuild drops the frames rendered."""
     from ssl_photoz.surveys.sdss.sky.survey import META_NAME, SkySettings, build_survey
 
     want = json.loads(json.dumps(SkySettings.from_config(SKY).to_json()))
     meta = sky_dir / META_NAME
     if not (meta.exists() and json.loads(meta.read_text())["settings"] == want):
+        shutil.rmtree(frames_root, ignore_errors=True)  # rendered from another sky
         build_survey(SKY, sky_dir)
     return sky_dir
 
@@ -258,11 +261,12 @@ def rehearse(
     from ssl_photoz.surveys.sdss.sas_frames import SasFrameSource
     from ssl_photoz.surveys.sdss.sky.survey import MockSky
 
-    ensure_sky(sky_dir)
+    ensure_sky(sky_dir, frames_root)
     fp = MockSky(sky_dir).footprint
     run = fp.runs[0]
     if size + 2 > fp.n_fields(run, CAMCOL):
-        raise ValueError(f"--size {size}: the rehearsal sky has {fp.n_fields(run, CAMCOL) - 2}")
+        most = fp.n_fields(run, CAMCOL) - 2
+        raise ValueError(f"--size {size}: at most {most} fields of the rehearsal sky hold objects")
     fields = [FieldId(run, CAMCOL, fp.first_field + k) for k in range(size + 2)]
     naming = SasFrameSource(frames_root, frames_root)  # only for its SAS paths
     render_s = ensure_frames(sky_dir, fields, frames_root, naming.relative_path)
