@@ -40,6 +40,7 @@ from ssl_photoz.cutouts.plan import (
     job_zarr_shards,
     object_problems,
 )
+from ssl_photoz.cutouts.prefetch import Prefetcher
 from ssl_photoz.cutouts.store import IMAGES, file_matches, image_shape, publish, read_record
 from ssl_photoz.surveys.sdss import SDSS
 from ssl_photoz.surveys.sdss.conventions import FieldId
@@ -47,6 +48,9 @@ from ssl_photoz.surveys.sdss.conventions import FieldId
 log = logging.getLogger(__name__)
 
 FRAMES_KEPT = 40  # whole frames kept on disk: objects come in field order, so 8 fields suffice
+# Whole frames fetched ahead at once (ssl_photoz.cutouts.prefetch); measured by
+# benchmarks/bench_rehearsal.py.
+FETCH_WORKERS = 2
 
 
 # Why an object is a reject (its status's ``cause``; rejects.parquet and summary.md count them).
@@ -77,6 +81,7 @@ def cut_shard(
     fingerprints: list[str] | None = None,
     code: str | None = None,
     max_missing_fraction: float | None = None,
+    fetch_workers: int = FETCH_WORKERS,
 ) -> list[dict]:
     """Cut every object of one job's shard; returns one status row per object.
 
@@ -92,6 +97,8 @@ def cut_shard(
     ``max_missing_fraction`` (``cutouts.max_missing_fraction``; None: no limit) fails the job with
     ``MissingFieldsError`` once its Zarr shards are written (a rerun with a higher limit keeps
     them) when more of its objects than that are rejects for want of their own field.
+    ``fetch_workers`` threads fetch whole frames ahead of the objects that need them
+    (``ssl_photoz.cutouts.prefetch``); 0 fetches each when it is needed.
     """
     # One job: its status rows are returned only once every object is cut or rejected. An
     # unreadable frame (FrameError other than FrameNotFoundError) or a Montage failure propagates.
@@ -103,11 +110,15 @@ def cut_shard(
         )
     reuse = fingerprints is not None and code is not None
     job = _Job(shard, objects, store_path, n_objects, store_shard, frame_source, work_dir)
-    for b, zarr_shard in enumerate(zarr_shards):
-        fingerprint = fingerprints[b] if reuse else None
-        if reuse and job.keep(b, zarr_shard, fingerprint, code):
-            continue
-        job.cut(b, zarr_shard, fingerprint, code if reuse else None)
+    job.frames = Prefetcher(frame_source, fetch_workers)
+    try:
+        for b, zarr_shard in enumerate(zarr_shards):
+            fingerprint = fingerprints[b] if reuse else None
+            if reuse and job.keep(b, zarr_shard, fingerprint, code):
+                continue
+            job.cut(b, zarr_shard, fingerprint, code if reuse else None)
+    finally:
+        job.frames.close()
     job.finish(len(zarr_shards))
     if max_missing_fraction is not None:
         _check_missing_fields(shard["shard"], job.statuses, max_missing_fraction)
@@ -121,6 +132,7 @@ class _Job:
         self.shard, self.store_path = shard, store_path
         self.n_objects, self.store_shard = n_objects, store_shard
         self.frame_source, self.work_dir = frame_source, work_dir
+        self.frames = Prefetcher(frame_source, 0)  # what the objects fetch from
         rows = objects.iloc[shard["start"] : shard["stop"]]
         # Recomputed here rather than stored in the plan, which stays small at survey scale.
         sky = getattr(frame_source, "sky", None)
@@ -162,10 +174,13 @@ class _Job:
     def cut(self, b: int, zarr_shard: int, fingerprint: str | None, code: str | None) -> None:
         """Cut the objects of Zarr shard ``zarr_shard`` and write it (or hold it back)."""
         block, block_statuses, n_found = [], [], 0
+        self.frames.expect(
+            (fr, band) for k in self._rows(b) for band in SDSS.bands for fr in self.object_frames[k]
+        )
         for k in self._rows(b):
             next(self.ticks, None)
             image, cause, reason, n = _cut_object(
-                self.objs[k], self.object_frames[k], self.problems[k], self.frame_source,
+                self.objs[k], self.object_frames[k], self.problems[k], self.frames,
                 self.work_dir, self.frames_cache, self.absent, self.found,
             )  # fmt: skip
             n_found += n

@@ -98,14 +98,59 @@ class Bunzip:
         return self._dec.eof
 
 
-def decompress_file(src: Path, out) -> None:
-    """bunzip2 ``src`` into the open binary file ``out``; OSError/EOFError when damaged."""
+# bzip2 decoders: Python's bz2 (always there) and indexed_bzip2, a C++ decoder from PyPI, used
+# on one thread. Both give the same bytes; indexed_bzip2 is the faster one here, measured by
+# benchmarks/bench_rehearsal.py (docs/benchmarks.md), and bz2 stands in where it is missing.
+BZIP2_DECODERS = ("bz2", "indexed_bzip2")
+DEFAULT_DECODER = "indexed_bzip2"
+
+
+def decoder_available(decoder: str) -> bool:
+    if decoder == "bz2":
+        return True
+    if decoder == "indexed_bzip2":
+        try:
+            import indexed_bzip2  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    raise ValueError(f"bzip2 decoder {decoder!r}; expected one of {BZIP2_DECODERS}")
+
+
+def resolve_decoder(decoder: str | None) -> str:
+    """The decoder that will run: ``decoder`` (None: ``DEFAULT_DECODER``), else bz2 if missing."""
+    decoder = decoder or DEFAULT_DECODER
+    return decoder if decoder_available(decoder) else "bz2"
+
+
+def decompress_file(src: Path, out, decoder: str | None = None) -> None:
+    """bunzip2 ``src`` into the open binary file ``out``; OSError/EOFError when damaged.
+
+    ``decoder`` is one of ``BZIP2_DECODERS`` (``resolve_decoder`` says which one runs).
+    """
+    if resolve_decoder(decoder) == "indexed_bzip2":
+        _indexed_bunzip(src, out)
+        return
     bunzip = Bunzip(out)
     with open(src, "rb") as fh:
         while chunk := fh.read(CHUNK):
             bunzip.feed(chunk)
     if not bunzip.complete:
         raise EOFError("bzip2 stream ends early")
+
+
+def _indexed_bunzip(src: Path, out) -> None:
+    import indexed_bzip2
+
+    try:
+        # One thread: the job's cores are counted, and closing it (the with) stops its threads.
+        with indexed_bzip2.open(str(src), parallelization=1) as fh:
+            while chunk := fh.read(CHUNK):
+                out.write(chunk)
+    except ValueError as exc:  # not bzip2 at all
+        raise OSError(f"not bzip2 data: {exc}") from exc
+    except RuntimeError as exc:  # a truncated stream or a CRC mismatch
+        raise EOFError(f"bzip2 stream damaged or ends early ({exc})") from exc
 
 
 def check_fits_image(path: Path) -> str | None:
@@ -140,6 +185,8 @@ class FrameSource(ABC):
         with MockFrameSource(sky_dir, work_dir) as frames:
             path = frames.fetch(fid, "r", window=(0, 200, 0, 300))
     """
+
+    decoder: str | None = None  # the bzip2 decoder (BZIP2_DECODERS); None: DEFAULT_DECODER
 
     def __init__(self, work_dir: str | os.PathLike):
         self.work_dir = Path(work_dir)
@@ -221,7 +268,7 @@ class FrameSource(ABC):
     def _bunzip_to_work(self, fid: FieldId, band: str, src: Path, target: Path) -> Path:
         def write(out) -> None:
             try:
-                decompress_file(src, out)
+                decompress_file(src, out, self.decoder)
             except (OSError, EOFError) as exc:
                 raise CorruptFrameError(fid, band, src, f"bad bzip2 data: {exc}") from exc
 

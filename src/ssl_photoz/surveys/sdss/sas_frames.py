@@ -38,6 +38,7 @@ from ssl_photoz.surveys.sdss.frames import (
     check_fits_image,
     decompress_file,
     frame_name,
+    resolve_decoder,
     unlink_quietly,
 )
 
@@ -111,8 +112,10 @@ class SasFrameSource(FrameSource):
         session: requests.Session | None = None,
         cache_policy: str = "keep",
         cache_max_gb: float | None = None,
+        decoder: str | None = None,
     ):
         super().__init__(work_dir)
+        self.decoder = decoder
         if int(data_release) not in SAS_FRAME_PATHS:
             raise ValueError(
                 f"data_release {data_release}: frame paths are known for DR "
@@ -279,7 +282,8 @@ class SasFrameSource(FrameSource):
         ) from last
 
     def _download_once(self, fid: FieldId, band: str, url: str, cached: Path, target: Path):
-        """One attempt: stream into a temporary cache file and, at once, bunzip2 into work_dir."""
+        """One attempt: stream into a temporary cache file and bunzip2 it into work_dir (bz2: as
+        the bytes arrive; indexed_bzip2: once they are all there)."""
         fd, tmp_name = tempfile.mkstemp(
             dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial"
         )
@@ -289,10 +293,16 @@ class SasFrameSource(FrameSource):
         )
         plain = Path(plain_name)
         try:
+            inline = resolve_decoder(self.decoder) == "bz2"
             with os.fdopen(fd, "wb") as raw, os.fdopen(plain_fd, "wb") as out:
-                digest, size, expected, complete = self._stream(fid, band, url, raw, out)
+                # bz2 decodes as the bytes arrive; another decoder reads the finished file.
+                digest, size, expected, complete = self._stream(
+                    fid, band, url, raw, out if inline else None
+                )
             if expected is not None and size != expected:
                 raise _RetryableError(f"body has {size} bytes, Content-Length said {expected}")
+            if not inline:
+                complete = self._decode_download(tmp, plain, size)
             if not complete:
                 raise _RetryableError(f"bzip2 stream ends early after {size} bytes")
             problem = check_fits_image(plain)
@@ -310,10 +320,22 @@ class SasFrameSource(FrameSource):
             self._owned[target] = self._owned.get(target, 0) + 1
         return target
 
+    def _decode_download(self, tmp: Path, plain: Path, size: int) -> bool:
+        """Decompress a whole downloaded file into ``plain``; whether its bzip2 is complete."""
+        try:
+            with open(plain, "wb") as out:
+                decompress_file(tmp, out, self.decoder)
+        except EOFError:
+            return False
+        except OSError as exc:
+            raise _RetryableError(f"bad bzip2 data in {size} bytes: {exc}") from exc
+        return True
+
     def _stream(self, fid, band, url, raw, out) -> tuple[str, int, int | None, bool]:
+        """Download ``url`` into ``raw`` (and bunzip2 it into ``out`` as it comes, unless None)."""
         digest = hashlib.sha256()
         size = 0
-        bunzip = Bunzip(out)
+        bunzip = Bunzip(out) if out is not None else None
         try:
             # identity: the length check and the checksum are about the file's own bytes.
             with self.session.get(
@@ -331,10 +353,12 @@ class SasFrameSource(FrameSource):
                     digest.update(chunk)
                     size += len(chunk)
                     raw.write(chunk)
+                    if bunzip is None:
+                        continue
                     try:
                         bunzip.feed(chunk)
                     except (OSError, EOFError) as exc:  # the bytes are not (good) bzip2
                         raise _RetryableError(f"bad bzip2 data near byte {size}: {exc}") from exc
         except requests.RequestException as exc:  # connection, timeout, body cut short
             raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
-        return digest.hexdigest(), size, expected, bunzip.complete
+        return digest.hexdigest(), size, expected, bunzip is None or bunzip.complete
