@@ -142,10 +142,10 @@ def _prepare(model_cfg: dict, cfg: dict, store_path: Path, stats_path: Path, rt:
     effective_batch, batch_size = pretrain_batch(cfg, len(dataset), rt)
     bn_splits = method.bn_splits(cfg, batch_size, rt)
     log.info(
-        "pretrain (%s): rank %d of %d (world size %d): %d images per process and step, "
-        "effective batch %d, lr %g",
-        method.title, rt.rank, rt.world_size, rt.world_size, batch_size, effective_batch,
-        cfg["lr"],
+        "pretrain: rank %d of %d (world size %d): %d images per process and step, "
+        "effective batch %d, lr %g, method %s",
+        rt.rank, rt.world_size, rt.world_size, batch_size, effective_batch, cfg["lr"],
+        method.title,
     )  # fmt: skip
     run = _Run(method, cfg, rt, dataset, views, effective_batch, batch_size, bn_splits)
     run.build(model_cfg)
