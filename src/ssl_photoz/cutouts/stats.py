@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssl_photoz.cutouts.store import IMAGES, SPLIT_CODES, read_ok_image
+from ssl_photoz.cutouts.reader import open_store
 from ssl_photoz.surveys.sdss import SDSS
 
 
@@ -14,19 +14,13 @@ def channel_mad(store_path: Path, max_images: int, seed: int = 0) -> dict:
     """Per-channel median absolute deviation over (a seeded sample of) the training images.
 
     The noise augmentation draws sigma_c = U(1, 3) x MAD_c (Hayat et al. 2021)."""
-    import zarr
-
-    group = zarr.open_group(str(store_path), mode="r")
-    ok = group["ok"][:]
-    split = group["split"][:]
-    train = np.flatnonzero(ok & (split == SPLIT_CODES.index("train")))
+    store = open_store(store_path)
+    train = np.flatnonzero(store.ok & store.in_split("train"))
     if len(train) == 0:
         raise ValueError(f"{store_path}: no training images to compute channel statistics from")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(train, size=min(max_images, len(train)), replace=False))
-    images = group[IMAGES]
-    objid = group["objid"][:]
-    pixels = np.stack([read_ok_image(images, store_path, int(i), objid) for i in pick])
+    pixels = np.stack([store.image(i) for i in pick])
     per_channel = pixels.transpose(1, 0, 2, 3).reshape(len(SDSS.bands), -1)
     median = np.median(per_channel, axis=1)
     mad = np.median(np.abs(per_channel - median[:, None]), axis=1)

@@ -233,21 +233,3 @@ def read_zarr_shard(images, store_path: Path, zarr_shard: int, objid: np.ndarray
         raise CorruptStoreError(
             f"{store_path}: cannot read {where}: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def read_ok_image(images, store_path: Path, row: int, objid: np.ndarray) -> np.ndarray:
-    """The image of row ``row``, which gather found ok: ``CorruptStoreError`` when it cannot be
-    read or is not finite (its shard file went missing or was replaced after gather)."""
-    store_shard = images.shards[0]
-    try:
-        image = images[row]
-    except Exception as exc:  # zarr and numcodecs raise several types for damaged bytes
-        where = describe_zarr_shard(store_path, row // store_shard, objid, store_shard)
-        raise CorruptStoreError(f"{store_path}: cannot read row {row} from {where}: {exc}") from exc
-    if not np.isfinite(image).all():
-        where = describe_zarr_shard(store_path, row // store_shard, objid, store_shard)
-        raise CorruptStoreError(
-            f"{store_path}: the ok image of row {row} (objid {int(objid[row])}) in {where} is "
-            "not finite: the shard file is missing or was replaced after gather"
-        )
-    return image
