@@ -366,14 +366,14 @@ class CasJobsClient(CasJobsSession):
                         asked - outage_since,
                     )
                     outage_since = None
-                state = self._state(job_id, job)
+                state = job_state(job_id, job)
                 if state != last_state:
                     log.info("CasJobs job %d: %s", job_id, state.name.lower())
                     last_state = state
                 if state == JobStatus.FINISHED:
                     return job
                 if state in _TERMINAL:
-                    raise CasJobsJobError(job_id, state, self._job_message(job), sql)
+                    raise CasJobsJobError(job_id, state, job_message(job), sql)
             if self._clock() + interval > deadline:
                 self._cancel_quietly(job_id)
                 still = last_state.name.lower() if last_state is not None else "unknown"
@@ -403,10 +403,6 @@ class CasJobsClient(CasJobsSession):
             f"last error: {exc}",
             job_id,
         ) from None
-
-    @staticmethod
-    def _state(job_id: int, job: dict) -> JobStatus:
-        return job_state(job_id, job)
 
     def cancel(self, job_id: int) -> None:
         """Ask the server to cancel a job."""
@@ -490,10 +486,6 @@ class CasJobsClient(CasJobsSession):
         )
 
     # --- plumbing -------------------------------------------------------------------------
-
-    @staticmethod
-    def _job_message(job: dict) -> str:
-        return job_message(job)
 
     def _cancel_quietly(self, job_id: int) -> None:
         try:
