@@ -256,8 +256,8 @@ def rehearse(
 ):
     """Run every option on one job of ``size`` fields; one result dict per option."""
     from ssl_photoz.cutouts.plan import plan_shards
+    from ssl_photoz.surveys.sdss.bzip2 import decoder_available
     from ssl_photoz.surveys.sdss.conventions import FieldId
-    from ssl_photoz.surveys.sdss.frames import decoder_available
     from ssl_photoz.surveys.sdss.sas_frames import SasFrameSource
     from ssl_photoz.surveys.sdss.sky.survey import MockSky
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssl_photoz.surveys.sdss.frames import decoder_available
+from ssl_photoz.surveys.sdss.bzip2 import decoder_available
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rehearsal.py"
 

@@ -21,6 +21,7 @@ import requests
 
 from ssl_photoz.core.provenance import file_sha256
 from ssl_photoz.surveys.sdss import SDSS
+from ssl_photoz.surveys.sdss.bzip2 import CHUNK, Bunzip, decompress_file, resolve_decoder
 from ssl_photoz.surveys.sdss.conventions import FieldId
 from ssl_photoz.surveys.sdss.frame_cache import CacheBound, reading, touch
 from ssl_photoz.surveys.sdss.frame_errors import (
@@ -30,15 +31,11 @@ from ssl_photoz.surveys.sdss.frame_errors import (
     describe_frame,
 )
 from ssl_photoz.surveys.sdss.frames import (
-    CHUNK,
-    Bunzip,
     FrameSource,
     Window,
     check_band,
     check_fits_image,
-    decompress_file,
     frame_name,
-    resolve_decoder,
     unlink_quietly,
 )
 
