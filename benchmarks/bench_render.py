@@ -58,8 +58,15 @@ def synthetic_sources(
         }
     )
     colour = {"u": 1.6, "g": 0.7, "r": 0.0, "i": -0.35, "z": -0.6}
+    # Redder bulges: the bulge's share of the light grows toward the red bands, as in the
+    # simulated survey's truth (population._component_magnitudes).
+    bulge_colour = {"u": 0.4, "g": 0.15, "r": 0.0, "i": -0.05, "z": -0.1}
     for b in BANDS:
         df[f"mag_{b}"] = mag_r + colour[b] + rng.normal(0.0, 0.1, n)
+        ratio = 10 ** (-0.4 * bulge_colour[b])
+        df[f"bulge_frac_{b}"] = (
+            df["bulge_frac"] * ratio / (df["bulge_frac"] * ratio + 1 - df["bulge_frac"])
+        )
     return df
 
 

@@ -261,3 +261,16 @@ def test_the_dilated_unit_psf_draws_the_pixels_of_the_direct_moffat():
                 .array
             )
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * b.max())
+
+
+def test_frames_read_the_per_band_bulge_fraction():
+    """Bulge and disk have their own SEDs: each band draws the bulge's share in that band."""
+    rng = np.random.default_rng(4)
+    src = _one_source(17.0, False, rng, bulge_frac=0.5, r50_disk_arcsec=2.5)
+    fwhm = field_conditions(SEED, FID.run, FID.camcol, FID.field, "r").psf_fwhm_arcsec
+    per_band = src.assign(**{f"bulge_frac_{b}": 1.0 if b == "r" else 0.0 for b in BANDS})
+    pure_bulge = src.assign(bulge_frac=1.0)
+    window = (260, 340, 260, 340)
+    img = M.FrameModel(per_band, FP, FID, "r", fwhm).draw(window)
+    np.testing.assert_array_equal(img, M.FrameModel(pure_bulge, FP, FID, "r", fwhm).draw(window))
+    assert not np.allclose(img, M.FrameModel(src, FP, FID, "r", fwhm).draw(window))

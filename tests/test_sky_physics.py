@@ -170,3 +170,39 @@ def test_galactic_coordinates_equal_astropys():
     assert np.max(np.abs(dlon * np.cos(np.radians(lat)))) < 1e-10
     assert np.max(np.abs(lat - ref.b.deg)) < 1e-10
     assert lat[-3] == pytest.approx(90.0, abs=1e-3)  # the north Galactic pole
+
+
+def test_bulges_are_redder_than_disks():
+    rng = np.random.default_rng(8)
+    gal = population.draw_galaxies(rng, (150.0, 153.0), (20.0, 23.0), 17.8, seed=0)
+    blue = gal[(gal["population"] == "blue") & gal["bulge_frac_r"].between(0.1, 0.9)]
+    # Older bulges: a larger share of the light in the red bands than in the blue ones (the
+    # per-component colour scatter lets a few disks of early type come out redder).
+    assert (blue["bulge_frac_i"] > blue["bulge_frac_g"]).mean() > 0.8
+    assert (blue["bulge_frac_g"] > blue["bulge_frac_u"]).mean() > 0.8
+    assert np.array_equal(gal["bulge_frac"], gal["bulge_frac_r"])
+    for b in ("u", "g", "i", "z"):
+        assert gal[f"bulge_frac_{b}"].between(0, 1).all()
+    assert (blue["sed_type_bulge"] < blue["sed_type"]).all()  # red sequence: independent draws
+
+
+def test_inclination_extinction_follows_masters_2010():
+    model = population.PopulationModel()
+    q = np.array([1.0, 0.5, 0.2])
+    a = population.inclination_extinction(q, np.zeros(3), model)
+    np.testing.assert_allclose(a[0], 0.0)
+    np.testing.assert_allclose(a[2], [0.7, 0.6, 0.5, 0.4, 0.3])  # edge-on, z = 0
+    assert (a[1] > 0).all() and (a[1] < a[2]).all()
+    # At z = 0.3 the r band sees the rest-frame g-r region: more extinction than at z = 0.
+    far = population.inclination_extinction(q[2:], np.array([0.3]), model)
+    assert far[0, 2] > a[2, 2]
+
+
+def test_edge_on_disks_are_redder_in_the_truth():
+    rng = np.random.default_rng(9)
+    gal = population.draw_galaxies(rng, (150.0, 154.0), (20.0, 24.0), 17.8, seed=0)
+    disky = gal[(gal["population"] == "blue") & (gal["bulge_frac_rest"] < 0.3)]
+    gr = disky["mag_intrinsic_g"] - disky["mag_intrinsic_r"]
+    resid = gr - gr.groupby(np.floor(disky["z_true"] / 0.01)).transform("median")
+    edge, face = resid[disky["q_disk"] < 0.3], resid[disky["q_disk"] > 0.9]
+    assert 0.04 < edge.median() - face.median() < 0.15

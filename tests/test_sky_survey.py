@@ -19,6 +19,7 @@ from ssl_photoz.surveys.sdss.extinction import (
     extinction_mag,
 )
 from ssl_photoz.surveys.sdss.sky import dust
+from ssl_photoz.surveys.sdss.sky.catalog import _redshifts
 from ssl_photoz.surveys.sdss.sky.survey import MockSky, SkySettings, build_survey
 
 
@@ -92,7 +93,13 @@ def test_spectra_have_real_mess(tables):
     assert set(spec["class"]) >= {"GALAXY", "STAR"}
     repeats = spec["bestObjID"].duplicated(keep=False).mean()
     assert 0.01 < repeats < 0.2, repeats
-    assert (spec["zWarning"] != 0).any()
+    # 1.5 % of spectra are flagged: a tiny sky's ~100 spectra hold none a quarter of the time,
+    # so the rate is checked on many draws of the same code.
+    n = 20_000
+    _, _, _, z_warning = _redshifts(
+        np.full(n, 0.1), np.ones(n, bool), np.zeros(n, bool), np.random.default_rng(0)
+    )
+    assert 0.01 < (z_warning != 0).mean() < 0.02
     assert (spec.groupby("bestObjID")["sciencePrimary"].sum() == 1).all()
     assert spec["bestObjID"].isin(photo.loc[photo["mode"] == 1, "objID"]).all()
     assert spec["specObjID"].is_unique

@@ -93,6 +93,10 @@ class FrameModel:
         sources = sources.sort_values(["objID", "ra", "dec"], kind="stable")
         wcs = footprint.frame_wcs(fid, band)
         self.src, self.pl = place_sources(sources, wcs)
+        if f"bulge_frac_{band}" in self.src.columns:
+            # Bulge and disk have their own SEDs: the bulge's share of the flux in this band
+            # (population._component_magnitudes). Hand-made sources have one bulge_frac.
+            self.src = self.src.assign(bulge_frac=self.src[f"bulge_frac_{band}"])
         self.flux = nanomaggies(self.src[f"mag_{band}"])
         self.psf = cached_psf(self.psf_fwhm)
         self.psf_radius = stamp_radius(0.0, self.psf_fwhm)

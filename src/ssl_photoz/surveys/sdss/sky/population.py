@@ -2,9 +2,12 @@
 
 Galaxies: two populations (red sequence and blue cloud), each with a Schechter luminosity function
 in rest-frame r with luminosity evolution, placed in the comoving volume of a flat LambdaCDM
-cosmology (astropy), coloured by the CWW templates (``seds``) with internal reddening and a small
-intrinsic colour scatter, sized by the Shen et al. (2003) size-luminosity relations through the
-angular-diameter distance, and given bulge + disk shapes. Stars: counts that rise toward the
+cosmology (astropy), sized by the Shen et al. (2003) size-luminosity relations through the
+angular-diameter distance, and given bulge + disk shapes. Bulge and disk have their own CWW SEDs
+(``seds``; older, redder bulges), the disk carries internal reddening and an inclination-dependent
+extinction (Masters et al. 2010), and each component a small intrinsic colour scatter; the total
+magnitudes are the sums of the component fluxes, and the per-band bulge fractions go to the
+frames (``bulge_frac_u`` ... ``bulge_frac_z``). Stars: counts that rise toward the
 Galactic plane and colours along the SDSS stellar locus. Everything is dimmed by the true
 Galactic dust (``dust``).
 
@@ -40,20 +43,28 @@ class Schechter:
 class PopulationModel:
     red: Schechter = Schechter(m_star=-21.30, alpha=-0.60, phi_star=3.4e-3)
     blue: Schechter = Schechter(m_star=-21.00, alpha=-1.30, phi_star=2.6e-3)
-    # Intrinsic per-band scatter about the template colours. Zero by default: type, internal
-    # dust, photometric noise and calibration errors already give real MGS's colour-z scatter
-    # (kNN sigma_MAD 0.0153 simulated vs 0.0165 real, same protocol; see docs/simulation.md).
-    colour_scatter_mag: float = 0.0
+    # Intrinsic per-band scatter of each component's colours about its template (r fixed), so
+    # colours do not fix the redshift. Calibrated (not from literature): the largest step of 0.01
+    # that keeps the colours kNN check passing (0.0170 at 0.03, 0.0182 at 0.04; docs/simulation.md).
+    colour_scatter_mag: float = 0.03
     # Empirical template repair in the observed bands (ugriz, mag), as photo-z codes calibrate
     # templates on spectroscopic samples (Ilbert et al. 2006): the CWW set is too blue in u-g
     # for real MGS galaxies at fixed g-r.
     template_band_offsets: tuple[float, ...] = (0.12, 0.0, 0.0, 0.0, 0.0)
     red_type_offset: float = 0.1  # red sequence: offset + |N(0, sigma)| in type (0 = E)
     red_type_sigma: float = 0.1  # red sequence: |N(0, sigma)| in template type (0 = E)
-    blue_type_mean: float = 1.3  # blue cloud: N(mean, sigma) clipped to [0.6, 3]
+    # Blue cloud disks: N(mean, sigma) clipped to [0.6, 3]; 1.3 -> 1.5 and internal E(B-V) 0.05
+    # -> 0.03 when red bulges and inclination dust came in, to keep the colour medians.
+    blue_type_mean: float = 1.5
     blue_type_sigma: float = 0.45
     red_ebv_internal: float = 0.01  # mean of the exponential internal E(B-V)
-    blue_ebv_internal: float = 0.05
+    blue_ebv_internal: float = 0.03
+    # Bulge SED: a red-sequence draw, pulled this fraction of the way toward the disk's type
+    # (bulges of bluer galaxies are bluer, Kennedy et al. 2016).
+    bulge_type_coupling: float = 0.3
+    # Extra extinction of an edge-on disk over a face-on one, ugriz (mag): Masters et al. (2010)
+    # find 0.7, 0.6, 0.5, 0.4 in ugri and estimate 0.3 in z; linear in log10(a/b).
+    inclination_extinction: tuple[float, ...] = (0.7, 0.6, 0.5, 0.4, 0.3)
     z_max: float = 1.0
     faintest_abs_mag: float = -15.0
     ebv_pole: float = 0.03
@@ -69,8 +80,9 @@ def model_from_dict(overrides: dict) -> PopulationModel:
     for name in ("red", "blue"):
         if name in values:
             values[name] = Schechter(**{**asdict(getattr(base, name)), **values[name]})
-    if "template_band_offsets" in values:
-        values["template_band_offsets"] = tuple(values["template_band_offsets"])
+    for name in ("template_band_offsets", "inclination_extinction"):
+        if name in values:
+            values[name] = tuple(values[name])
     return replace(base, **values)
 
 
@@ -180,25 +192,10 @@ def draw_galaxies(
         "population": np.concatenate([np.full(len(z), name, dtype=object) for name, z, _ in parts]),
     }
     n = len(gal["z_true"])
-    red = gal["population"] == "red"
     gal["ra"], gal["dec"] = _uniform_positions(rng, n, ra_range, dec_range)
-    # Spectral type: red sequence near the E template; blue cloud spread from Sbc to Im.
-    sed_type = np.where(
-        red,
-        model.red_type_offset + np.abs(rng.normal(0.0, model.red_type_sigma, n)),
-        np.clip(rng.normal(model.blue_type_mean, model.blue_type_sigma, n), 0.6, 3.0),
-    )
-    ebv_int = np.where(
-        red, rng.exponential(model.red_ebv_internal, n), rng.exponential(model.blue_ebv_internal, n)
-    )
-    gal["sed_type"] = np.clip(sed_type, 0.0, 3.0)
-    gal["ebv_internal"] = np.clip(ebv_int, 0.0, 0.5)
-    offsets = seds.magnitude_offsets(gal["sed_type"], gal["ebv_internal"], gal["z_true"])
-    offsets = offsets + np.asarray(model.template_band_offsets)
-    scatter = rng.normal(0.0, model.colour_scatter_mag, size=(n, len(BANDS)))
-    scatter[:, BANDS.index("r")] = 0.0  # r carries the luminosity; the others scatter about it
-    intrinsic = gal["M_r"][:, None] + distance_modulus(gal["z_true"])[:, None] + offsets
-    intrinsic += scatter
+    _draw_types(gal, rng, model)
+    gal = _add_shapes(gal, rng)
+    intrinsic = _component_magnitudes(gal, rng, model)
     gal_l, gal_b = dust.galactic(gal["ra"], gal["dec"])
     ebv = dust.true_ebv(gal_l, gal_b, seed, model.ebv_pole, model.dust_clumpiness)
     gal["ebv_true"] = ebv
@@ -208,7 +205,77 @@ def draw_galaxies(
         gal[f"mag_{b}"] = observed[:, k]
     keep = gal["mag_r"] < r_limit
     gal = {name: values[keep] for name, values in gal.items()}
-    return pd.DataFrame(_add_shapes(gal, rng), index=pd.RangeIndex(int(keep.sum())))
+    return pd.DataFrame(gal, index=pd.RangeIndex(int(keep.sum())))
+
+
+# Effective wavelengths (Angstrom) of the SDSS ugriz filters, where the inclination extinction
+# is given; the disk at redshift z is attenuated at lambda_eff / (1 + z) (clamped at the ends).
+_BAND_WAVE = np.array([3551.0, 4686.0, 6166.0, 7480.0, 8932.0])
+_EDGE_ON_Q = 0.2  # intrinsic disk thickness (_add_shapes): the axis ratio seen edge-on
+
+
+def inclination_extinction(q_disk, z, model: PopulationModel) -> np.ndarray:
+    """(n, 5) extinction of each disk in ugriz from its axis ratio: the edge-on value times
+    log10(1/q) / log10(1/q_edge-on), evaluated at the rest-frame wavelength each band sees."""
+    frac = np.clip(np.log10(1.0 / np.asarray(q_disk)) / np.log10(1.0 / _EDGE_ON_Q), 0.0, 1.0)
+    rest = _BAND_WAVE[None, :] / (1.0 + np.asarray(z))[:, None]
+    edge_on = np.interp(rest, _BAND_WAVE, np.asarray(model.inclination_extinction))
+    return frac[:, None] * edge_on
+
+
+def _draw_types(gal: dict, rng: np.random.Generator, model: PopulationModel) -> None:
+    """SED types of disk and bulge and the disk's internal (face-on) E(B-V).
+
+    Disk: the population's type (red sequence near E, blue cloud Sbc-Im). Bulge: an older
+    red-sequence draw, pulled ``bulge_type_coupling`` of the way toward the disk's type."""
+    n = len(gal["z_true"])
+    red = gal["population"] == "red"
+
+    def red_types():
+        return model.red_type_offset + np.abs(rng.normal(0.0, model.red_type_sigma, n))
+
+    disk_type = np.where(
+        red,
+        red_types(),
+        np.clip(rng.normal(model.blue_type_mean, model.blue_type_sigma, n), 0.6, 3.0),
+    )
+    bulge_type = red_types()
+    bulge_type += model.bulge_type_coupling * (disk_type - bulge_type)
+    ebv_int = np.where(
+        red, rng.exponential(model.red_ebv_internal, n), rng.exponential(model.blue_ebv_internal, n)
+    )
+    gal["sed_type"] = np.clip(disk_type, 0.0, 3.0)
+    gal["sed_type_bulge"] = np.clip(bulge_type, 0.0, 3.0)
+    gal["ebv_internal"] = np.clip(ebv_int, 0.0, 0.5)
+
+
+def _component_magnitudes(gal: dict, rng: np.random.Generator, model: PopulationModel):
+    """Bulge and disk each through its own SED; returns the (n, 5) intrinsic total magnitudes
+    and stores the per-band bulge fractions (``bulge_frac_u`` ... ``bulge_frac_z``;
+    ``bulge_frac`` = r), so the catalogue and the frames share the same component fluxes.
+
+    The rest-frame r bulge fraction of ``_add_shapes`` splits M_r between the components; the
+    disk carries the internal Calzetti E(B-V) and the inclination extinction, the bulge no dust."""
+    n = len(gal["z_true"])
+    z = gal["z_true"]
+    disk = seds.magnitude_offsets(gal["sed_type"], gal["ebv_internal"], z)
+    # Blue-cloud disks only: bulge-dominated (early-type) spirals redden less than half as much
+    # as disky ones (Masters et al. 2010), and the red sequence's disks are S0-like.
+    blue = (gal["population"] == "blue")[:, None]
+    disk += blue * inclination_extinction(gal["q_disk"], z, model)
+    bulge = seds.magnitude_offsets(gal["sed_type_bulge"], np.zeros(n), z)
+    scatter = rng.normal(0.0, model.colour_scatter_mag, size=(2, n, len(BANDS)))
+    scatter[:, :, BANDS.index("r")] = 0.0  # r carries the luminosity; the others scatter about it
+    bt = np.clip(gal["bulge_frac_rest"], 0.0, 1.0)[:, None]
+    flux_b = bt * 10.0 ** (-0.4 * (bulge + scatter[0]))
+    flux_d = (1.0 - bt) * 10.0 ** (-0.4 * (disk + scatter[1]))
+    total = flux_b + flux_d
+    frac = flux_b / total
+    for k, b in enumerate(BANDS):
+        gal[f"bulge_frac_{b}"] = frac[:, k]
+    gal["bulge_frac"] = gal["bulge_frac_r"]
+    offsets = -2.5 * np.log10(total) + np.asarray(model.template_band_offsets)
+    return gal["M_r"][:, None] + distance_modulus(z)[:, None] + offsets
 
 
 def _add_shapes(gal: dict, rng: np.random.Generator) -> dict:
@@ -222,7 +289,7 @@ def _add_shapes(gal: dict, rng: np.random.Generator) -> dict:
         np.clip(0.45 - 0.15 * gal["sed_type"] + rng.uniform(-0.1, 0.1, n), 0.0, 1.0),
     )
     cos_i = rng.uniform(0.0, 1.0, n)
-    gal["bulge_frac"] = bulge_frac
+    gal["bulge_frac_rest"] = bulge_frac  # of the rest-frame r light (_component_magnitudes)
     gal["r50_arcsec"] = r50
     gal["r50_bulge_arcsec"] = np.clip(0.6 * r50, 0.05, None)
     gal["r50_disk_arcsec"] = np.clip(1.15 * r50, 0.08, None)
@@ -295,7 +362,9 @@ def draw_stars(
         columns[f"mag_intrinsic_{b}"] = intrinsic[keep, k]
         columns[f"mag_{b}"] = observed[keep, k]
     columns.update(z_true=0.0, M_r=np.nan, sed_type=np.nan, ebv_internal=0.0)
-    for col in ("bulge_frac", "r50_arcsec", "r50_bulge_arcsec", "r50_disk_arcsec", "pa_deg"):
+    columns["sed_type_bulge"] = np.nan
+    bulge_cols = ("bulge_frac", "bulge_frac_rest", *(f"bulge_frac_{b}" for b in BANDS))
+    for col in (*bulge_cols, "r50_arcsec", "r50_bulge_arcsec", "r50_disk_arcsec", "pa_deg"):
         columns[col] = 0.0
     columns.update(q_disk=1.0, q_bulge=1.0, is_star=np.ones(m, dtype=bool))
     return pd.DataFrame(columns, index=pd.RangeIndex(m))
