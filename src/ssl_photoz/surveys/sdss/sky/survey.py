@@ -100,9 +100,13 @@ def _run_box(footprint: Footprint, k: int) -> tuple[tuple[float, float], tuple[f
     return (footprint.ra_min, footprint.ra_max), (lo, lo + footprint.run_height_deg)
 
 
-def draw_truth(settings: SkySettings, rng: np.random.Generator, ra_range, dec_range, r_limit):
+def draw_truth(
+    settings: SkySettings, rng: np.random.Generator, ra_range, dec_range, r_limit, clustered=True
+):
     """Galaxies and stars of one sky box, brighter (after dust) than ``r_limit`` in r."""
-    gal = population.draw_galaxies(rng, ra_range, dec_range, r_limit, settings.seed, settings.model)
+    gal = population.draw_galaxies(
+        rng, ra_range, dec_range, r_limit, settings.seed, settings.model, clustered
+    )
     stars = population.draw_stars(rng, ra_range, dec_range, r_limit, settings.seed, settings.model)
     return pd.concat([gal, stars], ignore_index=True)
 
@@ -255,6 +259,9 @@ class MockSky:
             (float(ra_c) - half_ra, float(ra_c) + half_ra),
             (float(dec_c) - half_dec, float(dec_c) + half_dec),
             self.settings.frame_r_limit,
+            # Uniform: the faint neighbours of a frame are drawn per field, where the clustered
+            # structures (``clustering``) would cost a centre search per field.
+            clustered=False,
         )
         faint = faint[faint["mag_r"] >= self.settings.catalog_r_limit].reset_index(drop=True)
         faint["objID"] = np.int64(-1)  # not in the catalogue
