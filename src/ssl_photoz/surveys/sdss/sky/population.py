@@ -226,7 +226,6 @@ def draw_galaxies(
         "ra": np.concatenate([p[3] for p in parts]),
         "dec": np.concatenate([p[4] for p in parts]),
     }
-    n = len(gal["z_true"])
     _draw_types(gal, rng, model)
     gal = _add_shapes(gal, rng)
     intrinsic = _component_magnitudes(gal, rng, model)
