@@ -315,7 +315,7 @@ class MockSky:
     def _model(self, fid: FieldId, band: str):
         """The FrameModel of (field, band), kept for the next windows of the frame."""
         from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
-        from ssl_photoz.surveys.sdss.sky.frame_model import FrameModel
+        from ssl_photoz.surveys.sdss.sky.render import frame_model_for
 
         key = (fid, band)
         if key not in self._models:
@@ -326,9 +326,8 @@ class MockSky:
             if len(self._models) >= 40:  # 8 fields x 5 bands: objects come in field order
                 self._models.pop(next(iter(self._models)))
             cond = field_conditions(self.footprint.seed, fid.run, fid.camcol, fid.field, band)
-            fwhm = cond.psf_fwhm_arcsec
-            self._models[key] = FrameModel(
-                self._frame_sources[fid], self.footprint, fid, band, fwhm
+            self._models[key] = frame_model_for(
+                self._frame_sources[fid], self.footprint, fid, band, cond
             )
         return self._models[key]
 
