@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ssl_photoz.report.sky_realism import knn_sigma_mad, load_real_mgs, validate_sky
+from ssl_photoz.report.sky_realism import (
+    PAPER_POOL_RATIO,
+    knn_sigma_mad,
+    load_real_mgs,
+    pool_ratio_check,
+    validate_sky,
+)
 
 
 def test_real_mgs_knn_reference(real_mgs_path):
@@ -22,4 +28,14 @@ def test_simulated_survey_passes_realism_checks(validation_sky):
     assert not failed, table
     names = {c.name for c in checks}
     assert "kNN colour photo-z sigma_MAD" in names
+    assert "unlabeled / labeled objects" in names
     assert sum(n.startswith("median g-r") for n in names) >= 4
+
+
+def test_pool_ratio_check_holds_the_papers_ratio():
+    assert PAPER_POOL_RATIO == pytest.approx(2.375, abs=1e-3)
+    assert pool_ratio_check(1000, 2400).passed
+    # The ratio with the spectroscopic area share alone (0.65 of the RA span): 4,934 labeled,
+    # 3,601 unlabeled on the science sky.
+    assert not pool_ratio_check(4934, 3601).passed
+    assert not pool_ratio_check(1000, 3300).passed
