@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from ssl_photoz.report.sky_realism import (
+    PAPER_POOL_RATIO,
     knn_sigma_mad,
     load_real_mgs,
+    pool_ratio_check,
     structure_checks,
     validate_sky,
 )
@@ -29,6 +31,7 @@ def test_simulated_survey_passes_realism_checks(validation_sky):
     assert not failed, table
     names = {c.name for c in checks}
     assert "kNN colour photo-z sigma_MAD" in names
+    assert "unlabeled / labeled objects" in names
     assert sum(n.startswith("median g-r") for n in names) >= 4
     assert {"bulge - disk g-r, blue B+D (median)", "edge-on - face-on g-r, disky"} <= names
 
@@ -63,3 +66,12 @@ def test_structure_checks_see_missing_gradients_and_dust():
     assert ok[1].simulated == pytest.approx(0.1, abs=0.01)
     flat = structure_checks(_structure_sample(0.0, 0.0))
     assert not any(c.passed for c in flat)
+
+
+def test_pool_ratio_check_holds_the_papers_ratio():
+    assert PAPER_POOL_RATIO == pytest.approx(2.375, abs=1e-3)
+    assert pool_ratio_check(1000, 2400).passed
+    # The ratio with the spectroscopic area share alone (0.65 of the RA span): 4,934 labeled,
+    # 3,601 unlabeled on the science sky.
+    assert not pool_ratio_check(4934, 3601).passed
+    assert not pool_ratio_check(1000, 3300).passed

@@ -20,6 +20,7 @@ from ssl_photoz.surveys.sdss.extinction import (
 )
 from ssl_photoz.surveys.sdss.sky import dust
 from ssl_photoz.surveys.sdss.sky.catalog import _redshifts
+from ssl_photoz.surveys.sdss.sky.footprint import FieldId
 from ssl_photoz.surveys.sdss.sky.survey import MockSky, SkySettings, build_survey
 
 
@@ -192,3 +193,33 @@ def test_faint_sources_are_reproducible_and_below_the_catalogue(tiny_sky):
 def test_open_missing_sky_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no simulated survey here"):
         MockSky(tmp_path)
+
+
+def test_frames_and_catalogue_share_one_calibration(tiny_sky, tables):
+    """A field's zero-point error scales the fluxes its frames render exactly as it shifts the
+    catalogue magnitudes measured on it (on real SDSS the catalogue is measured on the frames)."""
+    from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
+    from ssl_photoz.surveys.sdss.sky.frame_model import nanomaggies
+
+    sky = MockSky(tiny_sky)
+    truth = pd.read_parquet(tiny_sky / "truth.parquet").set_index("objID")
+    photo = tables["PhotoObjAll"]
+    prim = photo[(photo["mode"] == 1) & photo["objID"].isin(truth.index)]
+    run, camcol, field = prim.groupby(["run", "camcol", "field"]).size().idxmax()
+    fid = FieldId(int(run), int(camcol), int(field))
+    here = prim[(prim["run"] == run) & (prim["camcol"] == camcol) & (prim["field"] == field)]
+    offsets = []
+    for band in "ugriz":
+        zp = field_conditions(sky.footprint.seed, run, camcol, field, band).zero_point_offset_mag
+        offsets.append(zp)
+        model = sky._model(fid, band)
+        src = model.src.reset_index(drop=True)
+        rows = np.flatnonzero(src["objID"].isin(here["objID"]).to_numpy())
+        assert len(rows) >= 5
+        true_flux = nanomaggies(truth.loc[src["objID"].iloc[rows], f"mag_{band}"])
+        np.testing.assert_allclose(model.flux[rows] / true_flux, 10 ** (-0.4 * zp), rtol=1e-9)
+        # The catalogue: modelMag = true + zp + noise, so the field's mean residual is zp.
+        d = here[f"modelMag_{band}"].to_numpy() - truth.loc[here["objID"], f"mag_{band}"].to_numpy()
+        err = here[f"modelMagErr_{band}"].to_numpy()
+        assert abs(d.mean() - zp) < 4 * np.sqrt((err**2).sum()) / len(d) + 1e-4
+    assert max(abs(z) for z in offsets) > 0.002  # the field has a calibration error to share

@@ -18,7 +18,9 @@ and 0.2 mag in u-g, so they sit at the level of real-sample scatter):
   within 0.05 of Masters et al. (2010)'s 0.1 (0.6 - 0.5 mag);
 - the power-law fit of the projected correlation function w_p(r_p) of the MGS-like sample
   (``sky_clustering``): r0 and gamma against Zehavi et al. (2005), with limits that tell a
-  clustered sky from an unclustered one (see ``R0_LIMITS``).
+  clustered sky from an unclustered one (see ``R0_LIMITS``);
+- the pretraining pool: unlabeled over labeled objects after the catalogue queries and the
+  select stage (the paper's cuts), within 25 % of Hayat et al. (2021)'s 1,194,779 / 502,977.
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ MGS_COLUMNS = "zs u g r i z u-g g-r r-i i-z eu eg er ei ez eu-g eg-r er-i ei-z".
 Z_BIN = 0.05
 MIN_REAL_PER_BIN = 50
 MIN_SIM_PER_BIN = 30  # below this a simulated median is too noisy to compare
+PAPER_POOL_RATIO = 1_194_779 / 502_977  # Hayat et al. (2021): unlabeled / labeled galaxies
+# Relative. Where the |b| cut falls unevenly on the imaging-only and spectroscopic parts of a small
+# region the ratio moves a lot (the demo sky's is 1.64, the science sky's 2.36).
+POOL_RATIO_TOLERANCE = 0.25
+# The paper's select cuts (config.yaml's select block), for the pool-ratio check.
+PAPER_SELECT = {
+    "seed": 0,
+    "b_min_deg": 15.0,
+    "photoz_max": 0.8,
+    "r_max": 17.8,
+    "z_min": 0.0,
+    "z_max": 0.4,
+    "val_fraction": 102_993 / 502_977,
+}
 
 
 class TooFewGalaxies(ValueError):
@@ -300,6 +316,25 @@ def pixel_checks(sim: dict, real: dict) -> list[Check]:
     return checks
 
 
+def pool_counts(sky_dir: Path, select_settings: dict | None = None) -> tuple[int, int]:
+    """(labeled, unlabeled) objects of the sky: the packaged queries, then the select stage."""
+    from ssl_photoz.catalog.select import select_catalog
+    from ssl_photoz.surveys.sdss.query.run import run_duckdb
+    from ssl_photoz.surveys.sdss.query.sql import load_query
+
+    db = Path(sky_dir) / "sdss_mock.duckdb"
+    labeled = run_duckdb(load_query("labeled"), db)
+    unlabeled = run_duckdb(load_query("unlabeled"), db)
+    totals = select_catalog(labeled, unlabeled, select_settings or PAPER_SELECT).counts["totals"]
+    return totals["train"] + totals["val"], totals["unlabeled"]
+
+
+def pool_ratio_check(n_labeled: int, n_unlabeled: int) -> Check:
+    ratio = n_unlabeled / max(n_labeled, 1)
+    ok = abs(ratio / PAPER_POOL_RATIO - 1.0) <= POOL_RATIO_TOLERANCE
+    return Check("unlabeled / labeled objects", ratio, PAPER_POOL_RATIO, "within 25 %", bool(ok))
+
+
 def format_table(checks: list[Check], sample_sizes: tuple[int, int]) -> str:
     lines = [
         f"Simulated vs real SDSS (simulated MGS-like n={sample_sizes[0]}, "
@@ -356,6 +391,7 @@ def validate_sky(sky_dir: Path, pixels: bool = True) -> tuple[list[Check], str]:
             "(enlarge sky.region)"
         )
     checks = realism_checks(sim, real) + structure_checks(sim) + clustering_checks(sim, sky_dir)
+    checks.append(pool_ratio_check(*pool_counts(sky_dir)))
     if pixels:
         checks += pixel_checks(simulated_pixel_measures(sky_dir), real_pixel_reference())
     return checks, format_table(checks, (len(sim), len(real)))

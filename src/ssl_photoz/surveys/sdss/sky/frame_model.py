@@ -70,6 +70,8 @@ class FrameModel:
     Sorting, projecting and sizing the sources costs more than drawing a small window, so a
     cut-out job that renders many windows of one frame keeps one FrameModel per frame and band.
     The pixels equal ``render_model``'s (it is a thin wrapper around this).
+    ``zero_point_offset_mag``: the frame's calibration error; every flux it renders is off by
+    10^(-0.4 offset), as the catalogue magnitudes measured on the frame are off by +offset.
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class FrameModel:
         band: str,
         psf_fwhm_arcsec: float,
         faint_mag: float | None = FAINT_MAG,
+        *,
+        zero_point_offset_mag: float = 0.0,
     ):
         missing = [c for c in SOURCE_COLUMNS if c not in sources.columns]
         if missing:
@@ -97,7 +101,9 @@ class FrameModel:
             # Bulge and disk have their own SEDs: the bulge's share of the flux in this band
             # (population._component_magnitudes). Hand-made sources have one bulge_frac.
             self.src = self.src.assign(bulge_frac=self.src[f"bulge_frac_{band}"])
-        self.flux = nanomaggies(self.src[f"mag_{band}"])
+        # The frame's calibration error, the same one the catalogue's magnitudes of objects
+        # measured on this frame carry (conditions.field_conditions): one calibration for both.
+        self.flux = nanomaggies(self.src[f"mag_{band}"] + float(zero_point_offset_mag))
         self.psf = cached_psf(self.psf_fwhm)
         self.psf_radius = stamp_radius(0.0, self.psf_fwhm)
         self.is_star = self.src["is_star"].to_numpy(dtype=bool)
@@ -199,7 +205,11 @@ def render_model(
     band: str,
     psf_fwhm_arcsec: float,
     window: Window | None = None,
+    zero_point_offset_mag: float = 0.0,
 ) -> np.ndarray:
     """Noise-free image (nanomaggies per pixel, float64) of the window (default: whole frame)."""
     check_window(window)
-    return FrameModel(sources, footprint, fid, band, psf_fwhm_arcsec).draw(window)
+    model = FrameModel(
+        sources, footprint, fid, band, psf_fwhm_arcsec, zero_point_offset_mag=zero_point_offset_mag
+    )
+    return model.draw(window)

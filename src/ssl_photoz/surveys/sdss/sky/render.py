@@ -42,6 +42,21 @@ def frame_filename(fid: FieldId, band: str) -> str:
     return f"frame-{band}-{fid.run:06d}-{fid.camcol}-{fid.field:04d}.fits.bz2"
 
 
+def frame_model_for(
+    sources: pd.DataFrame, footprint: Footprint, fid: FieldId, band: str, cond: FieldBandConditions
+) -> FrameModel:
+    """The frame's FrameModel under its conditions: its PSF and its calibration error (the one
+    the catalogue carries for the objects measured on it, ``catalog.photo_obj_all``)."""
+    return FrameModel(
+        sources,
+        footprint,
+        fid,
+        band,
+        cond.psf_fwhm_arcsec,
+        zero_point_offset_mag=cond.zero_point_offset_mag,
+    )
+
+
 def _frame_pixels(
     model: FrameModel, cond: FieldBandConditions, seed: int, fid: FieldId, band: str, win: Window
 ) -> np.ndarray:
@@ -76,7 +91,7 @@ def render_frame(
     win = check_window(window)
     cond = field_conditions(footprint.seed, fid.run, fid.camcol, fid.field, band)
     if model is None:
-        model = FrameModel(sources, footprint, fid, band, cond.psf_fwhm_arcsec)
+        model = frame_model_for(sources, footprint, fid, band, cond)
     image = _frame_pixels(model, cond, seed, fid, band, win)
     primary = fits.PrimaryHDU(
         data=image, header=primary_header(footprint, fid, band, seed, cond, win)

@@ -55,7 +55,7 @@ class SkySettings:
     catalog_r_limit: float
     frame_r_limit: float
     model: population.PopulationModel
-    spectro_fraction: float = 0.65
+    spectro_fraction: float = 0.33  # the schema's default, derived there
 
     @classmethod
     def from_config(cls, sky_cfg: dict) -> SkySettings:
@@ -119,8 +119,10 @@ def build_run(settings: SkySettings, k: int) -> dict[str, pd.DataFrame]:
     ra_range, dec_range = _run_box(fp, k)
     truth = draw_truth(settings, rng, ra_range, dec_range, settings.catalog_r_limit)
     photo = catalog.photo_obj_all(truth, fp, rng, settings.model)
-    # The spectroscopic survey covers the eastern part of the imaging footprint, as SDSS's
-    # Legacy spectroscopy covers 9,376 of its 14,555 deg^2 of imaging.
+    # The spectroscopic survey covers the eastern part of the imaging footprint: as SDSS's
+    # spectroscopy covers 9,380 of its 14,555 deg^2 of imaging, made smaller by the real sky's
+    # lower share of labeled galaxies there (the schema's spectro_fraction), so the unlabeled
+    # pool is 2.4 times the labeled sample as in the paper.
     span = fp.ra_max - fp.ra_min
     covered = photo["ra"].to_numpy() >= fp.ra_max - settings.spectro_fraction * span
     spec, galspec = catalog.spectroscopy(
@@ -322,7 +324,7 @@ class MockSky:
     def _model(self, fid: FieldId, band: str):
         """The FrameModel of (field, band), kept for the next windows of the frame."""
         from ssl_photoz.surveys.sdss.sky.conditions import field_conditions
-        from ssl_photoz.surveys.sdss.sky.frame_model import FrameModel
+        from ssl_photoz.surveys.sdss.sky.render import frame_model_for
 
         key = (fid, band)
         if key not in self._models:
@@ -333,9 +335,8 @@ class MockSky:
             if len(self._models) >= 40:  # 8 fields x 5 bands: objects come in field order
                 self._models.pop(next(iter(self._models)))
             cond = field_conditions(self.footprint.seed, fid.run, fid.camcol, fid.field, band)
-            fwhm = cond.psf_fwhm_arcsec
-            self._models[key] = FrameModel(
-                self._frame_sources[fid], self.footprint, fid, band, fwhm
+            self._models[key] = frame_model_for(
+                self._frame_sources[fid], self.footprint, fid, band, cond
             )
         return self._models[key]
 
