@@ -147,12 +147,15 @@ def photo_obj_all(
     model_mag = true_mag + zp + rng.normal(0.0, 1.0, (n, 5)) * err
     # Petrosian apertures miss about 20 % of a de Vaucouleurs profile and 2 % of an exponential
     # (Blanton et al. 2001); for stars the Petrosian flux is nearly total.
-    bulge = t["bulge_frac"].to_numpy()
-    captured = np.where(is_star, 0.99, 0.80 * bulge + 0.98 * (1.0 - bulge))
+    # Per band where bulge and disk have their own SEDs (the bulge's share differs by band).
+    per_band = [f"bulge_frac_{b}" for b in BANDS]
+    if set(per_band) <= set(t.columns):
+        bulge = t[per_band].to_numpy()
+    else:
+        bulge = t["bulge_frac"].to_numpy()[:, None]
+    captured = np.where(is_star[:, None], 0.99, 0.80 * bulge + 0.98 * (1.0 - bulge))
     petro_err = err * 1.3
-    petro_mag = (
-        true_mag + zp - 2.5 * np.log10(captured)[:, None] + rng.normal(0, 1, (n, 5)) * petro_err
-    )
+    petro_mag = true_mag + zp - 2.5 * np.log10(captured) + rng.normal(0, 1, (n, 5)) * petro_err
     gal_l, gal_b = dust.galactic(t["ra"], t["dec"])
     ebv_map = dust.map_ebv(
         gal_l, gal_b, footprint.seed, model.ebv_pole, model.dust_clumpiness, model.dust_map_error
