@@ -56,6 +56,8 @@ def shrunk(config: dict) -> dict:
     for recipe in ("finetune", "supervised"):
         small[recipe].update(epochs=1, batch_size=8)
         small[recipe].pop("min_steps", None)
+    if "lpft" in small["finetune"].get("arms", []):  # a head phase, then a fine-tuning one
+        small["finetune"]["epochs"] = 2
     # One fraction, one seed: tests/test_workflow.py's tiny run covers several fractions.
     small["labels"] = {"fractions": [1.0], "seeds": [0]}
     return small

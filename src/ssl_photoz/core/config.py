@@ -160,6 +160,11 @@ def validate_config(config: dict, source: str = "config") -> dict:
             f"{chosen_arms}; the headline arm is chosen on a held-out slice of the training "
             f"labels, never on validation: give it a fraction (e.g. 0.1)"
         )
+    if "lpft" in chosen_arms and finetune.get("epochs", 2) < 2:
+        raise ConfigError(
+            f"{source} is invalid:\n  - key 'finetune.epochs': {finetune['epochs']} with arm "
+            f"lpft, whose head phase and fine-tuning phase need an epoch each (at least 2)"
+        )
     region = config.get("sky", {}).get("region", {})
     if region and not region["ra_max"] > region["ra_min"]:
         raise ConfigError(

@@ -61,7 +61,7 @@ def section(config: dict, training: dict) -> list[str]:
     listed = with_defaults("finetune", config["finetune"])["arms"]
     scores = heldout_scores(training)
     chosen = choose(listed, scores)
-    holdout = with_defaults("arm_selection", config.get("arm_selection", {}))["holdout"]
+    holdout = with_defaults("arm_selection", config.get("arm_selection") or {})["holdout"]
     run = ", ".join(f"{a} ({arms.get(a).words}, kind {arms.get(a).kind})" for a in listed)
     lines = [
         "## Fine-tuning arms and the headline arm",
