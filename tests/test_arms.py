@@ -4,6 +4,7 @@ and the choice of the headline arm on the held-out slice of the training labels 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_train import FINETUNE, MODEL, PRETRAIN, SUPERVISED, _cpu, _write_store
@@ -222,8 +223,6 @@ def test_the_headline_arm_is_chosen_on_the_heldout_slice_never_on_validation():
 
 def test_the_catalogue_baselines_leave_the_same_slice_out():
     """Every model of a fraction learns from the same galaxies: the baselines too."""
-    import pandas as pd
-
     from ssl_photoz.baselines.run import label_split
 
     rng = np.random.default_rng(0)
@@ -241,3 +240,25 @@ def test_the_catalogue_baselines_leave_the_same_slice_out():
     sliced = holdout.in_slice(objects["objid"].to_numpy(), 0.1)
     assert np.array_equal(cut, train & ~sliced) and np.array_equal(val_cut, val)
     assert 0.05 < (train & sliced).sum() / train.sum() < 0.15
+
+
+def test_fig2_draws_every_arm_that_ran(tmp_path, drawn_figures):
+    """Each arm's runs are a curve of their own in Fig. 2 (the kinds of the metrics summary)."""
+    from test_figures import _metrics, _summary
+
+    from ssl_photoz.report import figures
+
+    metrics = _metrics()
+    extra = []
+    for arm_kind, scale in (("finetune_lpft", 1.1), ("finetune_frozen", 1.5)):
+        rows = metrics[metrics["kind"] == "finetune"].copy()
+        rows["kind"], rows["sigma_mad"] = arm_kind, rows["sigma_mad"] * scale
+        rows["model"] = rows["model"].str.replace("finetune_", f"{arm_kind}_", n=1)
+        extra.append(rows)
+    summary = _summary(pd.concat([metrics, *extra], ignore_index=True))
+    path = tmp_path / "summary.tsv"
+    summary.to_csv(path, sep="\t", index=False)
+    figures.plot_sigma_vs_fraction(path, tmp_path / "fig2.png", paper=False)
+    legend = [t.get_text() for t in drawn_figures["fig2.png"].legends[0].get_texts()]
+    for arm in arms.ARMS:
+        assert f"{kinds.get(arm.kind).label}: mean, bars = std of 3 seeds" in legend, legend
