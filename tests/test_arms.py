@@ -212,6 +212,9 @@ def test_the_headline_arm_is_chosen_on_the_heldout_slice_never_on_validation():
     none = arm_selection.choose(["full", "lpft", "frozen"], arm_selection.heldout_scores(training))
     assert none["headline"] is None and "frozen" in none["why"]
     assert arm_selection.choose(["full"], {})["headline"] == "full"
+    # A slice of one galaxy scores sigma_MAD 0: a geometric mean of 0, not an error.
+    zero = arm_selection.choose(["full", "lpft"], {"full": {1.0: [0.0]}, "lpft": {1.0: [0.01]}})
+    assert zero["headline"] == "full" and zero["geomean"]["full"] == 0.0
     text = "\n".join(
         arm_selection.section(
             {"finetune": {"arms": ["full", "lpft"]}, "arm_selection": {"holdout": 0.1}},

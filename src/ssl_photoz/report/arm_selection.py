@@ -24,10 +24,19 @@ def heldout_scores(training: dict) -> dict[str, dict[float, list[float]]]:
     for run in training.values():
         if run.get("kind") != "finetune" or "heldout" not in run or "fraction" not in run:
             continue
+        value = run["heldout"]["sigma_mad"]
+        if value is None or not math.isfinite(value):
+            continue  # not scorable: the arm counts as unscored at that fraction
         arm = run.get("arm") or arms.ARMS[0].name
-        by_fraction = scores.setdefault(arm, {})
-        by_fraction.setdefault(float(run["fraction"]), []).append(run["heldout"]["sigma_mad"])
+        scores.setdefault(arm, {}).setdefault(float(run["fraction"]), []).append(value)
     return scores
+
+
+def _geometric_mean(values: list[float]) -> float:
+    """0 where a value is 0 (a slice of one galaxy has sigma_MAD 0), as the limit says."""
+    if min(values) <= 0:
+        return 0.0
+    return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def choose(listed: list[str], scores: dict[str, dict[float, list[float]]]) -> dict:
@@ -46,9 +55,7 @@ def choose(listed: list[str], scores: dict[str, dict[float, list[float]]]) -> di
             "geomean": {},
         }
     geomean = {
-        arm: math.exp(
-            statistics.fmean(math.log(statistics.median(scores[arm][f])) for f in fractions)
-        )
+        arm: _geometric_mean([statistics.median(scores[arm][f]) for f in fractions])
         for arm in listed
     }
     best = min(listed, key=lambda arm: (geomean[arm], listed.index(arm)))
