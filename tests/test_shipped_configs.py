@@ -139,9 +139,10 @@ def check_run(results: Path, config: dict) -> None:
         results.glob("models/*/f*_s*/model.pt")
     ):
         assert load_checkpoint(path)["config"]["model"] == model, path
-    assert len(list(results.glob("models/*/f*_s*/model.pt"))) == 2 * len(
-        config["labels"]["fractions"]
-    )
+    # The supervised network and each fine-tuning arm, per label fraction (one seed here).
+    assert len(list(results.glob("models/*/f*_s*/model.pt"))) == (
+        1 + len(config["finetune"]["arms"])
+    ) * len(config["labels"]["fractions"])
     summary = (results / "summary.md").read_text()
     width = f" (width {model['width']})" if "width" in model else ""
     assert f"| all | network | {model['arch']}{width} |" in summary
