@@ -53,12 +53,16 @@ def test_the_registries_import_without_numpy_or_scikit_learn():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_selected_follows_the_config_key():
-    chosen = kinds.selected({"baselines": ["colours_mlp"]})
+def test_selected_follows_the_config_keys():
+    """The catalogue baselines of key baselines, the fine-tuning arms of finetune.arms."""
+    full = {"finetune": {"arms": ["full"]}}
+    chosen = kinds.selected({**full, "baselines": ["colours_mlp"]})
     assert [k.name for k in chosen] == ["finetune", "supervised", "colours_mlp"]
-    assert [k.name for k in kinds.selected({"baselines": []})] == ["finetune", "supervised"]
+    assert [k.name for k in kinds.selected({**full, "baselines": []})] == ["finetune", "supervised"]
+    two = {"finetune": {"arms": ["frozen", "full"]}, "baselines": []}
+    assert [k.name for k in kinds.selected(two)] == ["finetune", "finetune_frozen", "supervised"]
     with pytest.raises(KeyError, match=r"\['finetune'\] not registered catalogue baselines"):
-        kinds.selected({"baselines": ["finetune"]})
+        kinds.selected({**full, "baselines": ["finetune"]})
 
 
 def _brute_force_knn(train_x, train_z, test_x, k):

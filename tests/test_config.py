@@ -30,6 +30,14 @@ def test_default_config_is_valid(default_config):
         (lambda c: c["sky"]["region"].update(ra_max=1.0), "key 'sky.region.ra_max'"),
         (lambda c: c["sky"].update(catalog_r_limit="bright"), "key 'sky.catalog_r_limit'"),
         (lambda c: c["sky"]["model"].update(red={"m_star": 3}), "key 'sky.model.red.m_star'"),
+        # Several fine-tuning arms need the held-out slice that chooses the headline one.
+        (lambda c: c["finetune"].update(arms=["full", "frozen"]), "key 'arm_selection.holdout'"),
+        (lambda c: c["finetune"].update(arms=["full", "bogus"]), "key 'finetune.arms.1'"),
+        (
+            lambda c: c["finetune"].update(arms=["lpft"], epochs=1),
+            "key 'finetune.epochs': 1 with arm lpft",
+        ),
+        (lambda c: c["finetune"].update(optimizer="rmsprop"), "key 'finetune.optimizer'"),
     ],
 )
 def test_bad_config_names_the_key(default_config, mutate, expected):

@@ -18,7 +18,7 @@ from test_figures import FRACTIONS
 from test_figures import _metrics as figure_metrics
 from test_figures import _summary as seed_summary
 
-from ssl_photoz.core import kinds
+from ssl_photoz.core import arms, kinds
 from ssl_photoz.core.config import fill_defaults, with_defaults
 from ssl_photoz.evaluate.leakage import leakage_report
 from ssl_photoz.evaluate.predict import write_predictions
@@ -42,7 +42,8 @@ def test_registry_entries_are_complete_and_distinct():
     # The networks are the predict rule's kinds, trained per fraction and seed, with PDFs; the
     # catalogue baselines have a rule of their own (some with a PDF too). The compared pair is
     # registered.
-    assert kinds.names(family="image") == kinds.names(rule="predict") == ["finetune", "supervised"]
+    assert kinds.names(family="image") == kinds.names(rule="predict")
+    assert kinds.names(family="image") == [*arms.kind_names(), "supervised"]
     for kind in kinds.KINDS:
         assert kind.image == (kind.train_rule is not None) == kind.seeds, kind.name
         assert kind.pdf or not kind.image, kind.name
@@ -147,7 +148,7 @@ NEW = kinds.Kind(
     pdf=True,
     family="image",
     predicts="a BYOL-pretrained backbone, fine-tuned",
-    table_rank=3,
+    table_rank=6,
 )
 NEW_BASELINE = kinds.Kind(
     name="mags_rf",
@@ -164,7 +165,7 @@ NEW_BASELINE = kinds.Kind(
     pdf=False,
     family="catalogue",
     predicts="a random forest on the magnitudes",
-    table_rank=4,
+    table_rank=7,
 )
 
 
@@ -292,7 +293,7 @@ def test_a_new_kind_flows_through_the_summary(registered, tmp_path):
     assert "| **ours, BYOL + fine-tuning (resnet_small)** | 0.01800 +- 0.00100 |" in text
     assert "| **ours, magnitudes RF** | 0.04500 |" in text
     assert (
-        "| label fraction | supervised sigma_MAD | MoCo + fine-tune sigma_MAD "
+        "| label fraction | supervised sigma_MAD | SSL + fine-tune sigma_MAD "
         "| colours 10-NN sigma_MAD (same labels) | BYOL + fine-tune sigma_MAD "
         "| magnitudes RF sigma_MAD | label-efficiency factor |" in text
     )
@@ -391,7 +392,7 @@ def test_registered_kinds_without_rows_are_left_out_of_the_summary(registered, t
     }
     text = write_summary(tmp_path / "summary.md", table, None, objects, report, config)
     assert (
-        "| label fraction | supervised sigma_MAD | MoCo + fine-tune sigma_MAD "
+        "| label fraction | supervised sigma_MAD | SSL + fine-tune sigma_MAD "
         "| label-efficiency factor |\n| --- | --- | --- | --- |\n"
         "| 0.25 | 0.04000 +- 0.00100 | 0.03000 +- 0.00100 | - |" in text
     )
@@ -403,8 +404,8 @@ def test_registered_kinds_without_rows_are_left_out_of_the_summary(registered, t
     section = text.split("## Photo-z PDFs", 1)[1].split("\n\n")[1].splitlines()
     pdf_rows = [line for line in section if line.startswith("| ours, ")]
     assert [line.split(" | ")[0] for line in pdf_rows] == [
-        "| ours, MoCo v2 + fine-tuning",
-        "| ours, MoCo v2 + fine-tuning",
+        "| ours, self-supervised + fine-tuning",
+        "| ours, self-supervised + fine-tuning",
         "| ours, supervised",
         "| ours, supervised",
     ]

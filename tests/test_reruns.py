@@ -46,6 +46,20 @@ def test_a_finetune_setting_reruns_only_finetuning_and_what_follows(tiny_run, tm
     assert not (UPSTREAM_OF_TRAINING | CUTOUT_STAGE | {"pretrain", "probe"}) & set(jobs), jobs
 
 
+def test_a_setting_of_an_arm_not_run_reruns_nothing(tiny_run, tmp_path):
+    """The tiny run's one arm (full) reads neither lpft's nor frozen's settings, nor SGD's
+    under Adam: its jobs hold their own arm's recipe (ssl_photoz.core.arms.recipe)."""
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["finetune"].get("arms", ["full"]) == ["full"]
+    config["finetune"].update(
+        lpft_head_fraction=0.25, probe_hidden=64, sgd={"momentum": 0.5, "milestones": [0.5]}
+    )
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(tiny_run, "--configfile", str(changed))
+    assert not {"finetune", "supervised", "predict", "baseline_colours"} & set(jobs), jobs
+
+
 def test_a_supervised_setting_reruns_only_the_supervised_baselines(tiny_run, tmp_path):
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     config["supervised"]["lr"] = config["supervised"]["lr"] * 2

@@ -57,6 +57,8 @@ def shrunk(config: dict) -> dict:
     for recipe in ("finetune", "supervised"):
         small[recipe].update(epochs=1, batch_size=8)
         small[recipe].pop("min_steps", None)
+    if "lpft" in small["finetune"].get("arms", []):  # a head phase, then a fine-tuning one
+        small["finetune"]["epochs"] = 2
     # One fraction, one seed: tests/test_workflow.py's tiny run covers several fractions.
     small["labels"] = {"fractions": [1.0], "seeds": [0]}
     return small
@@ -138,9 +140,10 @@ def check_run(results: Path, config: dict) -> None:
         results.glob("models/*/f*_s*/model.pt")
     ):
         assert load_checkpoint(path)["config"]["model"] == model, path
-    assert len(list(results.glob("models/*/f*_s*/model.pt"))) == 2 * len(
-        config["labels"]["fractions"]
-    )
+    # The supervised network and each fine-tuning arm, per label fraction (one seed here).
+    assert len(list(results.glob("models/*/f*_s*/model.pt"))) == (
+        1 + len(config["finetune"]["arms"])
+    ) * len(config["labels"]["fractions"])
     summary = (results / "summary.md").read_text()
     width = f" (width {model['width']})" if "width" in model else ""
     assert f"| all | network | {model['arch']}{width} |" in summary

@@ -106,7 +106,7 @@ def test_summary_states_source_paper_rows_ours_and_leakage(store, tmp_path):
     for paper in ("0.00912", "0.00890", "0.00825", "0.209"):
         assert paper in text
     # Ours at the full label set: mean +- seed std, from the table given.
-    assert "| **ours, MoCo v2 + fine-tuning (resnet_small)** | 0.02000 +- 0.00200 |" in text
+    assert "| **ours, self-supervised + fine-tuning (resnet_small)** | 0.02000 +- 0.00200 |" in text
     assert "| **ours, supervised (resnet_small)** | 0.02500 +- 0.00400 |" in text
     assert "| **ours, colours 10-NN** | 0.02100 |" in text
     assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | - | 2.50x |" in text
@@ -196,9 +196,13 @@ def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(sto
         "| pretraining | temperature | 0.1 |",
         "| pretraining | batch norm | split BN over 8 sub-batches, keys shuffled across them |",
         "| pretraining | learning rate, schedule | 0.06, cosine per step, 1 warm-up epoch(s) |",
-        "| fine-tuning | learning rates, schedule | head 0.01, convolutions 0.001, cosine per step",
-        "| fine-tuning | steps taken | f0.25_s0: 20 (20 epochs x 1, batch 64, 95 labels) | - |",
-        "| supervised | learning rate, schedule | 0.01 for every layer, cosine per step |",
+        "| fine-tuning | arms | full | full fine-tuning |",
+        "| fine-tuning | optimiser | Adam, weight decay 0.0; cosine per step | not stated "
+        "(released code: SGD, momentum 0.9, lr 0.004, x0.1 at epochs 60 and 90 of 100) |",
+        "| fine-tuning | learning rates | head 0.01, convolutions 0.001 |",
+        "| fine-tuning | steps taken | full: f0.25_s0: 20 (20 epochs x 1, batch 64, 95 labels) |",
+        "| supervised | optimiser | Adam, weight decay 0.0; cosine per step | not stated |",
+        "| supervised | learning rate | 0.01 for every layer |",
         "| supervised | steps taken | f1.0_s0: 100 (20 epochs x 5, batch 64, 382 labels) | - |",
         "| all | crop | 64 x 64 of the 107 x 107 cut-outs | 64 x 64 of the 107 x 107 cut-outs |",
     ):
@@ -229,7 +233,7 @@ def test_summary_has_the_pdf_scores_of_the_runs_with_pdfs(store, tmp_path):
     text = write_summary(tmp_path / "s.md", table, None, objects, report, CONFIG)
     assert "## Photo-z PDFs" in text
     assert (
-        "| ours, MoCo v2 + fine-tuning | 1 | 0.01000 +- 0.00050 | 0.040 | 0.0008 | 0.50 "
+        "| ours, self-supervised + fine-tuning | 1 | 0.01000 +- 0.00050 | 0.040 | 0.0008 | 0.50 "
         "| 0.670 | 0.950 | 2 |" in text
     )
     assert "| ours, supervised | 0.25 | 0.01500 +- 0.00200 | 0.200 | 0.0200 | 20.00 " in text

@@ -55,8 +55,9 @@ FINETUNE = with_defaults(
     },
 )
 # The supervised baselines' own recipe: one learning rate for every layer.
+FINETUNE_ONLY = ("backbone_lr_factor", "arms", "lpft_head_fraction", "probe_hidden")
 SUPERVISED = with_defaults(
-    "supervised", {k: v for k, v in FINETUNE.items() if k != "backbone_lr_factor"}
+    "supervised", {k: v for k, v in FINETUNE.items() if k not in FINETUNE_ONLY}
 )
 
 

@@ -107,3 +107,41 @@ def test_cli_rejects_a_bad_section(tmp_path):
     assert out.returncode == 2
     assert "missing key under 'sky': 'region'" in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_each_fine_tuning_arm_is_a_job_of_its_own(tmp_path):
+    """A dry run with three arms (issue 23): one finetune job per arm, label fraction and seed,
+    each writing its own kind's files, given its arm and its arm's recipe alone (no list of
+    arms, no other arm's setting), and all of them scored."""
+    import re
+
+    import yaml
+
+    from ssl_photoz.core import arms
+
+    workdir = make_workdir(tmp_path)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["finetune"]["arms"] = ["full", "lpft", "frozen"]
+    config["arm_selection"] = {"holdout": 0.1}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(workdir, "-n", "-p", "--cores", "1", "--forceall", "--", "results/metrics.tsv")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    commands = [line for line in text.splitlines() if "ssl-photoz finetune " in line]
+    fractions = config["labels"]["fractions"]
+    assert len(commands) == 3 * len(fractions) * len(config["labels"]["seeds"]), commands
+    for arm in arms.ARMS:
+        mine = [c for c in commands if f"--arm {arm.name} " in c]
+        assert len(mine) == len(fractions), commands
+        for command in mine:
+            assert f"--out results/models/{arm.kind}/f" in command, command
+            sections = json.loads(re.search(r"--sections-json '([^']*)'", command).group(1))
+            recipe = sections["finetune"]
+            assert "arms" not in recipe and sections["arm_selection"] == {"holdout": 0.1}
+            assert ("lpft_head_fraction" in recipe) == (arm.name == "lpft"), recipe
+            assert ("probe_hidden" in recipe) == (arm.name == "frozen"), recipe
+        for fraction in fractions:
+            assert f"results/predictions/{arm.kind}_f{fraction}_s0.parquet" in text
+    # The baselines leave the same held-out slice out of their labels.
+    baselines = [line for line in text.splitlines() if "ssl-photoz baseline-colours" in line]
+    assert baselines and all("--heldout 0.1" in line for line in baselines), baselines

@@ -4,7 +4,7 @@ import os
 import shlex
 
 from ssl_photoz.baselines import registry as baselines
-from ssl_photoz.core import kinds
+from ssl_photoz.core import arms, kinds
 from ssl_photoz.core.codehash import code_digest
 
 # The Snakefile has filled the schema's defaults and validated the config (ssl_photoz.core.config).
@@ -33,6 +33,26 @@ def section_json(name):
 def sections_json(*names):
     """Several sections as one JSON argument: a rule reruns when any of them changes."""
     return json.dumps({n: config[n] for n in names}, sort_keys=True)
+
+
+def arm_kinds():
+    """The wildcard constraint of the finetune rule: the fine-tuning arms' kinds."""
+    return "|".join(arms.kind_names())
+
+
+def arm_sections(wildcards):
+    """The finetune job's sections: the model, its arm's own recipe (ssl_photoz.core.arms.recipe:
+    no other arm's settings, nor the list of arms) and the arm selection's held-out slice.
+    """
+    arm = arms.arm_of_kind(wildcards.arm_kind).name
+    return json.dumps(
+        {
+            "model": config["model"],
+            "finetune": arms.recipe(config["finetune"], arm),
+            "arm_selection": config["arm_selection"],
+        },
+        sort_keys=True,
+    )
 
 
 def gpus_per_training_job():
@@ -105,6 +125,7 @@ def baseline_arguments(wildcards):
     arguments = [
         f"--baseline {kind.name}",
         f"--sections-json {shlex.quote(sections_json(kind.section))}",
+        f"--heldout {config['arm_selection']['holdout']}",
     ]
     if kind.pdf:
         bins = config["finetune"]

@@ -1,7 +1,10 @@
 # Stage 3: self-supervised pretraining (pretrain.method: moco_v2, the paper's MoCo v2, or byol;
 # code in ssl_photoz.learn.ssl), then fine-tuning (config section finetune) and supervised
 # baselines (section supervised: their own recipe, one learning rate) per label fraction and
-# seed. Machine settings (device, loader workers, GPUs) come from the profile's resources.
+# seed. Fine-tuning runs once per arm of finetune.arms (ssl_photoz.core.arms), the arm's kind a
+# wildcard (models/finetune/ for the paper's arm full, models/finetune_lpft/, ...): each job's
+# params hold its arm's recipe alone, so adding an arm or changing another arm's setting reruns
+# none of its jobs. Machine settings (device, loader workers, GPUs) come from the profile's resources.
 # Resource `precision` (auto | fp32 | bf16 | fp16; default auto, set per rule in the profile's
 # set-resources) reaches the command through {resources}, not params: a machine setting, so
 # changing it does not rerun finished stages. Each network job runs under `ssl-photoz gpu-run`,
@@ -58,13 +61,14 @@ rule finetune:
         manifest=rules.gather.output.manifest,
         pretrained=rules.pretrain.output.model,
     output:
-        model=f"{RESULTS}/models/finetune/f{{fraction}}_s{{seed}}/model.pt",
-        summary=f"{RESULTS}/models/finetune/f{{fraction}}_s{{seed}}/summary.json",
+        model=f"{RESULTS}/models/{{arm_kind}}/f{{fraction}}_s{{seed}}/model.pt",
+        summary=f"{RESULTS}/models/{{arm_kind}}/f{{fraction}}_s{{seed}}/summary.json",
     log:
-        f"{RESULTS}/logs/finetune/f{{fraction}}_s{{seed}}.log",
+        f"{RESULTS}/logs/{{arm_kind}}/f{{fraction}}_s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/f{{fraction}}_s{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/{{arm_kind}}/f{{fraction}}_s{{seed}}.tsv"
     wildcard_constraints:
+        arm_kind=arm_kinds(),
         fraction=r"[0-9.]+",
         seed=r"\d+",
     conda:
@@ -77,13 +81,14 @@ rule finetune:
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.learn.train"),
-        sections=sections_json("model", "finetune"),
+        sections=arm_sections,
+        arm=lambda wildcards: arms.arm_of_kind(wildcards.arm_kind).name,
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:
         "ssl-photoz gpu-run --gpus {resources.gpu} --ids {resources.gpu_ids} --"
         " ssl-photoz finetune --sections-json {params.sections:q} --store {params.store}"
-        " --manifest {input.manifest} --pretrained {input.pretrained}"
+        " --manifest {input.manifest} --pretrained {input.pretrained} --arm {params.arm}"
         " --fraction {wildcards.fraction} --seed {wildcards.seed}"
         " --out {output.model} --summary {output.summary}"
         " --device {params.device} --precision {resources.precision} > {log} 2>&1"
@@ -112,7 +117,7 @@ rule supervised:
         gpu_ids="auto",  # card pool of gpu-run (machine setting; see profiles/default)
     params:
         code=stage_code("ssl_photoz.learn.train"),
-        sections=sections_json("model", "supervised"),
+        sections=sections_json("model", "supervised", "arm_selection"),
         store=STORE,
         device=lambda wildcards, resources: training_device(resources),
     shell:

@@ -12,11 +12,12 @@ import pandas as pd
 
 from ssl_photoz.baselines import registry as baselines
 from ssl_photoz.baselines.features import RedshiftBins, catalogue_features
+from ssl_photoz.core.holdout import in_slice
 from ssl_photoz.evaluate.predictions import write_predictions
 
 
 def label_split(
-    objects: pd.DataFrame, fraction: float = 1.0, usable_objids=None
+    objects: pd.DataFrame, fraction: float = 1.0, usable_objids=None, heldout: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) masks over ``objects``: the training labels of label fraction ``fraction``
     (``fraction_rank < fraction``: the image models' training objects at that fraction) and the
@@ -24,7 +25,8 @@ def label_split(
 
     ``usable_objids`` (the store's objects with a good cut-out) restricts both to the objects the
     image models can use, so that every model of a fraction learns from and is scored on the same
-    galaxies."""
+    galaxies; for that, too, the arm-selection slice (``heldout``: arm_selection.holdout,
+    ``ssl_photoz.core.holdout``) is left out of the training labels as the networks leave it."""
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     usable = np.ones(len(objects), dtype=bool)
@@ -36,6 +38,7 @@ def label_split(
         if "fraction_rank" not in objects:
             raise ValueError("the objects table has no fraction_rank: cannot take a label fraction")
         train &= (objects["fraction_rank"] < fraction).to_numpy()
+    train &= ~in_slice(objects["objid"].to_numpy(), heldout)
     val = (objects["split"] == "val").to_numpy() & usable
     return train, val
 
@@ -49,12 +52,13 @@ def predict_baseline(
     bins: RedshiftBins | None = None,
     fraction: float = 1.0,
     usable_objids=None,
+    heldout: float = 0.0,
 ) -> int:
     """Fit the registered baseline ``name`` (its config section ``settings``; ``bins``: the
     networks' redshift bins, for a baseline with a PDF) on the dereddened colours of the
     training objects of ``fraction`` and write its validation predictions to ``out``; returns
     the number of validation objects."""
-    train, val = label_split(objects, fraction, usable_objids)
+    train, val = label_split(objects, fraction, usable_objids, heldout)
     if train.sum() == 0 or val.sum() == 0:
         raise ValueError(
             f"{name} at label fraction {fraction:g} needs training and validation galaxies; "

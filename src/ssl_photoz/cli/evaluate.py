@@ -48,7 +48,7 @@ def cmd_baseline_colours(args: argparse.Namespace) -> int:
         usable = store.objid[store.ok]
     n = predict_baseline(
         kind.name, objects, Path(args.out), settings=settings, bins=bins,
-        fraction=args.fraction, usable_objids=usable,
+        fraction=args.fraction, usable_objids=usable, heldout=args.heldout,
     )  # fmt: skip
     log.info(
         "%s (%s, label fraction %g): %d validation predictions -> %s",
@@ -115,6 +115,13 @@ def _add_baseline_colours(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fraction", type=float, default=1.0, help="label fraction: train on fraction_rank < it"
+    )
+    p.add_argument(
+        "--heldout",
+        type=float,
+        default=0.0,
+        help="the arm-selection slice of the training labels to leave out, as the networks do "
+        "(the rule passes arm_selection.holdout; default %(default)s: none)",
     )
     p.add_argument(
         "--store", help="the cut-out store: only objects with a good cut-out (as the image models)"

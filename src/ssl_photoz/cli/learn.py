@@ -37,10 +37,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _classifier(args: argparse.Namespace, pretrained: Path | None) -> int:
+    from ssl_photoz.core import arms
     from ssl_photoz.learn.train import train_classifier, write_summary
 
     recipe = "finetune" if pretrained is not None else "supervised"
-    cfg = _sections(args, ("model", recipe))
+    cfg = _sections(args, ("model", recipe, "arm_selection"))
+    if pretrained is not None:  # the arm's own settings only (ssl_photoz.core.arms)
+        cfg[recipe] = {**arms.recipe(cfg[recipe], args.arm), "arm": args.arm}
     if not 0.0 < args.fraction <= 1.0:
         raise ValueError(f"--fraction {args.fraction}: must lie in (0, 1]")
     summary = train_classifier(
@@ -54,6 +57,7 @@ def _classifier(args: argparse.Namespace, pretrained: Path | None) -> int:
         pretrained=pretrained,
         max_epochs=args.max_epochs,
         manifest=Path(args.manifest) if args.manifest else None,
+        heldout=cfg["arm_selection"]["holdout"],
     )
     write_summary(Path(args.summary), summary)
     return 0
@@ -133,6 +137,11 @@ def _add_classifier(sub: argparse._SubParsersAction, verb: str, func, text: str)
     p.add_argument("--seed", type=int, required=True)
     if verb == "finetune":
         p.add_argument("--pretrained", required=True, help="pretraining checkpoint")
+        p.add_argument(
+            "--arm",
+            default="full",
+            help="fine-tuning arm (ssl_photoz.core.arms: full, lpft, frozen; default %(default)s)",
+        )
     p.set_defaults(func=func)
 
 

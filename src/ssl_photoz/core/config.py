@@ -153,6 +153,18 @@ def validate_config(config: dict, source: str = "config") -> dict:
                 f"from finetune.{key} ({finetune[key]!r}); both kinds must predict over the same "
                 f"redshift bins to be compared"
             )
+    chosen_arms = finetune.get("arms") or []  # both filled by the schema's defaults
+    if len(chosen_arms) > 1 and not (config.get("arm_selection") or {}).get("holdout"):
+        raise ConfigError(
+            f"{source} is invalid:\n  - key 'arm_selection.holdout': 0 with finetune.arms "
+            f"{chosen_arms}; the headline arm is chosen on a held-out slice of the training "
+            f"labels, never on validation: give it a fraction (e.g. 0.1)"
+        )
+    if "lpft" in chosen_arms and finetune.get("epochs", 2) < 2:
+        raise ConfigError(
+            f"{source} is invalid:\n  - key 'finetune.epochs': {finetune['epochs']} with arm "
+            f"lpft, whose head phase and fine-tuning phase need an epoch each (at least 2)"
+        )
     region = config.get("sky", {}).get("region", {})
     if region and not region["ra_max"] > region["ra_min"]:
         raise ConfigError(

@@ -10,6 +10,11 @@ predictions. A catalogue baseline's rule is ``baseline_colours`` whatever the ba
 module is in ``ssl_photoz.baselines`` and the config key ``baselines`` selects it
 (:func:`selected`).
 
+Each fine-tuning arm (``ssl_photoz.core.arms``) is a kind of its own, made from its arm: the
+paper's (``full``) keeps the name ``finetune``. An arm kind is selected where the config's
+``finetune.arms`` lists it. Its texts say "self-supervised", not a method: the pretraining
+method is a config choice (``pretrain.method``), which summary.md's recipe table names.
+
 Comparisons the paper makes between two particular kinds (the label-efficiency factor: how many
 more labels ``SUPERVISED`` needs to match ``SELF_SUPERVISED``) name them by the constants below.
 
@@ -19,6 +24,8 @@ Only the standard library here: the Snakefile imports this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ssl_photoz.core import arms
 
 __all__ = [
     "CATALOGUE_BASELINE",
@@ -53,7 +60,7 @@ class Kind:
     ``pdf``: its predictions carry a redshift PDF (PIT, CRPS and coverage are scored);
     ``family``: ``"image"`` (a network on the cut-outs) or ``"catalogue"`` (a baseline on the
     catalogue's photometry); ``predicts``: how it predicts, in words; ``table_rank``: its place
-    in summary.md's tables (smallest first).
+    in summary.md's tables (smallest first); ``arm``: the fine-tuning arm it is (None: no arm).
     """
 
     name: str
@@ -72,6 +79,7 @@ class Kind:
     predicts: str
     table_rank: int
     dodge: float = 1.0
+    arm: str | None = None
 
     def __post_init__(self):
         if self.family not in (IMAGE, CATALOGUE):
@@ -100,27 +108,44 @@ class Kind:
         return [(fraction, None) for fraction in labels["fractions"]]
 
 
-# The order is the figures' and the explorer's: the self-supervised networks first.
-KINDS: tuple[Kind, ...] = (
-    Kind(
-        name="finetune",
-        label="self-supervised (MoCo v2 + fine-tune)",
-        summary_name="ours, MoCo v2 + fine-tuning",
-        fraction_column="MoCo + fine-tune sigma_MAD",
-        report_name="MoCo + FT",
-        colour="tab:blue",
-        marker="o",
-        dodge=1 / 1.04,
+# How each fine-tuning arm's kind is drawn and ranked: (colour, marker, dodge, table rank).
+_ARM_STYLE = {
+    "full": ("tab:blue", "o", 1 / 1.04, 1),
+    "lpft": ("tab:purple", "D", 1 / 1.08, 2),
+    "frozen": ("tab:cyan", "v", 1 / 1.12, 3),
+}
+
+
+def _arm_kind(arm: arms.Arm) -> Kind:
+    colour, marker, dodge, rank = _ARM_STYLE[arm.name]
+    paper = arm.name == "full"  # the paper's arm keeps the names its tables always had
+    return Kind(
+        name=arm.kind,
+        label=f"self-supervised + {arm.words}",
+        summary_name="ours, self-supervised + fine-tuning"
+        if paper
+        else f"ours, self-supervised + {arm.words}",
+        fraction_column="SSL + fine-tune sigma_MAD" if paper else f"SSL {arm.name} sigma_MAD",
+        report_name="SSL + FT" if paper else f"SSL {arm.name}",
+        colour=colour,
+        marker=marker,
+        dodge=dodge,
         rule="predict",
         train_rule="finetune",
         section="finetune",
         seeds=True,
         pdf=True,
         family=IMAGE,
-        predicts="the MoCo v2-pretrained backbone fine-tuned as a 180-bin redshift classifier; "
-        "z_p = E(z) of its PDF",
-        table_rank=1,
-    ),
+        predicts=f"the self-supervised backbone ({arm.words}: arm {arm.name}) as a 180-bin "
+        "redshift classifier; z_p = E(z) of its PDF",
+        table_rank=rank,
+        arm=arm.name,
+    )
+
+
+# The order is the figures' and the explorer's: the self-supervised networks first.
+KINDS: tuple[Kind, ...] = (
+    *(_arm_kind(arm) for arm in arms.ARMS),
     Kind(
         name="supervised",
         label="supervised (from scratch)",
@@ -155,7 +180,7 @@ KINDS: tuple[Kind, ...] = (
         family=CATALOGUE,
         predicts="mean z_spec of the 10 nearest training galaxies in dereddened "
         "(r, u-g, g-r, r-i, i-z), on the image models' labels of that fraction",
-        table_rank=2,
+        table_rank=4,
     ),
     Kind(
         name="colours_mlp",
@@ -174,7 +199,7 @@ KINDS: tuple[Kind, ...] = (
         predicts="a multi-layer perceptron classifying dereddened (r, u-g, g-r, r-i, i-z) into "
         "the networks' redshift bins, on the image models' labels of that fraction; z_p = E(z) "
         "of its PDF",
-        table_rank=3,
+        table_rank=5,
     ),
 )
 
@@ -200,9 +225,10 @@ def names(**where) -> list[str]:
 
 
 def selected(config: dict) -> list[Kind]:
-    """The kinds a run of ``config`` predicts and scores, in registry order: every network and
-    the catalogue baselines its key ``baselines`` names (a registered baseline it does not name
-    is neither made nor expected)."""
+    """The kinds a run of ``config`` predicts and scores, in registry order: the supervised
+    network, the fine-tuning arms its ``finetune.arms`` lists and the catalogue baselines its
+    key ``baselines`` names (a registered arm or baseline it does not name is neither made nor
+    expected)."""
     chosen = config["baselines"]
     unknown = [name for name in chosen if name not in names(family=CATALOGUE)]
     if unknown:
@@ -210,7 +236,10 @@ def selected(config: dict) -> list[Kind]:
             f"config key baselines: {unknown} not registered catalogue baselines "
             f"(ssl_photoz.core.kinds: {names(family=CATALOGUE)})"
         )
-    return [k for k in KINDS if k.image or k.name in chosen]
+    arms_run = config["finetune"]["arms"]
+    return [
+        k for k in KINDS if (k.image and (k.arm is None or k.arm in arms_run)) or k.name in chosen
+    ]
 
 
 def table_order() -> list[Kind]:

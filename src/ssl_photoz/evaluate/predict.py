@@ -42,6 +42,7 @@ def predict_classifier(
         n_bins=recipe["n_bins"],
         z_min=recipe["z_min"],
         z_max=recipe["z_max"],
+        hidden=state.get("head_hidden", 0),  # 0: a linear head (every model before the arms)
     )
     net.load_state_dict(state["model"])
     net.to(dev, memory_format=torch.channels_last)  # as in training

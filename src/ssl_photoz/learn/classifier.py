@@ -1,11 +1,16 @@
 """Training the redshift classifier: fine-tuning from a pretrained backbone, or from scratch.
 
-Recipes (Hayat et al. 2021): fine-tuning from the pretrained backbone with the convolutional
-part's learning rate 10x smaller than the head's (config section ``finetune``); supervised
-training from scratch with one learning rate for every layer, as the authors' supervised
-baseline (section ``supervised``); Adam, a per-step cosine schedule; 180-bin classifier over
-0 < z < 0.4, z_p = E(z) under the softmax. The validation curve is a diagnostic: the last
-epoch's weights are kept, never the best on validation.
+Recipes: fine-tuning from the pretrained backbone with the convolutional part's learning rate
+10x smaller than the head's (Hayat et al. 2021; config section ``finetune``), by one of the arms
+of ``ssl_photoz.core.arms`` (full, head first then full, frozen backbone); supervised training
+from scratch with one learning rate for every layer, as the authors' supervised baseline
+(section ``supervised``). The optimiser and its per-step schedule are each section's
+``optimizer`` (``ssl_photoz.learn.optim``: Adam with cosine decay, or SGD with steps at the
+authors' released settings). 180-bin classifier over 0 < z < 0.4, z_p = E(z) under the softmax.
+The validation curve is a diagnostic: the last epoch's weights are kept, never the best on
+validation. With ``arm_selection.holdout`` > 0 the held-out slice of the training labels
+(``ssl_photoz.core.holdout``) is left out of training and scored at the end, for choosing the
+headline arm.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_photoz.core import arms, holdout
 from ssl_photoz.core.config import crop_size
-from ssl_photoz.learn import augment, data, epochs, inference, models
+from ssl_photoz.learn import augment, data, epochs, inference, models, optim
 from ssl_photoz.learn.checkpoints import load_checkpoint, plain, run_inputs
 from ssl_photoz.learn.runtime import (
     Runtime,
@@ -95,13 +101,14 @@ class _Run:
     batch_size: int = 0
     steps: int = 0  # optimiser steps per epoch
     n_epochs: int = 0
+    head_epochs: int = 0  # the first epochs, backbone frozen (the arm's head phase)
+    frozen: bool = False
+    heldout_set: data.CutoutDataset | None = None
 
     def build(self, lr_factor: float, fraction: float) -> None:
         cfg, rt = self.cfg, self.runtime
-        self.model = wrap(self.net, rt)
-        self.optimizer = torch.optim.Adam(
-            self.net.parameter_groups(cfg["lr"], backbone_lr_factor=lr_factor),
-            weight_decay=cfg["weight_decay"],
+        self.optimizer = optim.build_optimizer(
+            self.net.parameter_groups(cfg["lr"], backbone_lr_factor=lr_factor), cfg
         )
         self.batch_size = min(cfg["batch_size"], len(self.train_set))
         self.steps = max(1, len(self.train_set) // (self.batch_size * rt.world_size))
@@ -111,12 +118,30 @@ class _Run:
                 "%s f=%.4g: %d steps per epoch, so %d epochs (not %s) reach min_steps %d",
                 self.kind, fraction, self.steps, self.n_epochs, cfg["epochs"], cfg["min_steps"],
             )  # fmt: skip
-        self.scheduler = epochs.cosine_schedule(self.optimizer, self.n_epochs, self.steps)
+        self.head_epochs = arms.frozen_epochs(cfg, self.n_epochs)
+        self.scheduler = optim.schedule(
+            self.optimizer, cfg, self.steps, self.n_epochs, self.head_epochs
+        )
         self.scaler = rt.precision.grad_scaler()
+        self.set_phase(0)
+
+    def set_phase(self, epoch: int) -> None:
+        """Freeze the backbone (no gradients; batch norm kept in eval mode by ``train_epoch``)
+        in the epochs of the head phase, unfreeze it after; re-wrap for DDP on a change, whose
+        reducer knows only the parameters that needed gradients when it was made."""
+        frozen = epoch < self.head_epochs
+        if self.model is not None and frozen == self.frozen:
+            return
+        self.frozen = frozen
+        self.net.backbone.requires_grad_(not frozen)
+        self.model = wrap(self.net, self.runtime)
 
     def train_epoch(self, epoch: int, seed: int, train_aug) -> dict:
         rt = self.runtime
+        self.set_phase(epoch)
         self.model.train()
+        if self.frozen:  # a frozen backbone keeps its batch-norm statistics too
+            self.net.backbone.eval()
         gen = epoch_generator(seed, epoch, 2, rt.device)
         loader = epoch_loader(self.train_set, self.batch_size, rt, seed, epoch, True, True)
         losses = []
@@ -130,9 +155,10 @@ class _Run:
 
     def recipe(self, last: int) -> dict:
         return {
-            "optimizer": "Adam",
+            **optim.describe(self.cfg),
+            "arm": self.cfg.get("arm"),
+            "head_epochs": self.head_epochs,
             "lr": {g["name"]: g["initial_lr"] for g in self.optimizer.param_groups},
-            "schedule": "cosine per step, no warm-up",
             "batch_size": self.batch_size,
             "world_size": self.runtime.world_size,
             "steps_per_epoch": self.steps,
@@ -140,11 +166,25 @@ class _Run:
         }
 
 
-def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained) -> _Run:
+def _split_heldout(store, train_idx: np.ndarray, heldout: float):
+    """The training rows without the arm-selection slice, and the slice's rows (None at 0)."""
+    if not heldout:
+        return train_idx, None
+    mask = holdout.in_slice(store.objid[train_idx], heldout)
+    if mask.all() or not mask.any():
+        raise ValueError(
+            f"arm_selection.holdout {heldout}: leaves {int((~mask).sum())} training and "
+            f"{int(mask.sum())} held-out labels of {len(train_idx)}; both need some"
+        )
+    return train_idx[~mask], train_idx[mask]
+
+
+def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, heldout) -> _Run:
     kind = "finetune" if pretrained is not None else "supervised"
     lr_factor = backbone_lr_factor(cfg, kind)
     store = data.open_store(store_path)
     train_idx = data.labeled_indices(store, "train", fraction=fraction)
+    train_idx, heldout_idx = _split_heldout(store, train_idx, heldout)
     val_idx = data.labeled_indices(store, "val")
     train_set = data.CutoutDataset(store_path, train_idx, deredden=True)
     val_set = data.CutoutDataset(store_path, val_idx, deredden=True)
@@ -154,50 +194,21 @@ def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained) -> _Run:
         n_bins=cfg["n_bins"],
         z_min=cfg["z_min"],
         z_max=cfg["z_max"],
+        hidden=arms.head_hidden(cfg),
     ).to(runtime.device, memory_format=torch.channels_last)
     run = _Run(kind, cfg, runtime, train_set, val_set, net, crop_size(model_cfg))
+    if heldout_idx is not None:
+        run.heldout_set = data.CutoutDataset(store_path, heldout_idx, deredden=True)
     run.build(lr_factor, fraction)
     return run
 
 
-def train_classifier(
-    model_cfg: dict,
-    cfg: dict,
-    store_path: Path,
-    out_path: Path,
-    runtime: Runtime,
-    fraction: float,
-    seed: int,
-    pretrained: Path | None = None,
-    max_epochs: int | None = None,
-    manifest: Path | None = None,
-) -> dict:
-    """Fine-tune (from ``pretrained``) or train from scratch (supervised) the redshift classifier
-    on the training objects with ``fraction_rank < fraction``; validate on the val split.
-
-    ``cfg`` is the run's recipe: the ``finetune`` section (head at ``lr``, convolutions at
-    ``lr * backbone_lr_factor``) or the ``supervised`` one (every layer at ``lr``: the section
-    has no ``backbone_lr_factor``, and one given is refused). ``manifest`` (the store's, from
-    gather) is part of the store's identity (``run_inputs``)."""
-    seed_everything(seed)
-    run = _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained)
-    kind = run.kind
-    run_cfg = {
-        "model": model_cfg,
-        kind: cfg,  # the recipe, under its config section's name
-        "fraction": fraction,
-        "seed": seed,
-        "kind": kind,
-        "pretrained": str(pretrained) if pretrained else None,
-    }
-    inputs = run_inputs(store_path, manifest, pretrained=pretrained)
-    loop = epochs.EpochLoop(kind, run_cfg, runtime, out_path.parent, inputs)
-    start = loop.resume(run.model, run.optimizer, run.scheduler, run.scaler)
+def _train_epochs(run: _Run, loop, start: int, last: int, fraction: float, seed: int) -> None:
+    cfg, runtime, kind = run.cfg, run.runtime, run.kind
     train_aug = augment.FinetuneAugment(size=run.crop)
     # Scored at most MAX_VALIDATIONS times, so that a small fraction's many short epochs are not
     # dominated by scoring the whole validation set.
     eval_every = math.ceil(run.n_epochs / MAX_VALIDATIONS)
-    last = run.n_epochs if max_epochs is None else min(run.n_epochs, max_epochs)
     for epoch in range(start, last):
         record = run.train_epoch(epoch, seed, train_aug)
         scored = ""
@@ -213,10 +224,52 @@ def train_classifier(
             kind, fraction, seed, epoch, record["loss"], scored,
         )  # fmt: skip
         loop.save(epoch, run.model, run.optimizer, run.scheduler, run.scaler)
-    if last == run.n_epochs:
-        loop.save_final(out_path, {"model": run.net.state_dict()})
-    return {
+
+
+def train_classifier(
+    model_cfg: dict,
+    cfg: dict,
+    store_path: Path,
+    out_path: Path,
+    runtime: Runtime,
+    fraction: float,
+    seed: int,
+    pretrained: Path | None = None,
+    max_epochs: int | None = None,
+    manifest: Path | None = None,
+    heldout: float = 0.0,
+) -> dict:
+    """Fine-tune (from ``pretrained``) or train from scratch (supervised) the redshift classifier
+    on the training objects with ``fraction_rank < fraction``; validate on the val split.
+
+    ``cfg`` is the run's recipe: a fine-tuning arm's (``arms.recipe`` of the ``finetune``
+    section: head at ``lr``, convolutions at ``lr * backbone_lr_factor``) or the ``supervised``
+    section (every layer at ``lr``: the section has no ``backbone_lr_factor``, and one given is
+    refused). ``heldout`` (``arm_selection.holdout``): the fraction of the training labels left
+    out and scored at the end (``heldout`` in the summary). ``manifest`` (the store's, from
+    gather) is part of the store's identity (``run_inputs``)."""
+    seed_everything(seed)
+    run = _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, heldout)
+    kind = run.kind
+    run_cfg = {
+        "model": model_cfg,
+        kind: cfg,  # the recipe, under its config section's name
+        "fraction": fraction,
+        "seed": seed,
         "kind": kind,
+        "pretrained": str(pretrained) if pretrained else None,
+        "heldout": heldout,
+    }
+    inputs = run_inputs(store_path, manifest, pretrained=pretrained)
+    loop = epochs.EpochLoop(kind, run_cfg, runtime, out_path.parent, inputs)
+    start = loop.resume(run.model, run.optimizer, run.scheduler, run.scaler)
+    last = run.n_epochs if max_epochs is None else min(run.n_epochs, max_epochs)
+    _train_epochs(run, loop, start, last, fraction, seed)
+    summary = {
+        "kind": kind,
+        "arm": cfg.get("arm"),
+        "fraction": fraction,
+        "seed": seed,
         "epochs_done": last,
         "history": loop.history,
         "n_train": len(run.train_set),
@@ -224,6 +277,13 @@ def train_classifier(
         "precision": runtime.precision.as_dict(),
         "recipe": run.recipe(last),
     }
+    if last == run.n_epochs:
+        loop.save_final(out_path, {"model": run.net.state_dict(), "head_hidden": run.net.hidden})
+        if run.heldout_set is not None:  # the arm-selection score: training labels, not val
+            summary["heldout"] = evaluate_classifier(
+                run.net, run.heldout_set, runtime, cfg["batch_size"], crop_size=run.crop
+            )
+    return summary
 
 
 def evaluate_classifier(

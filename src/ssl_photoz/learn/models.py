@@ -113,10 +113,17 @@ def backbone_from_config(model_cfg: dict) -> nn.Module:
 
 
 class RedshiftClassifier(nn.Module):
-    """Backbone + linear head over `n_bins` equal redshift bins; z_p = E(z) under the softmax."""
+    """Backbone + head over `n_bins` equal redshift bins; z_p = E(z) under the softmax. The head
+    is linear (the paper's), or with ``hidden`` > 0 one hidden ReLU layer of that width (the
+    frozen-backbone arm's MLP probe)."""
 
     def __init__(
-        self, backbone: nn.Module, n_bins: int = 180, z_min: float = 0.0, z_max: float = 0.4
+        self,
+        backbone: nn.Module,
+        n_bins: int = 180,
+        z_min: float = 0.0,
+        z_max: float = 0.4,
+        hidden: int = 0,
     ):
         super().__init__()
         if n_bins < 1 or not z_max > z_min:
@@ -125,7 +132,15 @@ class RedshiftClassifier(nn.Module):
         self.z_min = float(z_min)
         self.z_max = float(z_max)
         self.backbone = backbone
-        self.head = nn.Linear(backbone.feature_dim, n_bins)
+        self.hidden = int(hidden)
+        if self.hidden:
+            self.head = nn.Sequential(
+                nn.Linear(backbone.feature_dim, self.hidden),
+                nn.ReLU(),
+                nn.Linear(self.hidden, n_bins),
+            )
+        else:
+            self.head = nn.Linear(backbone.feature_dim, n_bins)
         edges = torch.linspace(self.z_min, self.z_max, n_bins + 1, dtype=torch.float64)
         centers = (0.5 * (edges[:-1] + edges[1:])).float()
         # Derived from the config, so not saved: state_dicts hold weights only.
