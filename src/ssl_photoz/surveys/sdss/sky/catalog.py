@@ -125,6 +125,21 @@ def detections(truth: pd.DataFrame, footprint: Footprint) -> pd.DataFrame:
     return det.drop(columns=["_ra", "_side"]).reset_index(drop=True)
 
 
+def petrosian_captured(t: pd.DataFrame, is_star: np.ndarray) -> np.ndarray:
+    """(n, 5) share of the flux a Petrosian aperture captures in each band.
+
+    Petrosian apertures miss about 20 % of a de Vaucouleurs profile and 2 % of an exponential
+    (Blanton et al. 2001); for stars the Petrosian flux is nearly total. Per band where bulge
+    and disk have their own SEDs (the bulge's share differs by band).
+    """
+    per_band = [f"bulge_frac_{b}" for b in BANDS]
+    if set(per_band) <= set(t.columns):
+        bulge = t[per_band].to_numpy()
+    else:
+        bulge = t["bulge_frac"].to_numpy()[:, None]
+    return np.where(is_star[:, None], 0.99, 0.80 * bulge + 0.98 * (1.0 - bulge))
+
+
 def photo_obj_all(
     truth: pd.DataFrame, footprint: Footprint, rng: np.random.Generator, model
 ) -> pd.DataFrame:
@@ -145,15 +160,7 @@ def photo_obj_all(
     depth = np.where(is_star[:, None], PSF_DEPTH, GALAXY_DEPTH)
     err = magnitude_errors(true_mag, depth)
     model_mag = true_mag + zp + rng.normal(0.0, 1.0, (n, 5)) * err
-    # Petrosian apertures miss about 20 % of a de Vaucouleurs profile and 2 % of an exponential
-    # (Blanton et al. 2001); for stars the Petrosian flux is nearly total.
-    # Per band where bulge and disk have their own SEDs (the bulge's share differs by band).
-    per_band = [f"bulge_frac_{b}" for b in BANDS]
-    if set(per_band) <= set(t.columns):
-        bulge = t[per_band].to_numpy()
-    else:
-        bulge = t["bulge_frac"].to_numpy()[:, None]
-    captured = np.where(is_star[:, None], 0.99, 0.80 * bulge + 0.98 * (1.0 - bulge))
+    captured = petrosian_captured(t, is_star)
     petro_err = err * 1.3
     petro_mag = true_mag + zp - 2.5 * np.log10(captured) + rng.normal(0, 1, (n, 5)) * petro_err
     gal_l, gal_b = dust.galactic(t["ra"], t["dec"])
