@@ -140,11 +140,11 @@ class _Run:
         }
 
 
-def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained) -> _Run:
+def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, seed) -> _Run:
     kind = "finetune" if pretrained is not None else "supervised"
     lr_factor = backbone_lr_factor(cfg, kind)
     store = data.open_store(store_path)
-    train_idx = data.labeled_indices(store, "train", fraction=fraction)
+    train_idx = data.labeled_indices(store, "train", fraction=fraction, seed=seed)
     val_idx = data.labeled_indices(store, "val")
     train_set = data.CutoutDataset(store_path, train_idx, deredden=True)
     val_set = data.CutoutDataset(store_path, val_idx, deredden=True)
@@ -173,14 +173,15 @@ def train_classifier(
     manifest: Path | None = None,
 ) -> dict:
     """Fine-tune (from ``pretrained``) or train from scratch (supervised) the redshift classifier
-    on the training objects with ``fraction_rank < fraction``; validate on the val split.
+    on the training objects of ``fraction`` and ``seed`` (``data.labeled_indices``: each seed
+    labels its own galaxies); validate on the val split.
 
     ``cfg`` is the run's recipe: the ``finetune`` section (head at ``lr``, convolutions at
     ``lr * backbone_lr_factor``) or the ``supervised`` one (every layer at ``lr``: the section
     has no ``backbone_lr_factor``, and one given is refused). ``manifest`` (the store's, from
     gather) is part of the store's identity (``run_inputs``)."""
     seed_everything(seed)
-    run = _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained)
+    run = _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, seed)
     kind = run.kind
     run_cfg = {
         "model": model_cfg,
