@@ -184,6 +184,13 @@ def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(sto
     assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | 0.02300 | - |" in text
     assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | 0.02100 | - |" in text
     assert "| pretrained | knn | k=10 | 0.02000 |" in text
+    # A probe table without batch_norm predates the setting: only the random encoder was.
+    assert "(only the random encoder's batch-norm statistics calibrated" in text
+    text_both = write_summary(
+        tmp_path / "s2.md", table, None, objects, report, config,
+        probe=probe.assign(batch_norm="recalibrate"), training=training,
+    )  # fmt: skip
+    assert "(both encoders' batch-norm statistics recalibrated on the training images)" in text_both
     assert "knn: pretrained / random sigma_MAD = 0.50 (pretraining helps)" in text
     assert "linear: pretrained / random sigma_MAD = 1.00 (no gain over random features)" in text
     for row in (

@@ -403,6 +403,17 @@ def _differences(config: dict, counts: dict) -> list[str]:
     return [f"- {line}" for line in out]
 
 
+def _probe_batch_norm(probe: pd.DataFrame) -> str:
+    """The probe's batch-norm treatment in words (probe.batch_norm; a table without the column
+    predates the setting: only the random encoder's statistics were recalibrated)."""
+    modes = set(probe["batch_norm"]) if "batch_norm" in probe else {None}
+    if modes == {"recalibrate"}:
+        return "both encoders' batch-norm statistics recalibrated on the training images"
+    if modes == {"keep"}:
+        return "both encoders' batch-norm statistics as they were: none recalibrated"
+    return "only the random encoder's batch-norm statistics calibrated on the training images"
+
+
 def _probe_section(probe: pd.DataFrame | None) -> list[str]:
     if probe is None or probe.empty:
         return []
@@ -412,7 +423,7 @@ def _probe_section(probe: pd.DataFrame | None) -> list[str]:
         f"Photo-z from frozen backbone features, learnt from the {int(probe['n_train'].iloc[0]):,} "
         f"training labels and scored on {int(probe['n_val'].iloc[0]):,} validation galaxies "
         "(results/probe.tsv): the pretrained encoder against the same encoder at random "
-        "initialisation (its batch-norm statistics calibrated on the training images).",
+        f"initialisation ({_probe_batch_norm(probe)}).",
         "",
         "| encoder | probe | setting | sigma_MAD | eta (%) | bias |",
         "| --- | --- | --- | --- | --- | --- |",
