@@ -14,6 +14,7 @@ import pandas as pd
 from ssl_photoz.core import kinds
 from ssl_photoz.core.atomic import atomic_path
 from ssl_photoz.core.config import crop_size, with_defaults
+from ssl_photoz.report.paired import paired_lines
 from ssl_photoz.surveys.sdss import SDSS
 
 __all__ = ["PAPER_ROWS", "PAPER_SAMPLE", "write_summary"]
@@ -403,6 +404,11 @@ def _differences(config: dict, counts: dict) -> list[str]:
     return [f"- {line}" for line in out]
 
 
+def _paired_section(paired: pd.DataFrame | None) -> list[str]:
+    lines = paired_lines(paired)
+    return [*lines, ""] if lines else []
+
+
 def _probe_batch_norm(probe: pd.DataFrame) -> str:
     """The probe's batch-norm treatment in words (probe.batch_norm; a table without the column
     predates the setting: only the random encoder's statistics were recalibrated)."""
@@ -498,8 +504,10 @@ def write_summary(
     probe: pd.DataFrame | None = None,
     training: dict | None = None,
     cutouts_manifest: dict | None = None,
+    paired: pd.DataFrame | None = None,
 ) -> str:
-    """Write the markdown summary; returns its text. ``probe`` is the probe table,
+    """Write the markdown summary; returns its text. ``paired`` is metrics_paired.tsv,
+    ``probe`` the probe table,
     ``training`` the training summaries by run ("pretrain", "finetune/f1.0_s0", ...),
     ``cutouts_manifest`` the cut-out stage's manifest.json (its rejects by cause)."""
     training = training or {}
@@ -535,6 +543,7 @@ def write_summary(
         + PAPER_LABEL_EFFICIENCY
         + ".",
         "",
+        *_paired_section(paired),
         *_pdf_section(metrics_summary),
         "## Leakage guard",
         "",
