@@ -3,9 +3,10 @@
     python scripts/science_report.py [--results results/science] [--figures docs/science]
         [--wall-s SECONDS]
 
-Prints markdown (stage times, the results table with seeds and bootstrap intervals, the three
-targets of issue 13 judged on the run, the optimiser steps of every run, the probe) and writes
-the run's Fig. 2 and dz-vs-z figures, plus its training curves, into ``--figures``. Nothing is
+Prints markdown (stage times, the results table with seeds and bootstrap intervals, the paired
+differences between arms with their paired bootstrap intervals, the three targets of issue 13
+judged on the run, the optimiser steps of every run, the probe) and writes the run's Fig. 2 and
+dz-vs-z figures, plus its training curves, into ``--figures``. Nothing is
 tuned here: it reads what the pipeline wrote.
 """
 
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ssl_photoz.core import kinds  # noqa: E402 (the model kinds: names, order)
+from ssl_photoz.report.paired import paired_lines  # noqa: E402 (summary.md's paired table)
 
 FIGURES = ("fig2_sigma_vs_fraction.png", "fig2_label_efficiency.png", "dz_vs_zspec.png")
 SUP, SSL, KNN = kinds.SUPERVISED, kinds.SELF_SUPERVISED, kinds.CATALOGUE_BASELINE
@@ -82,11 +84,10 @@ def _fmt_mean(row) -> str:
 def results_table(results: Path) -> tuple[pd.DataFrame, list[str]]:
     metrics = pd.read_csv(results / "metrics.tsv", sep="\t")
     summary = pd.read_csv(results / "metrics_summary.tsv", sep="\t")
-    n_train = {}
+    n_train = {}  # a seed picks its own labels: their number varies a little with the seed
     for path in (results / "models").glob("*/f*_s*/summary.json"):
         run = json.loads(path.read_text())
-        fraction = _fraction_of(path.parent)
-        n_train[fraction] = run["n_train"]
+        n_train.setdefault(_fraction_of(path.parent), set()).add(int(run["n_train"]))
     # The baselines, then the networks, each in summary.md's order: the kinds the run scored.
     columns = [
         k.name
@@ -113,11 +114,18 @@ def results_table(results: Path) -> tuple[pd.DataFrame, list[str]]:
                 cells[kind] += f" [{one['sigma_mad_lo']:.4f}, {one['sigma_mad_hi']:.4f}]"
         gain = _gain(summary, fraction)
         lines.append(
-            f"| {fraction:g} | {n_train.get(fraction, '-')} | "
+            f"| {fraction:g} | {_labels(n_train.get(fraction))} | "
             + " | ".join(cells[kind] for kind in columns)
             + f" | {'-' if gain is None else f'{100 * gain:+.1f} %'} |"
         )
     return summary, lines
+
+
+def _labels(counts: set | None) -> str:
+    if not counts:
+        return "-"
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def _row(summary, kind, fraction):
@@ -255,6 +263,9 @@ def main() -> None:
         "\n## Results (validation sigma_MAD; mean +- std over seeds, or one run's bootstrap 68 %)\n"
     )
     print("\n".join(lines))
+    if (results / "metrics_paired.tsv").exists():  # runs before the paired bootstrap lack it
+        lines = paired_lines(pd.read_csv(results / "metrics_paired.tsv", sep="\t"))
+        print("\n" + "\n".join(lines))
     probe = pd.read_csv(results / "probe.tsv", sep="\t")
     print("\n## Targets\n")
     print("\n".join(targets(summary, probe)))

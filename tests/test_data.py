@@ -130,6 +130,28 @@ def test_labeled_indices_and_nested_fractions(store_path):
     assert not set(val.tolist()) & previous
 
 
+def test_labeled_indices_take_each_seeds_own_labels(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_store(path, n=120)  # about 40 train rows
+    store = open_store(path)
+    # Seed 0 is the store's fraction_rank (the catalogue baselines' labels).
+    seed0 = labeled_indices(store, "train", 0.5, seed=0)
+    np.testing.assert_array_equal(seed0, labeled_indices(store, "train", 0.5))
+    assert (store.fraction_rank[seed0] < 0.5).all()
+    subsets = {}
+    for seed in (0, 1, 2):
+        previous = set()
+        for fraction in (0.3, 0.6, 1.0):
+            subset = set(labeled_indices(store, "train", fraction, seed=seed).tolist())
+            assert previous <= subset  # nested for one seed
+            previous = subset
+        subsets[seed] = set(labeled_indices(store, "train", 0.6, seed=seed).tolist())
+        again = labeled_indices(open_store(path), "train", 0.6, seed=seed)
+        assert set(again.tolist()) == subsets[seed]  # the same seed, the same labels
+        assert previous == set(labeled_indices(store, "train").tolist())
+    assert len({frozenset(v) for v in subsets.values()}) == 3  # each seed its own labels
+
+
 def test_empty_selections_raise(tmp_path):
     path = tmp_path / "only_unlabeled.zarr"
     write_store(path, n=8, split=np.full(8, 2, np.int8))

@@ -294,7 +294,7 @@ def test_a_new_kind_flows_through_the_summary(registered, tmp_path):
     assert "| **ours, magnitudes RF** | 0.04500 |" in text
     assert (
         "| label fraction | supervised sigma_MAD | SSL + fine-tune sigma_MAD "
-        "| colours 10-NN sigma_MAD (same labels) | BYOL + fine-tune sigma_MAD "
+        "| colours 10-NN sigma_MAD (seed 0's labels) | BYOL + fine-tune sigma_MAD "
         "| magnitudes RF sigma_MAD | label-efficiency factor |" in text
     )
     assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | - | 0.02800 +- 0.00100 " in text

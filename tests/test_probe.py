@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from test_train import MODEL, PRETRAIN, _cpu, tiny_store  # noqa: F401 (fixture)
 
@@ -55,7 +56,7 @@ def test_probe_compares_the_pretrained_and_the_random_encoder(tiny_store, tmp_pa
     pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
     out = tmp_path / "probe.tsv"
     table = run_probe(pre, store, out, k=5)
-    assert pd.read_csv(out, sep="\t").shape == table.shape == (4, 9)
+    assert pd.read_csv(out, sep="\t").shape == table.shape == (4, 10)
     assert set(zip(table["encoder"], table["probe"], strict=True)) == {
         ("pretrained", "knn"),
         ("pretrained", "linear"),
@@ -66,3 +67,40 @@ def test_probe_compares_the_pretrained_and_the_random_encoder(tiny_store, tmp_pa
     assert (table["n_train"] == 48).all() and (table["n_val"] == 24).all()
     assert np.isfinite(table[["sigma_mad", "eta_percent", "bias"]].to_numpy()).all()
     assert (table["features"] == 8 * MODEL["width"]).all()
+
+
+def test_both_encoders_get_the_same_batch_norm_treatment(tiny_store, tmp_path, monkeypatch):  # noqa: F811
+    import ssl_photoz.evaluate.probe as probe_mod
+
+    store, stats = tiny_store
+    pre = tmp_path / "pre" / "model.pt"
+    pretrain(MODEL, {**PRETRAIN, "epochs": 1}, store, stats, pre, _cpu())
+    calibrated = []
+    original = probe_mod.calibrate_batch_norm
+
+    def spy(net, *args, **kwargs):
+        before = [m.running_mean.clone() for m in _batch_norms(net)]
+        original(net, *args, **kwargs)
+        after = [m.running_mean for m in _batch_norms(net)]
+        calibrated.append(any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)))
+
+    monkeypatch.setattr(probe_mod, "calibrate_batch_norm", spy)
+    tables = {}
+    for mode in ("recalibrate", "keep"):
+        calibrated.clear()
+        tables[mode] = run_probe(pre, store, tmp_path / f"{mode}.tsv", k=5, batch_norm=mode)
+        assert (tables[mode]["batch_norm"] == mode).all()
+        # recalibrate: both encoders (pretrained and random), each one's statistics changed;
+        # keep: neither.
+        assert calibrated == ([True, True] if mode == "recalibrate" else [])
+    # The setting reaches the pretrained encoder too: its features, hence its scores, differ.
+    pretrained = {
+        m: t[t["encoder"] == "pretrained"]["sigma_mad"].to_numpy() for m, t in tables.items()
+    }
+    assert not np.allclose(pretrained["recalibrate"], pretrained["keep"], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="batch_norm"):
+        run_probe(pre, store, tmp_path / "x.tsv", k=5, batch_norm="random only")
+
+
+def _batch_norms(net):
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

@@ -21,6 +21,7 @@ from ssl_photoz.catalog.select import (
     split_uniform,
     write_selection,
 )
+from ssl_photoz.core.ranks import label_rank
 from ssl_photoz.surveys.sdss.conventions import BANDS, pack_objid
 from ssl_photoz.surveys.sdss.extinction import (
     SF11_COEFFICIENTS,
@@ -417,10 +418,19 @@ def test_hash_streams_are_pinned_and_distinct():
     np.testing.assert_array_equal(split_uniform(ids, 42), a)
     np.testing.assert_allclose(a, PINNED_SPLIT_42, rtol=0, atol=1e-15)
     np.testing.assert_allclose(b, PINNED_RANK_42, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(label_rank(ids, b, 1), PINNED_LABEL_RANK_42_1, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(label_rank(ids, b, 0), b)
 
 
 PINNED_SPLIT_42 = [0.3628140278902986, 0.5993158174920562, 0.6508096600641035, 0.34938859026710567]
 PINNED_RANK_42 = [0.4057936442618114, 0.6860571842179988, 0.5431487060173622, 0.6326679639557956]
+# label_rank(ids, PINNED_RANK_42, run seed 1): which galaxies seed 1 labels.
+PINNED_LABEL_RANK_42_1 = [
+    0.28453408966483995,
+    0.29249892913164177,
+    0.08018129152510012,
+    0.04568749723307186,
+]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -554,3 +564,52 @@ def test_empty_inputs_and_nullable_dtypes():
     s = run(lab, unl)
     assert reason_of(s, lab["objID"][0], "labeled")[0].endswith(" in z_spec")
     assert len(s.objects) == 7
+
+
+def _seed_labels(objects: pd.DataFrame, fraction: float, seed: int) -> set:
+    """The objIDs training run ``seed`` labels at ``fraction`` (learn.data.labeled_indices)."""
+    rank = label_rank(objects["objid"], objects["fraction_rank"], seed)
+    return set(objects.loc[(objects["split"] == "train").to_numpy() & (rank < fraction), "objid"])
+
+
+def test_each_seed_labels_its_own_galaxies_nested_in_the_fraction(big_selection):
+    _, _, s = big_selection
+    o = s.objects
+    n_train = int((o["split"] == "train").sum())
+    fractions = [0.02, 0.05, 0.15, 0.4, 1.0]
+    by_seed = {seed: [_seed_labels(o, f, seed) for f in fractions] for seed in (0, 1, 2, 7)}
+    for seed, chosen in by_seed.items():
+        for small, large in zip(chosen, chosen[1:], strict=False):
+            assert small < large, f"seed {seed}: a smaller fraction's labels are not a subset"
+        for f, ids in zip(fractions, chosen, strict=True):
+            assert abs(len(ids) - f * n_train) < 5 * np.sqrt(n_train * f * (1 - f)) + 1
+    # Seed 0 is the select stage's fraction_rank (the catalogue baselines' labels).
+    assert by_seed[0][1] == set(
+        o.loc[(o["split"] == "train") & (o["fraction_rank"] < 0.05), "objid"]
+    )
+    # Different seeds: different galaxies, overlapping as independent draws do (5 % of 5 %).
+    for a, b in [(0, 1), (0, 2), (1, 2), (1, 7)]:
+        small_a, small_b = by_seed[a][1], by_seed[b][1]
+        assert small_a != small_b
+        expected = 0.05 * len(small_b)
+        assert abs(len(small_a & small_b) - expected) < 5 * np.sqrt(expected) + 1
+    assert by_seed[1][-1] == by_seed[0][-1]  # at 100 % every seed has every training label
+
+
+def test_a_seeds_labels_survive_reruns_row_order_and_other_objects(big_selection):
+    lab, unl, s = big_selection
+    again = run(lab.sample(frac=1.0, random_state=3), unl.sample(frac=1.0, random_state=4))
+    subset = run(lab.iloc[::2], unl)
+    for seed in (0, 1, 5):
+        ids = _seed_labels(s.objects, 0.15, seed)
+        assert _seed_labels(again.objects, 0.15, seed) == ids
+        kept = set(subset.objects["objid"])
+        assert _seed_labels(subset.objects, 0.15, seed) == ids & kept
+    # A different select seed reshuffles every run seed's labels (fraction_rank carries it).
+    other = run(lab, unl, seed=SETTINGS["seed"] + 1).objects
+    assert _seed_labels(other, 0.15, 1) != _seed_labels(s.objects, 0.15, 1)
+    # label_rank is uniform for a seed other than 0.
+    train = s.objects[s.objects["split"] == "train"]
+    rank = label_rank(train["objid"], train["fraction_rank"], 3)
+    hist = np.histogram(rank, bins=10, range=(0, 1))[0]
+    assert np.all(np.abs(hist - rank.size / 10) < 5 * np.sqrt(rank.size / 10))

@@ -184,6 +184,13 @@ def test_summary_has_the_colours_per_fraction_the_probe_and_the_whole_recipe(sto
     assert "| 0.25 | 0.04000 +- 0.00300 | 0.03000 +- 0.00100 | 0.02300 | - |" in text
     assert "| 1 | 0.02500 +- 0.00400 | 0.02000 +- 0.00200 | 0.02100 | - |" in text
     assert "| pretrained | knn | k=10 | 0.02000 |" in text
+    # A probe table without batch_norm predates the setting: only the random encoder was.
+    assert "(only the random encoder's batch-norm statistics calibrated" in text
+    text_both = write_summary(
+        tmp_path / "s2.md", table, None, objects, report, config,
+        probe=probe.assign(batch_norm="recalibrate"), training=training,
+    )  # fmt: skip
+    assert "(both encoders' batch-norm statistics recalibrated on the training images)" in text_both
     assert "knn: pretrained / random sigma_MAD = 0.50 (pretraining helps)" in text
     assert "linear: pretrained / random sigma_MAD = 1.00 (no gain over random features)" in text
     for row in (
@@ -241,3 +248,49 @@ def test_summary_has_the_pdf_scores_of_the_runs_with_pdfs(store, tmp_path):
     # A metrics summary without PDF columns (older runs) has no such section.
     plain = write_summary(tmp_path / "p.md", _summary_table(), None, objects, report, CONFIG)
     assert "## Photo-z PDFs" not in plain
+
+
+def _paired_row(kind_a, kind_b, fraction, seed, diff, half):
+    return {
+        **{"kind_a": kind_a, "kind_b": kind_b, "fraction": fraction, "seed": seed},
+        **{"n_seeds": 1 if seed >= 0 else 2, "n_objects": 80},
+        **{"sigma_mad_a": 0.02, "sigma_mad_b": 0.02 - diff, "diff": diff},
+        **{"diff_lo68": diff - half / 2, "diff_hi68": diff + half / 2},
+        **{"diff_lo95": diff - half, "diff_hi95": diff + half},
+    }
+
+
+def test_summary_reports_paired_differences_and_where_both_arms_lose_to_colours(store, tmp_path):
+    path, _ = store
+    objects = pd.DataFrame({"split": ["train", "val"]})
+    report = leakage_report(path, [1.0], {})
+    paired = pd.DataFrame(
+        [
+            _paired_row("finetune", "supervised", 0.02, 0, 0.002, 0.001),
+            _paired_row("finetune", "supervised", 0.02, 1, -0.001, 0.002),
+            _paired_row("finetune", "supervised", 0.02, -1, 0.0005, 0.001),
+            _paired_row("finetune", "colours_knn", 0.02, -1, 0.004, 0.001),
+            _paired_row("supervised", "colours_knn", 0.02, -1, 0.0035, 0.001),
+            _paired_row("finetune", "supervised", 1.0, 0, -0.0012, 0.0003),
+            _paired_row("finetune", "supervised", 1.0, -1, -0.0012, 0.0003),
+            _paired_row("finetune", "colours_knn", 1.0, -1, -0.003, 0.001),
+            _paired_row("supervised", "colours_knn", 1.0, -1, 0.001, 0.002),
+        ]
+    )
+    text = write_summary(
+        tmp_path / "s.md", _summary_table(), None, objects, report, CONFIG, paired=paired
+    )
+    assert "## Paired differences (the same validation galaxies)" in text
+    assert "| 0.02 | 0 | +0.00200 [+0.00100, +0.00300] (resolved) | - | - |" in text
+    assert "| 0.02 | 1 | -0.00100 [-0.00300, +0.00100] | - | - |" in text
+    assert (
+        "| 0.02 | mean | +0.00050 [-0.00050, +0.00150] | +0.00400 [+0.00300, +0.00500] "
+        "(resolved) | +0.00350 [+0.00250, +0.00450] (resolved) |" in text
+    )
+    assert "| 1 | mean | -0.00120 [-0.00150, -0.00090] (resolved) |" in text
+    # Both arms worse than the colours at 2 %, not at 100 % (the MoCo arm beats them there).
+    assert "At 2 % of the labels both image arms are worse than the colours 10-NN on" in text
+    assert "not a result about self-supervision" in text
+    assert "At 1" not in text and "At 2 %, 100 %" not in text
+    without = write_summary(tmp_path / "n.md", _summary_table(), None, objects, report, CONFIG)
+    assert "Paired differences" not in without

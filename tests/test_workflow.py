@@ -66,12 +66,23 @@ def test_the_whole_dag_runs_on_a_tiny_config(tiny_run):
     knn = metrics[metrics["kind"] == "colours_knn"]
     assert sorted(knn["fraction"]) == sorted(metrics[metrics["kind"] == "finetune"]["fraction"])
     assert (workdir / "results/models/pretrain/checkpoint.pt").exists()
+    # Paired differences: per fraction, MoCo - supervised (seed 0 and the mean) and each image
+    # arm - the colours kNN, on the same validation galaxies.
+    paired = pd.read_csv(workdir / "results/metrics_paired.tsv", sep="\t")
+    assert len(paired) == 2 * (2 + 2)
+    assert set(zip(paired["kind_a"], paired["kind_b"], strict=True)) == {
+        ("finetune", "supervised"),
+        ("finetune", "colours_knn"),
+        ("supervised", "colours_knn"),
+    }
+    assert (paired["diff_lo95"] <= paired["diff_hi95"]).all() and paired["n_objects"].gt(0).all()
     # Figures, summary and leakage guard.
     for name in ("fig2_sigma_vs_fraction", "fig2_label_efficiency", "dz_vs_zspec", "augmentations"):
         assert (workdir / f"results/figures/{name}.png").stat().st_size > 10_000, name
     summary = (workdir / "results/summary.md").read_text()
     assert "SIMULATED SDSS" in summary and "0.00825" in summary
     assert "Validation objects in the pretraining pool: **0**" in summary
+    assert "## Paired differences (the same validation galaxies)" in summary
     leakage = pd.read_csv(workdir / "results/leakage.tsv", sep="\t").set_index("split")
     assert leakage.loc["val", "pretraining (MoCo)"] == 0
     assert leakage.loc["val", "validation (scored)"] == (objects["split"] == "val").sum()

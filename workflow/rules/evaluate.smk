@@ -63,6 +63,7 @@ rule evaluate:
         metrics=f"{RESULTS}/metrics.tsv",
         bins=f"{RESULTS}/metrics_bins.tsv",
         summary=f"{RESULTS}/metrics_summary.tsv",
+        paired=f"{RESULTS}/metrics_paired.tsv",
         pdf_objects=f"{RESULTS}/pdf_objects.parquet",
     log:
         f"{RESULTS}/logs/evaluate.log",
@@ -71,7 +72,7 @@ rule evaluate:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.evaluate.scores"),
+        code=stage_code("ssl_photoz.evaluate.scores", "ssl_photoz.evaluate.paired"),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics) or ".",
         # The metric bins, and the classifiers' PDF bins (finetune and supervised share them).
         sections=sections_json("evaluate", "finetune"),

@@ -71,6 +71,7 @@ rule summary:
         objects=rules.select.output.objects,
         manifest=rules.gather.output.manifest,
         summary=rules.evaluate.output.summary,
+        paired=rules.evaluate.output.paired,
         efficiency=rules.figures.output.efficiency_table,
         predictions=prediction_files,
         probe=rules.probe.output.table,
@@ -93,14 +94,19 @@ rule summary:
     conda:
         "../../envs/pipeline.yaml"
     params:
-        code=stage_code("ssl_photoz.report.summary", "ssl_photoz.evaluate.leakage"),
+        code=stage_code(
+            "ssl_photoz.report.summary",
+            "ssl_photoz.report.paired",
+            "ssl_photoz.evaluate.leakage",
+        ),
         # The whole config as run (defaults filled): summary.md shows it.
         config=json.dumps(config, sort_keys=True),
         store=STORE,
     shell:
         "ssl-photoz summary --config-json {params.config:q}"
         " --objects {input.objects} --store {params.store}"
-        " --metrics-summary {input.summary} --label-efficiency {input.efficiency}"
+        " --metrics-summary {input.summary} --metrics-paired {input.paired}"
+        " --label-efficiency {input.efficiency}"
         " --predictions {input.predictions} --probe {input.probe}"
         " --cutouts-manifest {input.manifest}"
         " --training-summaries {input.training} --out {output.summary}"

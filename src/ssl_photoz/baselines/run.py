@@ -20,7 +20,8 @@ def label_split(
     objects: pd.DataFrame, fraction: float = 1.0, usable_objids=None, heldout: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) masks over ``objects``: the training labels of label fraction ``fraction``
-    (``fraction_rank < fraction``: the image models' training objects at that fraction) and the
+    (``fraction_rank < fraction``: the image models' training objects at that fraction and seed
+    0, ``ssl_photoz.core.ranks.label_rank``; other seeds label other galaxies) and the
     validation objects.
 
     ``usable_objids`` (the store's objects with a good cut-out) restricts both to the objects the

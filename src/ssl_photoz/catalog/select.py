@@ -29,7 +29,11 @@ The kept labeled objects are split into train / val by a hash of (seed, objID), 
 split does not depend on row order or on which other objects are present. `fraction_rank` is a
 second, independently keyed hash, uniform in [0, 1): label fraction f is
 `(split == "train") & (fraction_rank < f)`, nested in f. Unlabeled objects get a fraction_rank
-too (the same hash), which can subsample the pretraining pool the same nested way.
+too (the same hash), which can subsample the pretraining pool the same nested way. A training
+run of seed s takes its labels by ``ssl_photoz.core.ranks.label_rank`` instead: seed 0's rank
+is fraction_rank itself, every other seed's a rehash of it with the seed, so each seed draws its
+own labeled galaxies (still nested in f) and the seeds' spread includes which galaxies are
+labeled, not only the optimisation.
 
 `ebv` is the SFD E(B-V) behind the catalogue's extinction columns, recovered as SDSS made them
 (``extinction.ebv_from_extinction``: the SFD98 coefficients); the cut-outs are dereddened
@@ -54,6 +58,7 @@ import numpy as np
 import pandas as pd
 from astropy.coordinates import SkyCoord
 
+from ssl_photoz.core.ranks import keyed_uniform
 from ssl_photoz.surveys.sdss.conventions import BANDS
 from ssl_photoz.surveys.sdss.extinction import ebv_band_spread, ebv_from_extinction
 
@@ -143,31 +148,15 @@ class Selection:
 # ----------------------------------------------------------------------------- hashing
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, vectorised over uint64 (wrapping arithmetic is intended)."""
-    z = x + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _keyed_uniform(objid, seed: int, stream: np.uint64) -> np.ndarray:
-    """Uniform [0, 1) per objID from a hash of (seed, stream, objID); 53-bit resolution."""
-    ids = np.asarray(objid, dtype=np.int64).view(np.uint64)
-    seed_word = np.array([int(seed) % (1 << 64)], dtype=np.uint64)
-    key = _splitmix64(_splitmix64(seed_word) ^ stream)
-    h = _splitmix64(_splitmix64(ids) ^ key)
-    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
 def split_uniform(objid, seed: int) -> np.ndarray:
     """The number that decides train / val: val when it is < val_fraction."""
-    return _keyed_uniform(objid, seed, _SPLIT_STREAM)
+    return keyed_uniform(objid, seed, _SPLIT_STREAM)
 
 
 def rank_uniform(objid, seed: int) -> np.ndarray:
-    """fraction_rank: label fraction f keeps the train objects with rank < f."""
-    return _keyed_uniform(objid, seed, _RANK_STREAM)
+    """fraction_rank: label fraction f keeps the train objects with rank < f (seed 0's labels;
+    ssl_photoz.core.ranks.label_rank gives every run seed its own)."""
+    return keyed_uniform(objid, seed, _RANK_STREAM)
 
 
 # ----------------------------------------------------------------------------- geometry

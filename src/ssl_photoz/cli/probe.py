@@ -12,14 +12,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     """kNN and linear photo-z probes on frozen embeddings: pretrained vs random encoder."""
     from ssl_photoz.evaluate.probe import run_probe
 
-    k = _sections(args, ("probe",))["probe"]["k"]
+    section = _sections(args, ("probe",))["probe"]
     table = run_probe(
         Path(args.pretrained),
         Path(args.store),
         Path(args.out),
         device=args.device,
         precision=args.precision,
-        k=k,
+        k=section["k"],
+        batch_norm=section["batch_norm"],
     )
     print(table.to_string(index=False))
     return 0

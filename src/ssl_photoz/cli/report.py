@@ -68,6 +68,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     }
     leakage = leakage_report(Path(args.store), cfg["labels"]["fractions"], scored)
     probe = _read_table(args.probe, "probe table") if args.probe else None
+    paired = _read_table(args.metrics_paired, "paired differences") if args.metrics_paired else None
     training = _training_summaries(args.training_summaries)
     manifest = None
     if args.cutouts_manifest:
@@ -82,6 +83,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         probe=probe,
         training=training,
         cutouts_manifest=manifest,
+        paired=paired,
     )
     with open(args.leakage, "w") as handle:
         leakage["usage"].to_csv(handle, sep="\t", index=False)
@@ -119,6 +121,7 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-efficiency", required=True)
     p.add_argument("--predictions", nargs="+", required=True)
     p.add_argument("--probe", help="the probe table (probe rule's TSV)")
+    p.add_argument("--metrics-paired", help="metrics_paired.tsv (paired differences)")
     p.add_argument("--cutouts-manifest", help="the cut-out stage's manifest.json (its rejects)")
     p.add_argument(
         "--training-summaries", nargs="*", help="training summary.json files (recipe, steps)"

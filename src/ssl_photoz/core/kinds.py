@@ -168,7 +168,7 @@ KINDS: tuple[Kind, ...] = (
         name="colours_knn",
         label="colours kNN",
         summary_name="ours, colours 10-NN",
-        fraction_column="colours 10-NN sigma_MAD (same labels)",
+        fraction_column="colours 10-NN sigma_MAD (seed 0's labels)",
         report_name="colours 10-NN",
         colour="tab:green",
         marker="s",
@@ -179,14 +179,14 @@ KINDS: tuple[Kind, ...] = (
         pdf=False,
         family=CATALOGUE,
         predicts="mean z_spec of the 10 nearest training galaxies in dereddened "
-        "(r, u-g, g-r, r-i, i-z), on the image models' labels of that fraction",
+        "(r, u-g, g-r, r-i, i-z), on the image models' labels of that fraction (seed 0's)",
         table_rank=4,
     ),
     Kind(
         name="colours_mlp",
         label="colours MLP",
         summary_name="ours, colours MLP (180-bin PDF)",
-        fraction_column="colours MLP sigma_MAD (same labels)",
+        fraction_column="colours MLP sigma_MAD (seed 0's labels)",
         report_name="colours MLP",
         colour="tab:red",
         marker="P",
@@ -197,8 +197,8 @@ KINDS: tuple[Kind, ...] = (
         pdf=True,
         family=CATALOGUE,
         predicts="a multi-layer perceptron classifying dereddened (r, u-g, g-r, r-i, i-z) into "
-        "the networks' redshift bins, on the image models' labels of that fraction; z_p = E(z) "
-        "of its PDF",
+        "the networks' redshift bins, on the image models' labels of that fraction (seed 0's); "
+        "z_p = E(z) of its PDF",
         table_rank=5,
     ),
 )

@@ -11,8 +11,14 @@ frozen features, trained on the training labels and scored on the validation obj
   cross-validation on the training set.
 
 If pretraining learnt anything about redshift, the pretrained encoder beats the random one on
-both. The random encoder's batch-norm statistics are calibrated on the training images (labels
-unused) so that it is judged on its weights, not on uncalibrated activations.
+both. Both encoders get the same batch-norm treatment, chosen by ``probe.batch_norm``:
+
+- ``recalibrate`` (default): both encoders' running statistics are recomputed on the probe's
+  own inputs (the training objects' centre crops, labels unused), so each is judged on its
+  weights: the random encoder's initial statistics do not describe its activations, and the
+  pretrained encoder's were gathered on augmented (reddened, noisy, jittered) views;
+- ``keep``: neither is touched (the pretrained encoder keeps its pretraining statistics, the
+  random one its initial ones).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from ssl_photoz.core.metrics import photoz_metrics
 log = logging.getLogger(__name__)
 
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)  # times the number of training objects
+BATCH_NORM_MODES = ("recalibrate", "keep")  # probe.batch_norm: one treatment for both encoders
 
 
 def knn_cosine(train_x, train_z, test_x, k: int = 10, chunk: int = 4096) -> np.ndarray:
@@ -125,15 +132,20 @@ def run_probe(
     precision: str = "fp32",
     *,
     k: int,
+    batch_norm: str = "recalibrate",
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Probe the pretrained and the randomly initialised encoder; write the table to ``out``."""
+    """Probe the pretrained and the randomly initialised encoder; write the table to ``out``.
+
+    ``batch_norm`` (``BATCH_NORM_MODES``) is applied to both encoders alike."""
     import torch
 
     from ssl_photoz.learn import data, models
     from ssl_photoz.learn import precision as precision_mod
     from ssl_photoz.learn.checkpoints import load_checkpoint
 
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"probe batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
     state = load_checkpoint(pretrained)
     if state.get("kind") != "pretrain":
         raise ValueError(f"{pretrained}: not a pretraining checkpoint")
@@ -156,10 +168,13 @@ def run_probe(
     net.load_state_dict(state["backbone"])
     encoders["pretrained"] = net.to(dev, memory_format=torch.channels_last)
     torch.manual_seed(seed)
-    net = backbone().to(dev, memory_format=torch.channels_last)
+    encoders["random init"] = backbone().to(dev, memory_format=torch.channels_last)
     crop = crop_size(model_cfg)
-    calibrate_batch_norm(net, train_set, dev, crop)
-    encoders["random init"] = net
+    for name, net in encoders.items():  # one batch-norm path for both encoders
+        if batch_norm == "recalibrate":
+            calibrate_batch_norm(net, train_set, dev, crop)
+        net.eval()
+        log.info("probe: %s encoder, batch-norm statistics %s", name, batch_norm)
 
     rows = []
     for name, net in encoders.items():
@@ -176,6 +191,7 @@ def run_probe(
                     "encoder": name,
                     "probe": probe,
                     "setting": setting,
+                    "batch_norm": batch_norm,
                     "n_train": len(train_idx),
                     "n_val": len(val_idx),
                     "features": f_train.shape[1],

@@ -3,7 +3,9 @@
 Writes ``metrics.tsv`` (one row per prediction file: n, sigma_MAD, eta, bias with bootstrap 68 %
 intervals), ``metrics_bins.tsv`` (per spectroscopic-redshift and r-magnitude bin) and
 ``metrics_summary.tsv`` (per model kind and label fraction: mean and standard deviation over
-seeds). Definitions in ``metrics.py``.
+seeds) and ``metrics_paired.tsv`` (paired bootstrap intervals of the differences in sigma_MAD
+between two kinds on the same validation galaxies, ``paired.py``). Definitions in
+``metrics.py``.
 
 Models with a PDF (the classifiers) also get its scores (``pdf_metrics.py``): CRPS, the KS and
 Cramer-von Mises distances of the PIT from uniform, the fraction of catastrophic PDFs (PIT outside
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 
 from ssl_photoz.core.atomic import atomic_path
 from ssl_photoz.core.metrics import delta_z, outlier_percent, photoz_metrics, sigma_mad
+from ssl_photoz.evaluate.paired import paired_table
 from ssl_photoz.evaluate.pdf_metrics import pdf_object_table, pdf_scores
 from ssl_photoz.evaluate.predictions import read_pdf, read_predictions
 
@@ -153,7 +156,7 @@ def _score_file(path: Path, mags: pd.Series, z_range, bin_edges, min_objects: in
         **_pdf_columns(per_object, boot=True),
     }
     r = mags.reindex(pred["objid"]).to_numpy()
-    return row, _bin_rows(name, pred, r, bin_edges, min_objects, per_object), objects_frame
+    return row, _bin_rows(name, pred, r, bin_edges, min_objects, per_object), objects_frame, pred
 
 
 def _seed_summary(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -203,20 +206,23 @@ def evaluate(
     r_bins,
     min_objects: int,
 ) -> pd.DataFrame:
-    """Write metrics.tsv, metrics_bins.tsv, metrics_summary.tsv and pdf_objects.parquet.
+    """Write metrics.tsv, metrics_bins.tsv, metrics_summary.tsv, metrics_paired.tsv and
+    pdf_objects.parquet.
 
     ``z_min``, ``z_max``: the range of the classifiers' equal PDF bins (config ``finetune``);
     ``z_bins``, ``r_bins``: the edges of metrics_bins.tsv's z_spec and dereddened r bins, where a
     bin with fewer than ``min_objects`` objects is left out (config ``evaluate``).
     """
     bin_edges = (_edges(z_bins, "evaluate.z_bins"), _edges(r_bins, "evaluate.r_bins"))
-    rows, bins, per_object_frames = [], [], []
+    rows, bins, per_object_frames, runs = [], [], [], []
     mags = objects.set_index("objid")["petroMag_r"] - objects.set_index("objid")["extinction_r"]
     for path in prediction_files:
-        row, bin_rows, objects_frame = _score_file(
+        row, bin_rows, objects_frame, pred = _score_file(
             path, mags, (z_min, z_max), bin_edges, min_objects
         )
         rows.append(row)
+        dz = delta_z(pred["z_phot"].to_numpy(), pred["z_spec"].to_numpy())
+        runs.append({**row, "dz": pd.Series(dz, index=pred["objid"].to_numpy())})
         bins += bin_rows
         if objects_frame is not None:
             per_object_frames.append(objects_frame)
@@ -226,6 +232,7 @@ def evaluate(
         ("metrics.tsv", metrics),
         ("metrics_bins.tsv", pd.DataFrame(bins)),
         ("metrics_summary.tsv", _seed_summary(metrics)),
+        ("metrics_paired.tsv", paired_table(runs)),
     ):
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")

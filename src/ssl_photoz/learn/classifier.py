@@ -179,11 +179,11 @@ def _split_heldout(store, train_idx: np.ndarray, heldout: float):
     return train_idx[~mask], train_idx[mask]
 
 
-def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, heldout) -> _Run:
+def _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, heldout, seed) -> _Run:
     kind = "finetune" if pretrained is not None else "supervised"
     lr_factor = backbone_lr_factor(cfg, kind)
     store = data.open_store(store_path)
-    train_idx = data.labeled_indices(store, "train", fraction=fraction)
+    train_idx = data.labeled_indices(store, "train", fraction=fraction, seed=seed)
     train_idx, heldout_idx = _split_heldout(store, train_idx, heldout)
     val_idx = data.labeled_indices(store, "val")
     train_set = data.CutoutDataset(store_path, train_idx, deredden=True)
@@ -249,7 +249,7 @@ def train_classifier(
     out and scored at the end (``heldout`` in the summary). ``manifest`` (the store's, from
     gather) is part of the store's identity (``run_inputs``)."""
     seed_everything(seed)
-    run = _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, heldout)
+    run = _prepare(model_cfg, cfg, store_path, runtime, fraction, pretrained, heldout, seed)
     kind = run.kind
     run_cfg = {
         "model": model_cfg,

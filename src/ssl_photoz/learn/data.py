@@ -17,6 +17,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_photoz.core.ranks import label_rank
 from ssl_photoz.cutouts.reader import CorruptStoreError, CutoutStore, open_store, read_image
 from ssl_photoz.surveys.sdss.conventions import BANDS
 from ssl_photoz.surveys.sdss.extinction import deredden_factor
@@ -56,11 +57,15 @@ def pretrain_indices(store: CutoutStore) -> np.ndarray:
     return _nonempty(np.flatnonzero(keep), store, "pretraining (train + unlabeled)")
 
 
-def labeled_indices(store: CutoutStore, split: str, fraction: float | None = None) -> np.ndarray:
+def labeled_indices(
+    store: CutoutStore, split: str, fraction: float | None = None, seed: int = 0
+) -> np.ndarray:
     """Rows with a spectroscopic redshift in ``split`` ("train" or "val").
 
-    ``fraction`` (train only) keeps ``fraction_rank < fraction``, so smaller fractions are subsets
-    of larger ones.
+    ``fraction`` (train only) keeps the rows whose label rank of run seed ``seed``
+    (``ssl_photoz.core.ranks.label_rank``) is < ``fraction``: each seed labels its own galaxies,
+    and for one seed smaller fractions are subsets of larger ones. Seed 0's rank is the store's
+    fraction_rank (the catalogue baselines' labels).
     """
     if split not in ("train", "val"):
         raise ValueError(f"labeled split must be 'train' or 'val', got {split!r}")
@@ -71,8 +76,8 @@ def labeled_indices(store: CutoutStore, split: str, fraction: float | None = Non
             raise ValueError("a label fraction applies to the train split only")
         if not 0 < fraction <= 1:
             raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-        keep &= store.fraction_rank < fraction
-        what += f" at label fraction {fraction}"
+        keep &= label_rank(store.objid, store.fraction_rank, seed) < fraction
+        what += f" at label fraction {fraction}, seed {seed}"
     return _nonempty(np.flatnonzero(keep), store, what)
 
 

@@ -15,6 +15,7 @@ from ssl_photoz.core import kinds
 from ssl_photoz.core.atomic import atomic_path
 from ssl_photoz.core.config import crop_size, with_defaults
 from ssl_photoz.report import arm_selection
+from ssl_photoz.report.paired import paired_lines
 from ssl_photoz.surveys.sdss import SDSS
 
 __all__ = ["PAPER_ROWS", "PAPER_SAMPLE", "write_summary"]
@@ -423,6 +424,22 @@ def _differences(config: dict, counts: dict) -> list[str]:
     return [f"- {line}" for line in out]
 
 
+def _paired_section(paired: pd.DataFrame | None) -> list[str]:
+    lines = paired_lines(paired)
+    return [*lines, ""] if lines else []
+
+
+def _probe_batch_norm(probe: pd.DataFrame) -> str:
+    """The probe's batch-norm treatment in words (probe.batch_norm; a table without the column
+    predates the setting: only the random encoder's statistics were recalibrated)."""
+    modes = set(probe["batch_norm"]) if "batch_norm" in probe else {None}
+    if modes == {"recalibrate"}:
+        return "both encoders' batch-norm statistics recalibrated on the training images"
+    if modes == {"keep"}:
+        return "both encoders' batch-norm statistics as they were: none recalibrated"
+    return "only the random encoder's batch-norm statistics calibrated on the training images"
+
+
 def _probe_section(probe: pd.DataFrame | None) -> list[str]:
     if probe is None or probe.empty:
         return []
@@ -432,7 +449,7 @@ def _probe_section(probe: pd.DataFrame | None) -> list[str]:
         f"Photo-z from frozen backbone features, learnt from the {int(probe['n_train'].iloc[0]):,} "
         f"training labels and scored on {int(probe['n_val'].iloc[0]):,} validation galaxies "
         "(results/probe.tsv): the pretrained encoder against the same encoder at random "
-        "initialisation (its batch-norm statistics calibrated on the training images).",
+        f"initialisation ({_probe_batch_norm(probe)}).",
         "",
         "| encoder | probe | setting | sigma_MAD | eta (%) | bias |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -507,8 +524,10 @@ def write_summary(
     probe: pd.DataFrame | None = None,
     training: dict | None = None,
     cutouts_manifest: dict | None = None,
+    paired: pd.DataFrame | None = None,
 ) -> str:
-    """Write the markdown summary; returns its text. ``probe`` is the probe table,
+    """Write the markdown summary; returns its text. ``paired`` is metrics_paired.tsv,
+    ``probe`` the probe table,
     ``training`` the training summaries by run ("pretrain", "finetune/f1.0_s0", ...),
     ``cutouts_manifest`` the cut-out stage's manifest.json (its rejects by cause)."""
     training = training or {}
@@ -544,6 +563,7 @@ def write_summary(
         + PAPER_LABEL_EFFICIENCY
         + ".",
         "",
+        *_paired_section(paired),
         *_pdf_section(metrics_summary),
         "## Leakage guard",
         "",

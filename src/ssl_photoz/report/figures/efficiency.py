@@ -83,9 +83,10 @@ def label_efficiency(fractions_sup, sigma_sup, fractions_ssl, sigma_ssl) -> pd.D
       sigma ~ f^-a, straight lines in log-log, and the paper's fractions are roughly geometric
       (2.5 % ... 100 %); interpolating linearly in f would bend a power law between two points.
     * The supervised curve is replaced by its monotone (non-increasing) envelope, the running
-      minimum over increasing fraction: the label subsets are nested (``fraction_rank < f``), so
-      a model with more labels could always have been trained on fewer, and noise that makes a
-      larger fraction look worse is not allowed to inflate the factor. The envelope is drawn by
+      minimum over increasing fraction: for one seed the label subsets are nested
+      (``core.ranks.label_rank < f``), so a model with more labels could always have been
+      trained on fewer, and noise that makes a larger fraction look worse is not allowed to
+      inflate the factor. The envelope is drawn by
       the best supervised point so far, which favours the supervised side (conservative for
       the self-supervised claim).
     * No extrapolation. If s_ssl is better than every supervised point, the supervised curve
