@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssl_photoz.core.ranks import splitmix64
+
 __all__ = ["in_slice"]
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's constants: a well-mixed 64-bit hash
-
-
-def _hash(objid: np.ndarray) -> np.ndarray:
-    z = np.asarray(objid).astype(np.int64).view(np.uint64) + _MIX
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def in_slice(objid, holdout: float) -> np.ndarray:
@@ -31,4 +23,5 @@ def in_slice(objid, holdout: float) -> np.ndarray:
     objid = np.asarray(objid)
     if holdout == 0:
         return np.zeros(objid.shape, dtype=bool)
-    return (_hash(objid) >> np.uint64(11)).astype(np.float64) / 2.0**53 < holdout
+    ids = objid.astype(np.int64).view(np.uint64)
+    return (splitmix64(ids) >> np.uint64(11)).astype(np.float64) / 2.0**53 < holdout
