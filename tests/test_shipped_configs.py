@@ -49,10 +49,11 @@ def shrunk(config: dict) -> dict:
         small["query"] = {"backend": "duckdb", "data_release": config["query"]["data_release"]}
         small["cutouts"]["frame_source"] = "mock"
     small["results_dir"], small["resources_dir"] = "results", "resources"
-    # One run, one degree of RA: about 25 labelled galaxies (about 20 for training: enough
-    # for the colours 10-NN at the one label fraction) and a pool 2.4 times as large, as the
-    # spectroscopic plates cover a third of the region (sky.spectro_fraction).
-    small["sky"]["region"] = {**TINY_SKY["region"], "ra_max": TINY_SKY["region"]["ra_min"] + 1.0}
+    # One run, two degrees of RA: 28 labelled galaxies on the science config's sky (about 22
+    # for training: enough for the colours 10-NN at the one label fraction; one degree held 11
+    # on the clustered sky) and a pool about 2.3 times as large, as the spectroscopic plates
+    # cover a third of the region (sky.spectro_fraction).
+    small["sky"]["region"] = {**TINY_SKY["region"], "ra_max": TINY_SKY["region"]["ra_min"] + 2.0}
     small["pretrain"].update(epochs=1, warmup_epochs=0, batch_size=16, queue_size=16)
     for recipe in ("finetune", "supervised"):
         small[recipe].update(epochs=1, batch_size=8)
